@@ -277,7 +277,8 @@ def review(
     out.notes.update(scrub_obj(res.notes, secrets))
     if res.error is None:
         try:
-            out.verdict = parse_verdict(res.text)
+            # The answer may quote a secret back; the verdict is stored and shown, so scrub it.
+            out.verdict = Verdict.from_dict(scrub_obj(parse_verdict(res.text).to_dict(), secrets))
             out.ok = True
         except VerdictParseError as e:
             hint = " (answer was cut off: finish_reason=length)" if res.notes.get("finish_reason") == "length" else ""
