@@ -279,3 +279,21 @@ def test_import_does_not_load_openai():
     code = "import sys, runner.review; bad = [m for m in ('openai', 'torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_unwritable_audit_dir_fails_closed_without_calling(tmp_path):
+    blocker = tmp_path / "reviews"
+    blocker.write_text("a file where the audit dir should be")
+    with FakeReviewServer() as srv:
+        out = review(make_request(), make_cfg(srv), blocker, env=ENV)
+        assert srv.count == 0, "no audit trail, no review"
+    assert not out.ok and "could not write the audit request file" in out.error
+
+
+def test_outcome_round_trips_through_dict(tmp_path):
+    from runner.review import ReviewOutcome
+
+    with FakeReviewServer(script=[verdict_reply("MODIFY", changes=["c"])]) as srv:
+        out = review(make_request(), make_cfg(srv), tmp_path, env=ENV)
+    back = ReviewOutcome.from_dict(json.loads(json.dumps(out.to_dict())))
+    assert back == out
