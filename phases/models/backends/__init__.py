@@ -1,0 +1,1 @@
+"""Generation/scoring backends behind one interface (phases.models.backends.base.Backend)."""

@@ -1,0 +1,221 @@
+"""Transformers backend: batched, left-padded generation and next-token scoring (CPU or CUDA).
+
+Not runnable; built by ``phases.models.loader.load_model(..., backend="hf")``.
+
+How it keeps batched == one-at-a-time (see backends/base.py for the shared contract):
+- Left padding with an explicit attention mask *and* explicit position ids (real tokens of every
+  row get positions 0..n-1 whatever the padding), so each row sees exactly what it would alone.
+- Prompts are sorted by token length into buckets of ``batch_size`` (less padding) and results
+  are put back in input order.
+- The decoding loop is our own (not ``model.generate``): each row samples with its own
+  ``torch.Generator`` seeded from its seed, by inverse-CDF on one uniform draw per step, so a
+  row's tokens depend on its seed and its own logits only, never on which rows share its batch.
+  Greedy is argmax. Repetition penalty (HF/CTRL rule) and top-p (smallest set whose mass
+  reaches ``top_p``, ties broken by token id) are applied per row.
+- Scoring runs ONE forward pass per bucket, computing logits only at the last position
+  (``logits_to_keep=1``); log-softmax in fp32.
+Empty prompts (zero tokens) raise ``ValueError``: with no BOS there is nothing to condition on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from phases.models.backends.base import (
+    Backend,
+    Generation,
+    GenerationParams,
+    check_prompts,
+    fit_context,
+    resolve_seeds,
+)
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(
+        self,
+        model,
+        encode: Callable[[str], list[int]],
+        decode: Callable[[Sequence[int]], str],
+        max_context: int,
+        *,
+        pad_id: int,
+        stop_token_ids: Sequence[int],
+        batch_size: int = 8,
+    ):
+        super().__init__(encode, decode, max_context)
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.stop_token_ids = frozenset(int(t) for t in stop_token_ids)
+        self.eos_id = int(stop_token_ids[0]) if stop_token_ids else None
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _encode_all(self, prompts: list[str], room: int, truncation: str) -> list[list[int]]:
+        rows = []
+        for i, p in enumerate(prompts):
+            ids = self.encode(p)
+            if not ids:
+                raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
+            rows.append(fit_context(ids, i, self.max_context - room, self.max_context, truncation))
+        return rows
+
+    def _buckets(self, rows: list[list[int]]) -> list[list[int]]:
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
+        return [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+
+    def _pad(self, rows: list[list[int]]):
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r) :] = 1
+        # Explicit positions: padding must not shift the real tokens' positions.
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
+        return ids.to(dev), mask.to(dev), pos.to(dev)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def next_token_logprobs(
+        self, prompts: Sequence[str], candidate_tokens: Sequence[str], *, truncation: str = "error"
+    ) -> list[dict[str, float]]:
+        prompts = check_prompts(prompts)
+        if not prompts:
+            return []
+        cands = list(candidate_tokens)
+        cand_ids = torch.tensor(self.candidate_ids(cands), dtype=torch.long)
+        rows = self._encode_all(prompts, 0, truncation)
+        result: list[dict[str, float]] = [{} for _ in prompts]
+        for bucket in self._buckets(rows):
+            ids, mask, pos = self._pad([rows[i] for i in bucket])
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+            logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+            picked = logp[:, cand_ids.to(logp.device)].cpu().tolist()
+            for b, i in enumerate(bucket):
+                result[i] = dict(zip(cands, picked[b]))
+        return result
+
+    # -- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
+        prompts = check_prompts(prompts)
+        seeds = resolve_seeds(len(prompts), seeds)
+        if not prompts:
+            return []
+        rows = self._encode_all(prompts, params.max_new_tokens, params.truncation)
+        result: list[Generation | None] = [None] * len(prompts)
+        for bucket in self._buckets(rows):
+            gens = self._generate_bucket([rows[i] for i in bucket], params, [seeds[i] for i in bucket])
+            for b, i in enumerate(bucket):
+                result[i] = gens[b]
+        return result  # type: ignore[return-value]
+
+    def _process_row(self, logits: torch.Tensor, seen: torch.Tensor, params: GenerationParams, gen) -> int:
+        scores = logits
+        if params.repetition_penalty != 1.0:
+            penalised = torch.where(scores > 0, scores / params.repetition_penalty, scores * params.repetition_penalty)
+            scores = torch.where(seen, penalised, scores)
+        if not params.do_sample:
+            return int(torch.argmax(scores).item())
+        probs = torch.softmax(scores / params.temperature, dim=-1)
+        sorted_p, sorted_i = torch.sort(probs, descending=True, stable=True)
+        cum = torch.cumsum(sorted_p, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        keep = (cum - sorted_p) < params.top_p
+        kept = sorted_p * keep
+        cdf = torch.cumsum(kept, dim=-1)
+        u = torch.rand((), generator=gen, dtype=torch.float64).item() * cdf[-1].item()
+        j = int(torch.searchsorted(cdf.double().cpu(), torch.tensor([u], dtype=torch.float64)).item())
+        j = min(j, int(keep.sum().item()) - 1)
+        return int(sorted_i[j].item())
+
+    def _generate_bucket(self, rows: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[Generation]:
+        model = self.model
+        n = len(rows)
+        ids, mask, pos = self._pad(rows)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        seen = torch.zeros((n, vocab), dtype=torch.bool, device=ids.device)
+        for b, r in enumerate(rows):
+            seen[b, torch.tensor(r, device=ids.device)] = True
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        next_pos = pos[:, -1] + 1
+        generated: list[list[int]] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        texts: list[str | None] = [None] * n
+        for step in range(params.max_new_tokens):
+            step_tokens = []
+            for b in range(n):
+                if reasons[b] is not None:
+                    step_tokens.append(self.pad_id)
+                    continue
+                tok = self._process_row(logits[b], seen[b], params, gens[b])
+                step_tokens.append(tok)
+                generated[b].append(tok)
+                seen[b, tok] = True
+                if tok in self.stop_token_ids:
+                    reasons[b] = "eos"
+                elif params.stop:
+                    text = self.decode(generated[b])
+                    cut = _first_stop(text, params.stop)
+                    if cut is not None:
+                        reasons[b], texts[b] = "stop", text[:cut]
+            if all(r is not None for r in reasons) or step == params.max_new_tokens - 1:
+                break
+            tok_t = torch.tensor(step_tokens, dtype=torch.long, device=ids.device)[:, None]
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            out = model(
+                input_ids=tok_t,
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+        results = []
+        for b in range(n):
+            reason = reasons[b] or "length"
+            toks = generated[b]
+            if texts[b] is not None:
+                text = texts[b]
+            else:
+                body = toks[:-1] if reason == "eos" else toks
+                text = self.decode(body)
+            results.append(
+                Generation(
+                    text=text,
+                    token_ids=tuple(toks),
+                    n_tokens=len(toks),
+                    hit_token_limit=reason == "length",
+                    finish_reason=reason,
+                    prompt_tokens=len(rows[b]),
+                    seed=seeds[b],
+                )
+            )
+        return results
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
