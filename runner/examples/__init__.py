@@ -1,0 +1,1 @@
+"""Example pipelines shipped with the runner (no ML dependencies)."""

@@ -1,0 +1,173 @@
+"""Declaring a pipeline: steps are plain decorated functions, gates are named checkpoints.
+
+    from runner import Pipeline, gate, step
+
+    @step(outputs=["items.jsonl"], params={"items": 20})
+    def make_items(ctx): ...
+
+    @step(inputs=["make_items"], outputs=["done.json"])
+    def process(ctx): ...
+
+    pipeline = Pipeline("toy", [make_items, gate("approve_items"), process])
+
+A step is identified by name + version + effective params + the content hashes of its inputs
+(the cache key), never by call order. A gate blocks every node after it until it passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+from runner.errors import ConfigError
+from state.files import canonical_json, sha256_text
+
+POLICIES = ("auto", "human", "review", "review+human")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    fn: Callable[..., Any]
+    version: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    params: dict
+    description: str
+    max_attempts: Optional[int] = None
+
+
+def step(name: str | None = None, *, version: str = "1", inputs: Sequence[str] = (),
+         outputs: Sequence[str] = (), params: dict | None = None, description: str | None = None,
+         max_attempts: int | None = None) -> Callable[[Callable], Callable]:
+    """Declare a step. ``inputs`` name earlier steps; ``outputs`` are files the step must write
+    under ``ctx.out_dir``; ``params`` are the defaults (config overrides them, type-checked);
+    bump ``version`` when the code changes what it produces."""
+    def deco(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        fn.__step__ = StepSpec(name or fn.__name__, fn, str(version), tuple(inputs), tuple(outputs),
+                               dict(params or {}), description or (doc[0] if doc else ""), max_attempts)
+        return fn
+    return deco
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """What a gate's automatic check found. ``summary`` is shown in status and sent to reviewers."""
+
+    passed: bool
+    summary: dict = field(default_factory=dict)
+    reasons: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    name: str
+    check: Optional[Callable[..., Any]] = None
+    policy: str = "human"
+    criteria: tuple = ()
+    evidence: Optional[Callable[..., Any]] = None  # (GateContext) -> dict of evidence + samples
+    description: str = ""
+
+
+def gate(name: str, *, check: Callable | None = None, policy: str = "human", criteria: Sequence[str] = (),
+         evidence: Callable | None = None, description: str = "") -> GateSpec:
+    """Declare a gate. ``check(ctx) -> GateCheck | bool`` decides automatically under policy
+    ``auto``; ``human`` always waits; ``review``/``review+human`` consult the LLM reviewer."""
+    if policy not in POLICIES:
+        raise ConfigError(f"gate {name!r}: policy {policy!r} is not one of {', '.join(POLICIES)}")
+    return GateSpec(name, check, policy, tuple([criteria] if isinstance(criteria, str) else criteria),
+                    evidence, description)
+
+
+Node = Union[StepSpec, GateSpec]
+
+
+class Pipeline:
+    """An ordered set of steps and gates. ``expand_config`` may turn a user's config into the
+    runner's shape before validation (e.g. a stage YAML into per-step params)."""
+
+    def __init__(self, name: str, nodes: Sequence[Union[Callable, GateSpec, StepSpec]],
+                 expand_config: Callable[[dict, Any], dict] | None = None, goal: str = ""):
+        self.name, self.goal, self.expand_config = name, goal, expand_config
+        self.nodes: list[Node] = []
+        seen: set[str] = set()
+        steps: set[str] = set()
+        for n in nodes:
+            spec = getattr(n, "__step__", n)
+            if not isinstance(spec, (StepSpec, GateSpec)):
+                raise ConfigError(f"pipeline {name!r}: {n!r} is neither a @step function nor a gate()")
+            if spec.name in seen:
+                raise ConfigError(f"pipeline {name!r}: node name {spec.name!r} is used twice")
+            if isinstance(spec, StepSpec):
+                for i in spec.inputs:
+                    if i not in steps:
+                        raise ConfigError(f"pipeline {name!r}: step {spec.name!r} reads {i!r}, which is not "
+                                          "an earlier step")
+                steps.add(spec.name)
+            seen.add(spec.name)
+            self.nodes.append(spec)
+
+    @property
+    def steps(self) -> dict[str, StepSpec]:
+        return {n.name: n for n in self.nodes if isinstance(n, StepSpec)}
+
+    @property
+    def gates(self) -> dict[str, GateSpec]:
+        return {n.name: n for n in self.nodes if isinstance(n, GateSpec)}
+
+    def descendants(self, name: str) -> list[str]:
+        """``name`` and every step that reads it, directly or not, in pipeline order."""
+        hit = {name}
+        for n in self.nodes:
+            if isinstance(n, StepSpec) and any(i in hit for i in n.inputs):
+                hit.add(n.name)
+        return [n.name for n in self.nodes if isinstance(n, StepSpec) and n.name in hit]
+
+    def plan(self) -> list[dict]:
+        """The nodes as data, stored in the run so `status` never imports the pipeline."""
+        out = []
+        for n in self.nodes:
+            if isinstance(n, StepSpec):
+                out.append({"kind": "step", "name": n.name, "version": n.version, "inputs": list(n.inputs),
+                            "outputs": list(n.outputs), "description": n.description})
+            else:
+                out.append({"kind": "gate", "name": n.name, "policy": n.policy, "criteria": list(n.criteria),
+                            "description": n.description})
+        return out
+
+
+def load_pipeline(path: str) -> Pipeline:
+    """Import ``module:attr`` and return the Pipeline it names (clear errors otherwise)."""
+    if ":" not in path:
+        raise ConfigError(f"pipeline path {path!r} must look like 'package.module:attr' "
+                          "(e.g. runner.examples.toy:pipeline)")
+    mod_name, attr = path.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"pipeline module {mod_name!r} not found ({e}); check the path {path!r}") from e
+    obj = getattr(mod, attr, None)
+    if obj is None:
+        raise ConfigError(f"module {mod_name!r} has no attribute {attr!r} (pipeline path {path!r})")
+    if callable(obj) and not isinstance(obj, Pipeline):
+        obj = obj()
+    if not isinstance(obj, Pipeline):
+        raise ConfigError(f"{path!r} is a {type(obj).__name__}, not a runner Pipeline")
+    return obj
+
+
+def derive_seed(run_seed: int, *parts: Any) -> int:
+    """A 63-bit seed from the run seed and any labels (step name, ledger, batch index).
+
+    Independent of call order and of how often a step was interrupted.
+    """
+    digest = hashlib.sha256("/".join([str(run_seed), *map(str, parts)]).encode()).hexdigest()
+    return int(digest[:16], 16) & ((1 << 63) - 1)
+
+
+def cache_key(spec: StepSpec, params: dict, input_hashes: dict[str, str]) -> str:
+    """Step version + effective params + input content hashes -> the step's identity."""
+    return sha256_text(canonical_json({"step": spec.name, "version": spec.version, "params": params,
+                                       "inputs": input_hashes}))
