@@ -2,7 +2,7 @@
 
 Library module (no command); tested by `.venv/bin/python -m pytest tests/unit/ -k review`.
 
-Contract of `review(request, config, audit_dir, force=False)`:
+Contract of `review(request, config, audit_dir, *, reuse_audit=False, env=None)`:
 - Never raises for reviewer problems; returns `ReviewOutcome(ok=False, error=...)` instead
   (missing key, network/HTTP errors after retries, timeouts, unparseable answers, command
   failures, an unwritable audit dir). `ok=True` means a verdict was parsed; GO/NO-GO/MODIFY
@@ -12,10 +12,12 @@ Contract of `review(request, config, audit_dir, force=False)`:
   `...response.json` (raw answer, parsed verdict, attempts log, tokens, cost, hashes).
   A repeat call with the same memo key (an explicit re-ask) writes `<gate>-<key12>-2.*`,
   `-3.*`, ...: audit files are never overwritten.
-- Crash window: if a response file with this memo key and a verdict already exists in
-  audit_dir (the reviewer answered but the caller died before recording it), that verdict
-  is returned with `from_cache=True` and nothing is called or billed, unless `force=True`.
-  The state DB remains the primary memo; this only closes the gap before its commit.
+- Crash window (opt-in): with `reuse_audit=True`, if a response file with this memo key and a
+  verdict already exists in audit_dir (the reviewer answered but the caller died before
+  recording it), that verdict is returned with `from_cache=True` and nothing is called or
+  billed. The state DB remains the primary memo; this only closes the gap before its commit.
+  Pass it on ordinary asks (first ask, resume); leave it False for an explicit re-ask
+  (`runner review GATE`), which must really call the reviewer again.
 - The API key value never appears in any written file nor in `to_dict()`.
 """
 from __future__ import annotations
@@ -218,7 +220,7 @@ def review(
     config: ReviewerConfig,
     audit_dir: Path,
     *,
-    force: bool = False,
+    reuse_audit: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> ReviewOutcome:
     """Ask the reviewer about `request` (see module docstring). `env` defaults to os.environ."""
@@ -235,7 +237,7 @@ def review(
     )
     out.notes["prompt_version"] = PROMPT_VERSION
 
-    if not force:
+    if reuse_audit:
         cached = load_cached(audit_dir, request.gate, key)
         if cached is not None:
             cached.latency_s = round(time.monotonic() - t0, 3)

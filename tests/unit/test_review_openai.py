@@ -233,21 +233,21 @@ def test_api_key_never_written_or_returned(tmp_path):
     assert "[REDACTED]" in outs[0].request_path.read_text()
 
 
-def test_same_inputs_are_not_asked_twice_and_force_reasks(tmp_path):
+def test_recorded_answer_is_reused_and_plain_call_reasks(tmp_path):
     with FakeReviewServer(script=[verdict_reply("MODIFY", changes=["x"]), verdict_reply("GO")]) as srv:
         cfg = make_cfg(srv)
-        first = review(make_request(), cfg, tmp_path, env=ENV)
-        again = review(make_request(), cfg, tmp_path, env=ENV)
+        first = review(make_request(), cfg, tmp_path, env=ENV, reuse_audit=True)
+        again = review(make_request(), cfg, tmp_path, env=ENV, reuse_audit=True)
         assert srv.count == 1, "a repeat with the same inputs must not call (or bill) the reviewer"
         assert again.from_cache and again.verdict.decision == "MODIFY" and again.attempts == 0
         assert again.memo_key == first.memo_key and again.tokens_in == 0
 
-        forced = review(make_request(), cfg, tmp_path, env=ENV, force=True)
+        forced = review(make_request(), cfg, tmp_path, env=ENV)  # explicit re-ask
         assert srv.count == 2 and forced.verdict.decision == "GO" and not forced.from_cache
         assert forced.request_path.name == f"pilot_gate-{first.memo_key[:12]}-2.request.md"
         assert first.response_path.exists(), "an explicit re-ask must not overwrite the audit trail"
 
-        changed = review(make_request(evidence={"qc_summary": {"n": 21}}), cfg, tmp_path, env=ENV)
+        changed = review(make_request(evidence={"qc_summary": {"n": 21}}), cfg, tmp_path, env=ENV, reuse_audit=True)
         assert srv.count == 3 and changed.memo_key != first.memo_key
 
 
@@ -255,7 +255,7 @@ def test_failed_review_is_not_cached(tmp_path):
     with FakeReviewServer() as srv:
         cfg = make_cfg(srv)
         assert not review(make_request(), cfg, tmp_path, env={}).ok
-        out = review(make_request(), cfg, tmp_path, env=ENV)
+        out = review(make_request(), cfg, tmp_path, env=ENV, reuse_audit=True)
         assert out.ok and srv.count == 1 and not out.from_cache
 
 
