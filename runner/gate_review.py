@@ -68,7 +68,7 @@ def ask(store: Store, run_id: str, spec: Any, gate_key: str, gctx: GateContext, 
         return old
     audit = store.home / "artifacts" / run_id / "reviews"
     audit.mkdir(parents=True, exist_ok=True)
-    outcome = review(request, rcfg, audit)
+    outcome = review(request, rcfg, audit, reuse_audit=not salt)
     return _record(store, run_id, spec.name, gate_key, outcome, memo, fence)
 
 
