@@ -19,6 +19,7 @@ Empty prompts (zero tokens) raise ``ValueError``: with no BOS there is nothing t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -55,6 +56,9 @@ class HFBackend(Backend):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        # transformers >= 5.2x renamed `past_key_values` to `cache`; older 5.x only know the former.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -156,7 +160,7 @@ class HFBackend(Backend):
             seen[b, torch.tensor(r, device=ids.device)] = True
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        past = _cache_of(out)
         logits = out.logits[:, -1, :].float()
         next_pos = pos[:, -1] + 1
         generated: list[list[int]] = [[] for _ in range(n)]
@@ -187,10 +191,10 @@ class HFBackend(Backend):
                 input_ids=tok_t,
                 attention_mask=mask,
                 position_ids=next_pos[:, None],
-                past_key_values=past,
                 use_cache=True,
+                **{self._cache_kw: past},
             )
-            past = out.past_key_values
+            past = _cache_of(out)
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         results = []
@@ -214,6 +218,11 @@ class HFBackend(Backend):
                 )
             )
         return results
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
