@@ -119,18 +119,21 @@ def _batch_progress(store, run_id: str, step: str, cache_key: str) -> Optional[d
 
 
 def _supervisor(store, run_id: str) -> Optional[dict]:
-    """The newest supervisor of this run if it is still alive on this host, else None."""
-    ev = store.events(run_id, limit=1, kinds=["supervisor_started", "supervisor_stopped"])
-    if not ev or ev[-1].kind != "supervisor_started":
-        return None
-    data = json.loads(ev[-1].data_json or "{}")
+    """The newest supervisor of this run that is still alive on this host, else None."""
     from runner.lease import hostname, process_start_time
-    if data.get("host") != hostname():
-        return None
-    started = process_start_time(int(data.get("pid", 0) or 0))
-    if started is None or abs(started - float(data.get("pid_start_time") or 0)) > 1.0:
-        return None
-    return {"host": data["host"], "pid": data["pid"], "since": ev[-1].ts}
+    stopped = set()
+    for ev in reversed(store.events(run_id, limit=20, kinds=["supervisor_started", "supervisor_stopped"])):
+        data = json.loads(ev.data_json or "{}")
+        who = (data.get("host"), data.get("pid"))
+        if ev.kind == "supervisor_stopped":
+            stopped.add(who)
+            continue
+        if who in stopped or data.get("host") != hostname():
+            continue
+        started = process_start_time(int(data.get("pid", 0) or 0))
+        if started is not None and abs(started - float(data.get("pid_start_time") or 0)) <= 1.0:
+            return {"host": data["host"], "pid": data["pid"], "since": ev.ts}
+    return None
 
 
 def _no_run(home: Path, why: str) -> dict:
