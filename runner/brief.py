@@ -264,6 +264,9 @@ def _brief_for_store(store, home: Path, run_id: Optional[str]) -> dict:
         nexts = [cmd(na["command"])]
 
     other_runs = [r for r in runs if r != run_id][-MAX_RUNS:]
+    fs = getattr(store.db, "fs", None)
+    state_fs = None if fs is None else {"fstype": fs.fstype, "mount": fs.mount_point, "network": fs.network,
+                                        "journal_mode": store.db.journal_mode}
     return {
         "home": str(home), "run": run_id, "pipeline": st["run"]["pipeline"], "goal": cut(st["run"]["goal"]),
         "state": state, "detail": st["detail"], "exit_code": st["exit_code"],
@@ -272,7 +275,7 @@ def _brief_for_store(store, home: Path, run_id: Optional[str]) -> dict:
         "events_total": st["events"], "supervisor": supervisor,
         "next_action": {"command": cmd(na["command"]) if na["command"] else "", "why": cut(na["why"], 400)},
         "next_commands": nexts, "do_not": DO_NOT, "other_runs": other_runs,
-        "cli": _cli_hint(),
+        "cli": _cli_hint(), "state_fs": state_fs,
     }
 
 
@@ -302,6 +305,10 @@ def render_markdown(b: dict) -> str:
     out.append(f"- pipeline: {' → '.join(b['plan'])}")
     if b.get("cli"):
         out.append(f"- {b['cli']}")
+    fs = b.get("state_fs")
+    if fs and fs["network"]:
+        out.append(f"- state DB is on a network file system ({fs['fstype']} at {fs['mount']}): journal mode "
+                   f"{fs['journal_mode']}; see runbooks/pod-setup.md")
     if b["other_runs"]:
         out.append(f"- other runs in this home: {', '.join(b['other_runs'])}")
     if b["finished"]:

@@ -68,6 +68,7 @@ class Database:
         self.url = url
         self.path = path
         self.journal_mode = journal_mode
+        self.fs = None  # state.fs.FsKind of the SQLite file's directory (set by open_database)
         if path is not None:
             self.writer = _sqlite_engine(path, immediate=True, journal_mode=journal_mode)
             self.reader = _sqlite_engine(path, immediate=False, journal_mode=journal_mode)
@@ -116,8 +117,10 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
     """Open (and create or migrate) the state database.
 
     Exactly one of ``url``/``path`` is used: ``path`` for the default SQLite file. On a network
-    file system, where SQLite's WAL and locks are unsafe, the journal falls back to DELETE mode
-    unless ``RUNNER_ALLOW_NFS`` says otherwise; see ``state/fs.py``.
+    file system (detected from /proc/self/mountinfo, see ``state/fs.py``; ``RUNNER_FS_TYPE``
+    overrides the detection), where SQLite's WAL and locks are unsafe, ``RUNNER_NETWORK_FS``
+    decides: ``delete`` (default) uses journal_mode=DELETE, ``refuse`` raises a StateError that
+    says what to do. ``db.fs`` records what was detected, for `runner brief`/`supervise`.
     """
     if path is None and url and url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
@@ -140,6 +143,8 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
         journal = "WAL"
         if fs.network:
             policy = os.environ.get("RUNNER_NETWORK_FS", "delete")
+            if policy not in ("delete", "refuse"):
+                raise StateError(f"RUNNER_NETWORK_FS={policy!r} is not one of: delete, refuse")
             if policy == "refuse":
                 raise StateError(
                     f"{path.parent} is on a network file system ({fs.fstype}); SQLite locking is unsafe "
@@ -147,6 +152,7 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
                 )
             journal = "DELETE"
         db = Database(sqlite_url(path), path=path, journal_mode=journal)
+        db.fs = fs
     else:
         db = Database(url or "", path=None)
     try:
