@@ -82,7 +82,9 @@ INSTRUCTION_VERBS: frozenset[str] = frozenset(
     measure mention name note offer order organize organise outline paraphrase pick plan point
     predict prepare present produce propose provide put rank rate react recommend reformat rephrase
     replace respond restate rewrite rhyme say score select sort spell state suggest summarize
-    summarise support tell transform translate turn use verify write
+    summarise support tell transform translate turn use verify write simplify shorten expand
+    lengthen reword continue solve pretend act teach show recite recall sketch introduce greet
+    thank apologize apologise persuade convince argue reply capitalize capitalise punctuate
     """.split()
 )
 # Question openers count only as the first word ("The sky is blue." is not a request).
