@@ -256,6 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     except BrokenPipeError:
         return EXIT_DONE
+    except Exception as e:  # database-level trouble gets a clear message, not a traceback
+        from sqlalchemy.exc import OperationalError
+        if not isinstance(e, OperationalError):
+            raise
+        msg = str(getattr(e, "orig", e))
+        if "locked" in msg or "busy" in msg:
+            print(f"error: the state database stayed locked for more than 30 s ({msg}); another process "
+                  "holds a long write. Retry; if it persists, find it with `fuser .runner/runner.db`.", file=sys.stderr)
+        elif "full" in msg:
+            print(f"error: the disk holding the state database is full ({msg}); free space and retry — "
+                  "nothing was half-written (the failed transaction was rolled back).", file=sys.stderr)
+        else:
+            print(f"error: state database error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def entrypoint() -> None:
