@@ -64,6 +64,13 @@ class Store:
     @classmethod
     def open(cls, home: Path, db_url: str | None = None, create: bool = True) -> "Store":
         home = Path(home).resolve()
+        try:
+            home.stat()
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # e.g. a parent directory we may not enter: not a traceback
+            raise StateError(f"cannot access home directory {home}: {e.strerror}; fix its permissions "
+                             "or choose another --home or RUNNER_HOME") from e
         if not home.exists():
             if not create:
                 raise StateError(f"home directory {home} does not exist; pass --home or set RUNNER_HOME")
