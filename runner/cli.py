@@ -49,7 +49,9 @@ def say_next(command: str, why: str = "") -> None:
 
 # ---- commands ---------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    from runner.commands import init_run
+    from runner.commands import _pipeline_path, init_run, load_run_inputs
+    # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
+    load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
     run_id = init_run(open_store(args, create=True), args.pipeline, args.config, args.run_id)
     print(f"created run {run_id}")
     say_next(f"runner resume --detach --run {run_id}", "runs it in the background; then `runner wait`")
@@ -57,7 +59,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.commands import find_or_init, resume_run
+    from runner.commands import _pipeline_path, find_or_init, load_run_inputs, resume_run
+    # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
+    load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
     store = open_store(args, create=True)
     run_id, created = find_or_init(store, args.pipeline, args.config, args.run_id)
     print(f"{'created' if created else 'continuing'} run {run_id}")
