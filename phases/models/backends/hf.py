@@ -131,24 +131,25 @@ class HFBackend(Backend):
                 result[i] = gens[b]
         return result  # type: ignore[return-value]
 
-    def _process_row(self, logits: torch.Tensor, seen: torch.Tensor, params: GenerationParams, gen) -> int:
+    def _next_tokens(self, logits: torch.Tensor, seen: torch.Tensor, params: GenerationParams, gens) -> list[int]:
+        """One decoding step for every row at once; each row uses only its own logits and generator."""
         scores = logits
         if params.repetition_penalty != 1.0:
             penalised = torch.where(scores > 0, scores / params.repetition_penalty, scores * params.repetition_penalty)
             scores = torch.where(seen, penalised, scores)
         if not params.do_sample:
-            return int(torch.argmax(scores).item())
+            return scores.argmax(dim=-1).tolist()
         probs = torch.softmax(scores / params.temperature, dim=-1)
-        sorted_p, sorted_i = torch.sort(probs, descending=True, stable=True)
-        cum = torch.cumsum(sorted_p, dim=-1)
+        sorted_p, sorted_i = torch.sort(probs, dim=-1, descending=True, stable=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        keep = (cum - sorted_p) < params.top_p
-        kept = sorted_p * keep
-        cdf = torch.cumsum(kept, dim=-1)
-        u = torch.rand((), generator=gen, dtype=torch.float64).item() * cdf[-1].item()
-        j = int(torch.searchsorted(cdf.double().cpu(), torch.tensor([u], dtype=torch.float64)).item())
-        j = min(j, int(keep.sum().item()) - 1)
-        return int(sorted_i[j].item())
+        keep = (sorted_p.cumsum(dim=-1) - sorted_p) < params.top_p
+        cdf = (sorted_p * keep).double().cumsum(dim=-1)
+        # One uniform per row from the row's own generator: inverse-CDF sampling.
+        u = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in gens], dtype=torch.float64)
+        u = u.to(cdf.device) * cdf[:, -1]
+        j = torch.searchsorted(cdf, u[:, None]).squeeze(1)
+        j = torch.minimum(j, keep.sum(dim=-1) - 1)
+        return sorted_i.gather(1, j[:, None]).squeeze(1).tolist()
 
     def _generate_bucket(self, rows: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[Generation]:
         model = self.model
@@ -167,13 +168,12 @@ class HFBackend(Backend):
         reasons: list[str | None] = [None] * n
         texts: list[str | None] = [None] * n
         for step in range(params.max_new_tokens):
-            step_tokens = []
+            step_tokens = self._next_tokens(logits, seen, params, gens)
             for b in range(n):
                 if reasons[b] is not None:
-                    step_tokens.append(self.pad_id)
+                    step_tokens[b] = self.pad_id  # finished rows are fed padding; their output is ignored
                     continue
-                tok = self._process_row(logits[b], seen[b], params, gens[b])
-                step_tokens.append(tok)
+                tok = step_tokens[b]
                 generated[b].append(tok)
                 seen[b, tok] = True
                 if tok in self.stop_token_ids:
