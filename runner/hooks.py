@@ -23,6 +23,7 @@ Contract:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -45,6 +46,7 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+@functools.lru_cache(maxsize=8)
 def _importable_anywhere(python: str) -> bool:
     """Whether `python -m runner` works from an unrelated directory (installed, e.g. editable)."""
     try:
