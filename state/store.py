@@ -272,9 +272,19 @@ class Store:
                 Attempt.status == "succeeded", Attempt.invalidated_at.is_(None))).first()  # type: ignore[union-attr]
 
     def counting_failures(self, run_id: str, step: str, cache_key: str) -> list[Attempt]:
-        """Failed or interrupted attempts that count toward dead-lettering (not invalidated)."""
+        """Failed or interrupted attempts that count toward dead-lettering (not invalidated).
+
+        An *interrupted* attempt that committed at least one batch made progress: it was killed
+        from outside (pod restart, SIGKILL), not by its own poison pill, so it does not count.
+        Otherwise a long step killed N times would be dead-lettered although every resume
+        moved it forward. Failed attempts (the step raised) always count.
+        """
+        with self.db.read() as s:
+            progressed = set(s.exec(select(Batch.attempt_id).where(
+                Batch.run_id == run_id, Batch.step == step, Batch.cache_key == cache_key)).all())
         return [a for a in self.attempts(run_id, step, cache_key)
-                if a.status in ("failed", "interrupted", "dead_lettered") and a.invalidated_at is None]
+                if a.status in ("failed", "interrupted", "dead_lettered") and a.invalidated_at is None
+                and not (a.status == "interrupted" and a.id in progressed)]
 
     def mark_orphans_interrupted(self, fence: Fence) -> list[Attempt]:
         """Attempts left ``running`` by an earlier owner become ``interrupted``."""

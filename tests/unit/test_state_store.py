@@ -180,3 +180,18 @@ def test_filesystem_kind_override(monkeypatch, tmp_path):
     assert filesystem_kind(tmp_path).network
     monkeypatch.setenv("RUNNER_FS_TYPE", "ext4")
     assert not filesystem_kind(tmp_path).network
+
+
+def test_interrupted_attempt_with_progress_does_not_count_toward_dead_lettering(store):
+    f1 = _take(store, 1)
+    a = store.start_attempt(f1, "s", "1", "k", {}, {})
+    store.commit_batch(f1, "s", "k", "main", 0, 3, "x/b0.json", "d0", a.id)  # progress, then killed
+    f2 = _take(store, 2)
+    store.mark_orphans_interrupted(f2)
+    b = store.start_attempt(f2, "s", "1", "k", {}, {})  # killed before finishing any batch
+    f3 = _take(store, 3)
+    store.mark_orphans_interrupted(f3)
+    c = store.start_attempt(f3, "s", "1", "k", {}, {})
+    store.fail_attempt(f3, c, "Traceback ...\nRuntimeError: boom")  # failures always count
+    assert [x.id for x in store.counting_failures("r", "s", "k")] == [b.id, c.id]
+    assert store.counting_failures("r", "s", "other") == []
