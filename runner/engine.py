@@ -60,6 +60,7 @@ class Engine:
         self.run = store.get_run(run_id)
         self.fence: Optional[Fence] = None
         self._attempt: Optional[Attempt] = None
+        self._plan = self.pipeline.plan()  # stored in the run, with each step's resolved key
 
     # ---- lifecycle -----------------------------------------------------------------------
     def resume(self) -> Outcome:
@@ -86,7 +87,7 @@ class Engine:
                 self.echo(f"runner: attempt {a.number} of {a.step} was interrupted (its owner died); retrying")
             self.store.update_run(fence, self.run_id, status="running", status_detail="",
                                   config_json=canonical_json(self.config),
-                                  plan_json=canonical_json(self.pipeline.plan()))
+                                  plan_json=canonical_json(self._plan))
             outcome = self._walk()
         except LeaseLost as e:
             return Outcome(EXIT_LOCKED, str(e), "runner status")
@@ -132,6 +133,7 @@ class Engine:
         params = effective_params(self.pipeline, self.config, spec.name)
         input_hashes = {i: outputs[i][1] for i in spec.inputs}
         key = cache_key(spec, params, input_hashes)
+        self._note_key(spec.name, key)
         done = self.store.succeeded_attempt(self.run_id, spec.name, key)
         if done is not None:
             problem = self._verify(done)
@@ -155,6 +157,14 @@ class Engine:
                            "interrupted attempts; fix the cause, then retry it",
                            f"runner retry {spec.name}")
         return self._run_attempt(spec, key, params, input_hashes, outputs, summaries)
+
+    def _note_key(self, step: str, key: str) -> None:
+        """Record the key the current config resolves ``step`` to, so `status` shows that
+        attempt (after a param edit and revert, the newest attempt is not the current one)."""
+        node = next(n for n in self._plan if n["name"] == step)
+        if node.get("key") != key:
+            node["key"] = key
+            self.store.update_run(self.fence, self.run_id, plan_json=canonical_json(self._plan))
 
     def _verify(self, attempt: Attempt) -> Optional[str]:
         """None if the step's recorded files are intact, else what is wrong."""

@@ -45,6 +45,8 @@ def run_state(store: Store, run_id: str) -> dict[str, Any]:
             continue
         mine = [a for a in attempts if a.step == node["name"]]
         current = [a for a in mine if a.invalidated_at is None]
+        if node.get("key"):  # the key the last resume resolved: its attempts, not the newest
+            current = [a for a in current if a.cache_key == node["key"]]
         last = current[-1] if current else None
         entry = {"name": node["name"], "status": "pending", "attempts": len(mine), "key": None,
                  "output_dir": None, "summary": None, "error": None, "batches_done": 0,

@@ -208,3 +208,21 @@ def test_dependency_arrow():
             assert not bad, f"{f.relative_to(ROOT)} imports {sorted(bad)}"
             checked += 1
     assert checked > 15
+
+
+def test_status_shows_the_attempt_of_the_current_config_after_an_edit_and_revert(tmp_path, capsys):
+    cfg = toy_config(tmp_path / "c.yaml", items=3)
+    home = tmp_path / "h"
+    assert run_cli(capsys, home, "run", "--config", cfg, "--run-id", "t")[0] == 0
+    first = json.loads(run_cli(capsys, home, "status", "--json")[1])
+    toy_config(cfg, items=5)
+    assert run_cli(capsys, home, "resume")[0] == 0
+    st = json.loads(run_cli(capsys, home, "status", "--json")[1])
+    assert st["steps"][2]["summary"]["n"] == 5
+    toy_config(cfg, items=3)  # back: every step is a cache hit, nothing runs
+    code, out, _ = run_cli(capsys, home, "resume")
+    assert code == 0 and "> " not in out
+    st = json.loads(run_cli(capsys, home, "status", "--json")[1])
+    assert st["steps"][2]["summary"]["n"] == 3, "status shows the newest attempt, not the current one"
+    assert [s["output_dir"] for s in st["steps"]] == [s["output_dir"] for s in first["steps"]]
+    assert [s["attempts"] for s in st["steps"]] == [2, 2, 2]
