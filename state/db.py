@@ -100,19 +100,6 @@ class Database:
             self.reader.dispose()
 
 
-def _check_sqlite_file(path: Path) -> None:
-    """Fail early, with a clear message, on a file that is not an SQLite database."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head != b"SQLite format 3\x00":
-        raise StateError(
-            f"{path} is not an SQLite database (corrupt or overwritten). Move it aside "
-            f"(mv {path} {path}.corrupt) and restore a backup, or start a new home with --home."
-        )
-
-
 def open_database(url: str | None = None, path: Path | None = None, create: bool = True) -> Database:
     """Open (and create or migrate) the state database.
 
@@ -136,7 +123,10 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
                                  "Choose a writable home with --home or RUNNER_HOME.") from e
         if not create and not path.exists():
             raise StateError(f"no state database at {path}; run `runner init` first (or pass --home)")
-        _check_sqlite_file(path)
+        # No peeking at the file with open()/close() here: closing any descriptor on the database
+        # drops every POSIX lock this process holds on it (fcntl semantics), which lets another
+        # process checkpoint the WAL under our live connections ("disk I/O error"). SQLite itself
+        # reports a non-database file ("file is not a database"), handled in the except below.
         if path.exists() and not os.access(path, os.W_OK):
             raise StateError(f"state database {path} is read-only; fix its permissions or use another --home")
         fs = filesystem_kind(path.parent)
