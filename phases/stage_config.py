@@ -236,7 +236,7 @@ def _merge(base: dict, over: dict, src: str, sources: dict[tuple, str], prefix: 
     return out
 
 
-def _load_raw(path: Path, chain: tuple[Path, ...], sources: dict[tuple, str]) -> dict:
+def _load_raw(path: Path, chain: tuple[Path, ...], sources: dict[tuple, str], ignore_keys: frozenset = frozenset()) -> dict:
     path = path.resolve()
     if path in chain:
         raise ConfigError(f"{path}: include cycle: {' -> '.join(str(p) for p in chain + (path,))}")
@@ -245,7 +245,8 @@ def _load_raw(path: Path, chain: tuple[Path, ...], sources: dict[tuple, str]) ->
         raise ConfigError(f"{path}: the stage file is empty; it needs at least 'stage', 'seeds_file' and 'families' (or an 'include')")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    data = dict(data)
+    # A combined runner+stage file also holds the runner's keys (pipeline, gates...): not stage data.
+    data = {k: v for k, v in data.items() if k not in ignore_keys}
     if "seeds_file" in data and isinstance(data["seeds_file"], str):
         data["seeds_file"] = str((path.parent / data["seeds_file"]).resolve()) + "\0" + data["seeds_file"]
     include = data.pop("include", None)
@@ -253,7 +254,7 @@ def _load_raw(path: Path, chain: tuple[Path, ...], sources: dict[tuple, str]) ->
     if include is not None:
         if not isinstance(include, str) or not include.strip():
             raise ConfigError(f"{path}: include = {include!r}: expected one relative path string to a stage YAML file")
-        base = _load_raw(path.parent / include, chain + (path,), sources)
+        base = _load_raw(path.parent / include, chain + (path,), sources, ignore_keys)
     return _merge(base, data, str(path), sources, ())
 
 
@@ -387,8 +388,12 @@ def load_seeds(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[tupl
     return seeds, fewshot, hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def load_stage(path: str | os.PathLike) -> StageConfig:
+def load_stage(path: str | os.PathLike, ignore_keys: typing.Iterable[str] = ()) -> StageConfig:
     """Load, merge (``include:``) and validate a stage file, and load its seeds file.
+
+    ``ignore_keys``: top-level keys of every file in the include chain that are not stage data
+    and are skipped (the runner's keys in a combined runner+stage config; they are validated
+    by the runner).
 
     Cross-checks: every enabled family has seeds and every seeds family is declared in
     ``families``; ``instruction_generation.min_words <= max_words``; few-shot responses do not
@@ -396,7 +401,7 @@ def load_stage(path: str | os.PathLike) -> StageConfig:
     """
     top = Path(path).resolve()
     sources: dict[tuple, str] = {}
-    raw = _load_raw(top, (), sources)
+    raw = _load_raw(top, (), sources, frozenset(ignore_keys))
     seeds_abs, seeds_as_written = (None, None)
     if isinstance(raw.get("seeds_file"), str):
         seeds_abs, seeds_as_written = raw["seeds_file"].split("\0", 1)
