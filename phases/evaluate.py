@@ -1,0 +1,374 @@
+"""Paired evaluation pieces: held-out loading, arms and their prompts, greedy generation, checker
+scoring, the critic as a secondary judge, adapter checks, IFEval, and the eval.json report.
+
+Not runnable; the `evaluate` step in `phases/steps/train_eval.py` drives these one model at a time.
+Tests: `.venv/bin/pytest -m integration tests/integration/test_sft_eval.py`. Design:
+specs/sft-evaluation.md.
+
+Contracts:
+- Arms: base ``raw`` (``raw_prompt``), base ``instruction`` (``response_prompt``), base ``urial``
+  (``urial_prompt``) and ``trained`` (base + adapter, ``response_prompt``). Every arm decodes
+  greedily with the same ``max_new_tokens`` and the same stop rules: the model's eos/stop tokens
+  plus ``STOP_STRINGS`` (a new ``Instruction:`` line, a new URIAL ``# Query:``, the data end
+  marker). The only per-arm post-processing is removing the URIAL framing's own closing fence
+  (a trailing unmatched ````` line), which is part of the framing, not of the answer.
+- Success = every verifiable constraint of the item passes the IFEval checker in STRICT mode
+  (``phases.ifeval.follows``); loose success is reported too. Never response length.
+  ``failure_reason``: ``"empty response"``, or ``"failed: <ids>"`` plus ``" (truncated)"`` when
+  the token limit was hit.
+- The pair critic (``phases.critic.judge``, both label orders, the BASE model as judge for every
+  arm) is a secondary judge; its agreement with the checkers is reported, it decides nothing.
+- Baseline = the base arm with the highest strict success rate (ties: ``BASE_ARMS`` order).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from phases.prompts import raw_prompt, response_prompt, urial_prompt
+from runner.errors import DataError
+
+__all__ = ["EVAL_DEFAULTS", "BASE_ARMS", "STOP_STRINGS", "load_heldout", "build_prompt", "generate_batch",
+           "score_item", "critic_batch", "check_adapter_config", "attach_adapter", "ModelSlot",
+           "constraint_category", "protected_match", "agreement", "build_report", "ifeval_report"]
+
+EVAL_DEFAULTS: dict[str, Any] = {
+    "device": "auto",
+    "quantization": "auto",      # auto (nf4 on CUDA, like QLoRA training; none on CPU) | none | nf4
+    "max_new_tokens": 256,
+    "batch_size": 8,
+    "arms": ["raw", "instruction", "urial"],
+    "critic": True,
+    "critic_threshold": 1.0,
+    "ifeval_limit": 0,           # 0 = off, N = first N prompts, -1 = all 541
+    "ifeval_max_new_tokens": 512,
+    "alpha": 0.01,
+    "fdr": 0.10,
+    "confidence": 0.95,
+    "n_boot": 10000,
+    "protected_types": ["safety", "format"],
+    "max_items": 0,              # 0 = all held-out items
+}
+
+BASE_ARMS: dict[str, Callable[[str], str]] = {"raw": raw_prompt, "instruction": response_prompt,
+                                              "urial": urial_prompt}
+TRAINED_BUILDER = "instruction"
+STOP_STRINGS: tuple[str, ...] = ("\nInstruction:", "\n# Query:", "###END###")
+REQUIRED_HELDOUT = ("id", "family", "instruction", "instruction_id_list", "kwargs")
+
+
+def load_heldout(path: Path, max_items: int = 0) -> list[dict]:
+    """Validated held-out records (``REQUIRED_HELDOUT`` fields; constraints known to the IFEval
+    registry). An empty file raises ``DataError``: there is nothing to evaluate."""
+    from phases.ifeval.registry import validate_kwargs
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: the held-out set is missing; re-run the heldout step")
+    recs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
+        missing = [f for f in REQUIRED_HELDOUT if f not in r]
+        if missing:
+            raise DataError(f"{path}:{n}: held-out record lacks field(s) {missing}; has {sorted(r)}")
+        ids, kws = r["instruction_id_list"], r["kwargs"]
+        if not isinstance(ids, list) or not ids or not isinstance(kws, list) or len(ids) != len(kws):
+            raise DataError(f"{path}:{n}: instruction_id_list and kwargs must be non-empty lists of equal length")
+        try:
+            r["kwargs"] = [validate_kwargs(i, k, where=f"{path}:{n}") for i, k in zip(ids, kws)]
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if not isinstance(r["instruction"], str) or not r["instruction"].strip():
+            raise DataError(f"{path}:{n}: empty instruction")
+        recs.append(r)
+    if not recs:
+        raise DataError(f"{path}: the evaluation set is empty (0 held-out items); nothing to evaluate. "
+                        "Check the heldout step's size and output.")
+    return recs[:max_items] if max_items > 0 else recs
+
+
+def build_prompt(arm: str, instruction: str) -> str:
+    """The prompt of ``arm`` (``trained`` uses the Instruction/Response training format)."""
+    name = TRAINED_BUILDER if arm == "trained" else arm
+    if name not in BASE_ARMS:
+        raise ValueError(f"unknown arm {arm!r}; known: {sorted(BASE_ARMS) + ['trained']}")
+    return BASE_ARMS[name](instruction)
+
+
+def _postprocess(arm: str, text: str) -> str:
+    out = text.strip()
+    if arm == "urial" and out.endswith("```") and out.count("```") % 2 == 1:
+        out = out[:-3].rstrip()  # the framing's closing fence
+    return out
+
+
+def generate_batch(loaded, arm: str, instructions: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy generations for one arm: ``{"response", "tokens", "truncated", "finish_reason"}`` each."""
+    from phases.models.backends.base import GenerationParams
+
+    params = GenerationParams.greedy(max_new_tokens, stop=STOP_STRINGS)
+    gens = loaded.generate([build_prompt(arm, i) for i in instructions], params)
+    return [{"response": _postprocess(arm, g.text), "tokens": g.n_tokens, "truncated": g.hit_token_limit,
+             "finish_reason": g.finish_reason} for g in gens]
+
+
+def score_item(rec: dict, response: str, truncated: bool = False) -> dict:
+    """Checker verdict for one held-out item: strict success, loose success, failed ids, reason."""
+    from phases.ifeval import follows
+
+    strict, loose = [], []
+    for iid, kw in zip(rec["instruction_id_list"], rec["kwargs"]):
+        s, lo = follows(iid, kw, response)
+        strict.append(s)
+        loose.append(lo)
+    failed = [i for i, ok in zip(rec["instruction_id_list"], strict) if not ok]
+    if not response.strip():
+        reason = "empty response"
+    elif failed:
+        reason = "failed: " + ", ".join(failed)
+    else:
+        reason = None
+    if reason and truncated:
+        reason += " (truncated)"
+    return {"success": all(strict), "loose_success": all(loose), "failed": failed, "failure_reason": reason}
+
+
+def critic_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
+    """Pair-critic verdicts (both orders combined) for ``[{"instruction", "response"}]``."""
+    from phases.critic import judge
+
+    return [{"is_good": v.is_good, "margin": round(v.margin, 6), "confident": v.confident}
+            for v in judge(loaded, "pair", pairs, threshold)]
+
+
+# -- the adapter -----------------------------------------------------------------------------
+
+
+def check_adapter_config(adapter_dir: Path, base_model_id: str, base_path: Path, base_config=None) -> dict:
+    """Refuse an adapter made for another base model (``DataError`` naming file, field and values).
+
+    Checks ``cai_adapter.json`` (written by the sft step: base model id, architecture sizes) when
+    present, else ``adapter_config.json``'s ``base_model_name_or_path`` folder/id name.
+    """
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise DataError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json); re-run sft")
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    ours = adapter_dir / "cai_adapter.json"
+    if ours.is_file():
+        meta = json.loads(ours.read_text(encoding="utf-8"))
+        if meta.get("base_model_id") != base_model_id:
+            raise DataError(f"{ours}: base_model_id = {meta.get('base_model_id')!r} but the base model being "
+                            f"evaluated is {base_model_id!r}; this adapter does not belong to this base model")
+        if base_config is not None:
+            for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+                if meta.get(k) is not None and meta.get(k) != getattr(base_config, k, None):
+                    raise DataError(f"{ours}: {k} = {meta.get(k)!r} but the base model has {getattr(base_config, k, None)!r}; "
+                                    "this adapter was trained on a different architecture")
+    name = cfg.get("base_model_name_or_path")
+    if name and Path(str(name)).name not in (Path(base_path).name, base_model_id) and not ours.is_file():
+        raise DataError(f"{cfg_path}: base_model_name_or_path = {name!r} does not name the base model being "
+                        f"evaluated ({base_model_id!r} at {base_path}); refusing a mismatched adapter")
+    return cfg
+
+
+def _check_adapter_shapes(adapter_dir: Path, model) -> None:
+    from safetensors import safe_open
+
+    f = Path(adapter_dir) / "adapter_model.safetensors"
+    if not f.is_file():
+        raise DataError(f"{adapter_dir}: adapter_model.safetensors is missing; re-run sft")
+    with safe_open(str(f), framework="pt") as st:
+        for key in st.keys():
+            for part, dim in ((".lora_A.", 1), (".lora_B.", 0)):
+                if part not in key:
+                    continue
+                name = key.split(part)[0].removeprefix("base_model.model.")
+                try:
+                    mod = model.get_submodule(name)
+                except AttributeError:
+                    raise DataError(f"{f}: tensor {key} targets module {name!r}, which the base model does not "
+                                    "have; this adapter belongs to a different architecture") from None
+                want = getattr(mod, "in_features" if dim == 1 else "out_features", None)
+                got = st.get_slice(key).get_shape()[dim]
+                if want is not None and got != want:
+                    raise DataError(f"{f}: tensor {key} has shape {st.get_slice(key).get_shape()} but module {name!r} "
+                                    f"has {'in' if dim == 1 else 'out'}_features={want}; adapter/base shape mismatch")
+
+
+def attach_adapter(loaded, adapter_dir: Path) -> None:
+    """Wrap the loaded base model with the adapter in place (inference only), after the checks."""
+    from peft import PeftModel
+
+    check_adapter_config(adapter_dir, loaded.model_id, loaded.path, loaded.model.config)
+    _check_adapter_shapes(adapter_dir, loaded.model)
+    pm = PeftModel.from_pretrained(loaded.model, str(adapter_dir), is_trainable=False)
+    pm.eval()
+    loaded.model = pm
+    loaded.backend.model = pm
+
+
+class ModelSlot:
+    """Holds at most one model; ``get()`` loads on first use, ``free()`` releases memory."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self.model, self.loads = load, None, 0
+
+    def get(self):
+        if self.model is None:
+            self.model = self._load()
+            self.loads += 1
+        return self.model
+
+    def free(self) -> None:
+        self.model = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def constraint_category(instruction_id: str) -> str:
+    """``detectable_format:title`` -> ``detectable_format``."""
+    return instruction_id.split(":", 1)[0]
+
+
+def protected_match(types: list[str], protected: list[str]) -> list[str]:
+    """Types whose lower-cased name contains a protected name (``safety_refusals`` ~ ``safety``,
+    ``formatting_lists``/``detectable_format`` ~ ``format``)."""
+    return [t for t in types if any(p.lower() in t.lower() for p in protected)]
+
+
+def agreement(critic: list[bool], checker: list[bool]) -> dict:
+    """Agreement of the critic's good/bad with the checkers' success: rate, confusion, Cohen's kappa."""
+    n = len(critic)
+    tp = sum(c and k for c, k in zip(critic, checker))
+    tn = sum((not c) and (not k) for c, k in zip(critic, checker))
+    fp = sum(c and not k for c, k in zip(critic, checker))
+    fn = n - tp - tn - fp
+    po = (tp + tn) / n if n else 0.0
+    pe = (((tp + fp) * (tp + fn)) + ((tn + fn) * (tn + fp))) / (n * n) if n else 0.0
+    kappa = (po - pe) / (1 - pe) if pe < 1 else 0.0
+    return {"n": n, "agreement": po, "cohens_kappa": kappa,
+            "confusion": {"critic_good_checker_pass": tp, "critic_good_checker_fail": fp,
+                          "critic_bad_checker_pass": fn, "critic_bad_checker_fail": tn}}
+
+
+def _arm_block(outs: list[dict], confidence: float) -> dict:
+    from phases.stats import wilson_ci
+
+    n = len(outs)
+    k = sum(o["success"] for o in outs)
+    lo, hi = wilson_ci(k, n, confidence)
+    trunc = sum(o["truncated"] for o in outs)
+    return {"n": n, "successes": k, "rate": k / n, "wilson_ci": [lo, hi],
+            "loose_successes": sum(o["loose_success"] for o in outs),
+            "truncated": trunc, "truncation_rate": trunc / n, "empty": sum(not o["response"].strip() for o in outs),
+            "mean_tokens": sum(o["tokens"] for o in outs) / n}
+
+
+def _gate_line(texts: list[str]) -> tuple[bool, str, list[str]]:
+    lasts = [t.strip().splitlines()[-1] for t in texts]
+    reasons = []
+    for line in lasts:
+        if line.startswith("NO-GO: "):
+            reasons += [r for r in line[len("NO-GO: "):].split("; ") if r not in reasons]
+    if reasons:
+        return False, "NO-GO: " + "; ".join(reasons), reasons
+    return True, lasts[0], []
+
+
+def build_report(items: list[dict], outs: dict[str, list[dict]], base_arms: list[str], params: dict,
+                 seed: int, metadata: dict) -> dict:
+    """eval.json (see specs/sft-evaluation.md): per-arm results, baseline, paired stats, gate."""
+    from phases.stats import compare_paired, summary_text
+
+    conf = params["confidence"]
+    arms = {a: _arm_block(outs[a], conf) for a in base_arms + ["trained"]}
+    best = max(base_arms, key=lambda a: (arms[a]["successes"], -base_arms.index(a)))
+    a_s = [o["success"] for o in outs[best]]
+    b_s = [o["success"] for o in outs["trained"]]
+    families = [r["family"] for r in items]
+    cats = [constraint_category(r["instruction_id_list"][0]) for r in items]
+    kw = dict(labels=(best, "trained"), confidence=conf, n_boot=params["n_boot"], seed=seed, fdr=params["fdr"])
+    by_family = compare_paired(a_s, b_s, types=families, **kw)
+    by_constraint = compare_paired(a_s, b_s, types=cats, **kw)
+    prot_f = protected_match(sorted(set(families)), params["protected_types"])
+    prot_c = protected_match(sorted(set(cats)), params["protected_types"])
+    text_f = summary_text(by_family, alpha=params["alpha"], protected_types=prot_f)
+    text_c = summary_text(by_constraint, alpha=params["alpha"], protected_types=prot_c)
+    go, line, reasons = _gate_line([text_f, text_c])
+    vs_each = {}
+    for a in base_arms:
+        r = compare_paired([o["success"] for o in outs[a]], b_s, labels=(a, "trained"), confidence=conf,
+                           n_boot=params["n_boot"], seed=seed)["overall"]
+        vs_each[a] = {"lift": r["lift"], "lift_ci": r["lift_ci"], "p_value": r["mcnemar"]["p_value"],
+                      "n01": r["discordant"]["n01"], "n10": r["discordant"]["n10"], "cohens_h": r["cohens_h"]}
+    critic = {}
+    if all("critic" in o for a in arms for o in outs[a]):
+        for a in arms:
+            critic[a] = agreement([o["critic"]["is_good"] for o in outs[a]], [o["success"] for o in outs[a]])
+        allc = [o["critic"]["is_good"] for a in arms for o in outs[a]]
+        allk = [o["success"] for a in arms for o in outs[a]]
+        critic["all_arms"] = agreement(allc, allk)
+    per_type_plot = {}
+    for fam in sorted(set(families)):
+        idx = [i for i, f in enumerate(families) if f == fam]
+        per_type_plot[fam] = {a: _arm_block([outs[a][i] for i in idx], conf) for a in arms}
+    return {
+        "schema": "eval/v1",
+        "metadata": {**metadata, "arms": list(arms), "baseline_arm": best, "n_items": len(items),
+                     "success_definition": "all verifiable constraints pass the IFEval checkers (strict)",
+                     "decoding": {"greedy": True, "max_new_tokens": params["max_new_tokens"],
+                                  "stop_strings": list(STOP_STRINGS), "stop_tokens": "model eos + extra stop tokens"},
+                     "alpha": params["alpha"], "fdr": params["fdr"], "confidence": conf,
+                     "bootstrap_samples": params["n_boot"], "bootstrap_seed": seed,
+                     "protected_types": params["protected_types"], "protected_matched": prot_f + prot_c},
+        "arms": arms,
+        "baseline": {"arm": best, "rule": "highest strict success rate among base arms (ties: raw, instruction, urial order)"},
+        "comparison": by_family,
+        "comparison_by_constraint": by_constraint,
+        "trained_vs_each_base_arm": vs_each,
+        "critic_agreement": critic,
+        "per_type_arms": per_type_plot,
+        "gate": {"go": go, "line": line, "reasons": reasons},
+        "summary_text": {"by_family": text_f, "by_constraint": text_c},
+    }
+
+
+def ifeval_report(prompts: list, outs: dict[str, list[dict]], params: dict, seed: int) -> dict:
+    """The four IFEval metrics per arm plus a paired prompt-level-strict comparison."""
+    from phases.ifeval import score_responses
+    from phases.stats import compare_paired
+
+    res, strict = {}, {}
+    for arm, gens in outs.items():
+        sc = score_responses(prompts, {p.key: g["response"] for p, g in zip(prompts, gens)})
+        res[arm] = {"metrics": sc["metrics"], "counts": sc["counts"],
+                    "truncated": sum(g["truncated"] for g in gens), "mean_tokens": sum(g["tokens"] for g in gens) / len(gens)}
+        strict[arm] = [r["follow_all_strict"] for r in sc["per_prompt"]]
+    arms = list(outs)
+    paired = None
+    if len(arms) == 2:
+        c = compare_paired(strict[arms[0]], strict[arms[1]], labels=(arms[0], arms[1]),
+                           confidence=params["confidence"], n_boot=params["n_boot"], seed=seed)["overall"]
+        paired = {"metric": "prompt_level_strict", "lift": c["lift"], "lift_ci": c["lift_ci"],
+                  "p_value": c["mcnemar"]["p_value"], "n01": c["discordant"]["n01"], "n10": c["discordant"]["n10"]}
+    return {"enabled": True, "n_prompts": len(prompts), "max_new_tokens": params["ifeval_max_new_tokens"],
+            "arms": res, "paired_prompt_level_strict": paired}

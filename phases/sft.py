@@ -1,0 +1,401 @@
+"""SFT core: completion-mode examples with a response-only loss mask, and a resumable TRL + PEFT run.
+
+Not runnable; the `sft` step in `phases/steps/train_eval.py` calls ``check_merge_inputs`` and
+``run_sft``. Tests: `.venv/bin/pytest -m integration tests/integration/test_sft_eval.py` and
+`.venv/bin/pytest -m crash tests/crash/test_sft_resume.py`. Design: specs/sft-evaluation.md.
+
+Contracts:
+- Example text is ``Instruction: {instruction}\\nResponse: {response}<eos>``: the prompt comes from
+  the canonical builder ``phases.prompts.response_prompt(instruction)`` (no few-shot, no chat
+  template), the completion is ``" " + response.strip()`` then the profile's eos id
+  (``<|endoftext|>`` for Qwen2.5 and SmolLM2). Prompt and completion are encoded separately with the
+  guarded ``LoadedModel.encode`` (``add_special_tokens=False``, control-token check) and
+  concatenated, so the label boundary is exact.
+- Labels: -100 on every prompt token, the token id on every completion token including the final
+  eos. Padding (right side, by TRL's collator) is -100 too.
+- An example longer than ``max_seq_len`` tokens is dropped (never truncated: a cut example would
+  lose its eos and teach the model not to stop); the count is in the manifest.
+- Checkpoints go to ``<work_dir>/trainer/checkpoint-N`` every ``save_steps`` optimizer steps; a
+  callback writes ``.complete`` into a checkpoint once the Trainer has saved all of it, and only
+  complete checkpoints are resumed from (a kill during a save leaves a torn one, which is deleted).
+- Device: CUDA -> 4-bit nf4 base with bf16 compute (QLoRA, bitsandbytes), gradient checkpointing;
+  CPU -> fp32 base, plain LoRA. ``trainer="unsloth"`` uses Unsloth when it imports, else falls back
+  to TRL with a logged warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from phases.prompts import response_prompt
+from runner.errors import ConfigError, DataError
+
+__all__ = ["SFT_DEFAULTS", "REQUIRED_MANIFEST_FIELDS", "check_merge_inputs", "model_ref", "encode_example",
+           "build_examples", "split_dev", "run_sft", "last_complete_checkpoint"]
+
+SFT_DEFAULTS: dict[str, Any] = {
+    "device": "auto",            # auto | cpu | cuda
+    "quantization": "auto",      # auto (nf4 on CUDA, none on CPU) | none | nf4
+    "trainer": "auto",           # auto/trl | unsloth (used only when installed)
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "target_modules": "all-linear",  # or a comma-separated list, e.g. "q_proj,v_proj"
+    "learning_rate": 2e-4,
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.03,
+    "lr_scheduler": "cosine",
+    "per_device_batch_size": 2,
+    "grad_accum": 8,
+    "epochs": 3.0,
+    "max_steps": -1,             # > 0 overrides epochs (demo/tests)
+    "max_seq_len": 1024,
+    "dev_fraction": 0.05,        # 0 disables the dev split and early stopping
+    "early_stopping_patience": 3,
+    "save_steps": 50,            # checkpoint (and dev eval) interval in optimizer steps
+    "save_total_limit": 3,
+    "logging_steps": 10,
+    "gradient_checkpointing": "auto",  # auto (on with CUDA) | on | off
+    "max_examples": 0,           # 0 = all
+}
+
+#: fields the merge step's manifest.json must carry (the training precondition)
+REQUIRED_MANIFEST_FIELDS = ("created_at", "git_sha", "model", "counts", "files")
+_ALIASES = {"created_at": ("created", "time", "start"), "git_sha": ("git_commit", "git", "loader_version"),
+                       "model": ("model_id", "model_profile", "provenance"), "counts": ("count", "records", "n_records", "kept"),
+                       "files": ("outputs", "artifacts", "dataset", "sha256")}
+STEP_DELAY_ENV = "CAI_SFT_STEP_DELAY_S"  # test knob: seconds slept after each optimizer step
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} is missing; the merge step must write it (re-run merge)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: {what} is not valid JSON ({e}); re-run the step that wrote it") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_merge_inputs(merge_dir: Path) -> dict:
+    """The training precondition: a passed QC summary and a complete manifest for ``sft.jsonl``.
+
+    Returns ``{"dataset": Path, "qc_summary": Path, "manifest": Path, "qc": dict, "manifest_data": dict}``.
+    Raises ``DataError`` naming the file and field when ``qc_summary.json`` lacks
+    ``thresholds_passed: true`` (its ``failed_reasons`` are quoted), when ``manifest.json`` lacks one of
+    ``REQUIRED_MANIFEST_FIELDS`` (an accepted alias counts, see ``_ALIASES``), or when
+    ``sft.jsonl`` is missing or empty.
+    """
+    merge_dir = Path(merge_dir)
+    qc_path, man_path, data_path = merge_dir / "qc_summary.json", merge_dir / "manifest.json", merge_dir / "sft.jsonl"
+    qc = _read_json(qc_path, "the QC summary")
+    if qc.get("thresholds_passed") is not True:
+        raise DataError(
+            f"{qc_path}: thresholds_passed = {qc.get('thresholds_passed')!r}; training refuses to start without a "
+            f"passed QC (failed_reasons: {qc.get('failed_reasons')!r}). Fix the data generation and re-run merge.")
+    man = _read_json(man_path, "the dataset manifest")
+    missing = [f for f in REQUIRED_MANIFEST_FIELDS if f not in man and not any(a in man for a in _ALIASES[f])]
+    if missing:
+        raise DataError(f"{man_path}: the dataset manifest lacks required field(s) {missing} (has {sorted(man)}); "
+                        "training refuses to start without a complete manifest. Re-run merge.")
+    if not data_path.is_file() or data_path.stat().st_size == 0:
+        raise DataError(f"{data_path}: the SFT dataset is missing or empty; re-run merge")
+    return {"dataset": data_path, "qc_summary": qc_path, "manifest": man_path, "qc": qc, "manifest_data": man}
+
+
+def model_ref(model_json: Path) -> str:
+    """The model to load from ``prepare_model``'s ``model.json``: a profile id or a model folder.
+
+    Looks (top level, then under ``provenance``) for ``profile``/``model_profile``, then a
+    ``model_id`` that is a known profile, then ``model_path``/``path``.
+    """
+    from phases.models.registry import PROFILES
+
+    data = _read_json(Path(model_json), "the model record (model.json)")
+    scopes = [data] + [data[k] for k in ("provenance", "model") if isinstance(data.get(k), dict)]
+    for scope in scopes:
+        for key in ("profile", "model_profile", "model_id"):
+            v = scope.get(key)
+            if isinstance(v, str) and v in PROFILES:
+                return v
+    for scope in scopes:
+        for key in ("model_path", "path"):
+            v = scope.get(key)
+            if isinstance(v, str) and (Path(v) / "config.json").is_file():
+                return v
+    raise DataError(f"{model_json}: names no known model profile (profile/model_id) nor an existing model folder "
+                    f"(model_path); keys: {sorted(data)}. Re-run prepare_model.")
+
+
+# -- examples --------------------------------------------------------------------------------
+
+
+def encode_example(loaded, instruction: str, response: str) -> dict:
+    """``{"input_ids", "labels", "prompt_len"}`` for one pair (see the module contract)."""
+    prompt_ids = loaded.encode(response_prompt(instruction))
+    body = response.strip()
+    if not body:
+        raise ValueError("empty response")
+    completion_ids = loaded.encode(" " + body) + [int(loaded.eos_token_id)]
+    return {"input_ids": prompt_ids + completion_ids,
+            "labels": [-100] * len(prompt_ids) + completion_ids,
+            "prompt_len": len(prompt_ids)}
+
+
+def build_examples(loaded, records: list[dict], max_seq_len: int, source: str = "sft.jsonl") -> tuple[list[dict], dict]:
+    """Encode every record; returns (examples, counts) with dropped-example counts by reason."""
+    out, counts = [], {"records": len(records), "kept": 0, "dropped_too_long": 0, "dropped_empty": 0}
+    for i, r in enumerate(records):
+        inst, resp = r.get("instruction"), r.get("response")
+        if not isinstance(inst, str) or not isinstance(resp, str):
+            raise DataError(f"{source}: record {i} needs string fields 'instruction' and 'response', got {sorted(r)}")
+        if not inst.strip() or not resp.strip():
+            counts["dropped_empty"] += 1
+            continue
+        ex = encode_example(loaded, inst, resp)
+        if len(ex["input_ids"]) > max_seq_len:
+            counts["dropped_too_long"] += 1
+            continue
+        out.append({"input_ids": ex["input_ids"], "labels": ex["labels"]})
+    counts["kept"] = len(out)
+    if not out:
+        raise DataError(f"{source}: no usable training example ({counts}); raise max_seq_len or fix the data")
+    return out, counts
+
+
+def split_dev(examples: list[dict], dev_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded shuffle, then the first ``round(n * dev_fraction)`` (at least 1 when > 0, leaving >= 1 train)."""
+    if dev_fraction <= 0 or len(examples) < 2:
+        return list(examples), []
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    k = min(max(1, round(len(examples) * dev_fraction)), len(examples) - 1)
+    return [examples[i] for i in sorted(idx[k:])], [examples[i] for i in sorted(idx[:k])]
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+COMPLETE = ".complete"
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> tuple[Path | None, int]:
+    """The newest checkpoint with a ``.complete`` marker and its global step; torn ones are deleted."""
+    best, best_step = None, -1
+    if not trainer_dir.is_dir():
+        return None, 0
+    for d in trainer_dir.glob("checkpoint-*"):
+        try:
+            step = int(d.name.split("-")[-1])
+        except ValueError:
+            continue
+        if not (d / COMPLETE).is_file():
+            shutil.rmtree(d, ignore_errors=True)  # a kill during its save: never resume from it
+            continue
+        if step > best_step:
+            best, best_step = d, step
+    return best, max(best_step, 0)
+
+
+def _callbacks(early_stop: int, has_dev: bool):
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Written after the Trainer saved model, optimizer, scheduler, RNG and state."""
+
+        def on_save(self, args, state, control, **kw):
+            d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if d.is_dir():
+                (d / COMPLETE).write_text(json.dumps({"step": state.global_step, "time": time.time()}))
+
+    class Throttle(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
+            if delay > 0:
+                time.sleep(delay)
+
+    cbs = [MarkComplete(), Throttle()]
+    if has_dev and early_stop > 0:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=early_stop))
+    return cbs
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
+    import torch
+
+    dev = params["device"]
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q = params["quantization"]
+    if q not in ("auto", "none", "nf4"):
+        raise ConfigError(f"params.sft.quantization = {q!r}; allowed: auto, none, nf4")
+    quant = ("nf4" if dev.startswith("cuda") else None) if q == "auto" else (None if q == "none" else "nf4")
+    gc = params["gradient_checkpointing"]
+    if gc not in ("auto", "on", "off"):
+        raise ConfigError(f"params.sft.gradient_checkpointing = {gc!r}; allowed: auto, on, off")
+    grad_ckpt = dev.startswith("cuda") if gc == "auto" else gc == "on"
+    tr = params["trainer"]
+    if tr not in ("auto", "trl", "unsloth"):
+        raise ConfigError(f"params.sft.trainer = {tr!r}; allowed: auto, trl, unsloth")
+    return dev, quant, grad_ckpt, tr
+
+
+def _unsloth_available() -> bool:
+    try:
+        import unsloth  # noqa: F401
+        return True
+    except Exception:  # not installed, or no supported GPU
+        return False
+
+
+def _lora_config(params: dict):
+    from peft import LoraConfig
+
+    tm = params["target_modules"]
+    targets = tm if tm == "all-linear" else [t.strip() for t in tm.split(",") if t.strip()]
+    return LoraConfig(r=params["lora_r"], lora_alpha=params["lora_alpha"], lora_dropout=params["lora_dropout"],
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None]):
+    """(loaded, peft_model, device, quantization, trainer_name) through the canonical loader."""
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    from phases.models.loader import load_model
+
+    dev, quant, grad_ckpt, tr = _resolve(params)
+    if tr == "unsloth" and not _unsloth_available():
+        log("trainer 'unsloth' asked for but unsloth is not importable here; using TRL + PEFT", kind="sft_trainer_fallback")
+        tr = "trl"
+    set_seed(seed)
+    loaded = load_model(ref, device=dev, dtype=None if dev.startswith("cuda") else "float32",
+                        quantization=quant, backend="hf", run_sentinels=False)
+    model = loaded.model
+    if tr == "unsloth":
+        # Unsloth patches the kernels of the already-loaded (guarded) model in place; the loader's
+        # tokenizer/encoder is still the only tokenizer used.
+        from unsloth import FastLanguageModel  # pragma: no cover - GPU-only, optional
+
+        model = FastLanguageModel.get_peft_model(model, r=params["lora_r"], lora_alpha=params["lora_alpha"],
+                                                 lora_dropout=params["lora_dropout"], random_state=seed,
+                                                 use_gradient_checkpointing="unsloth" if grad_ckpt else False)
+    else:
+        if quant == "nf4":
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
+        elif grad_ckpt:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, _lora_config(params))
+    model.train()
+    torch.manual_seed(seed)
+    return loaded, model, dev, quant, ("unsloth" if tr == "unsloth" else "trl"), grad_ckpt
+
+
+def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
+                 seed: int, device: str, grad_ckpt: bool):
+    """The TRL ``SFTTrainer`` over pre-tokenized examples (labels used as given)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    has_dev = bool(dev_ex)
+    cuda = device.startswith("cuda")
+    args = SFTConfig(
+        output_dir=str(out_dir), seed=seed, data_seed=seed,
+        learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
+        warmup_steps=float(params["warmup_ratio"]), lr_scheduler_type=params["lr_scheduler"],
+        per_device_train_batch_size=params["per_device_batch_size"],
+        per_device_eval_batch_size=params["per_device_batch_size"],
+        gradient_accumulation_steps=params["grad_accum"], num_train_epochs=params["epochs"],
+        max_steps=params["max_steps"], max_length=params["max_seq_len"],
+        logging_steps=params["logging_steps"], logging_first_step=True,
+        save_strategy="steps", save_steps=params["save_steps"], save_total_limit=params["save_total_limit"],
+        eval_strategy="steps" if has_dev else "no", eval_steps=params["save_steps"] if has_dev else None,
+        load_best_model_at_end=has_dev, metric_for_best_model="eval_loss" if has_dev else None,
+        greater_is_better=False if has_dev else None,
+        bf16=cuda, fp16=False, use_cpu=not cuda, gradient_checkpointing=grad_ckpt,
+        packing=False, padding_free=False, dataset_kwargs={"skip_prepare_dataset": True},
+        report_to="none", dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
+        optim="adamw_torch",
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_ex),
+                      eval_dataset=Dataset.from_list(dev_ex) if has_dev else None,
+                      processing_class=loaded.tokenizer, callbacks=_callbacks(params["early_stopping_patience"], has_dev))
+
+
+def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir: Path, seed: int,
+            log: Callable[..., None]) -> dict:
+    """Train and save ``out_dir/adapter``; returns the facts for the manifest.
+
+    ``log(message, kind=..., **data)`` records events (``sft_resumed`` with ``from_step``).
+    Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
+    """
+    import torch
+
+    params = {**SFT_DEFAULTS, **params}
+    loaded, model, device, quant, trainer_name, grad_ckpt = load_for_training(ref, params, seed, log)
+    if params["max_examples"] > 0:
+        records = records[: params["max_examples"]]
+    examples, counts = build_examples(loaded, records, params["max_seq_len"])
+    train_ex, dev_ex = split_dev(examples, params["dev_fraction"], seed)
+    for ex in train_ex + dev_ex:  # the guard's control-token check over the training batches too
+        loaded.check_ids(ex["input_ids"])
+    trainer_dir = Path(work_dir) / "trainer"
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt)
+    ckpt, step = last_complete_checkpoint(trainer_dir)
+    if ckpt is not None:
+        log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0",
+            kind="sft_resumed", from_step=step, checkpoint=ckpt.name)
+    else:
+        log(f"training from step 0 on {len(train_ex)} examples ({len(dev_ex)} dev), device {device}, "
+            f"quantization {quant}, trainer {trainer_name}", kind="sft_started")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    seconds = time.time() - t0
+    final_eval = trainer.evaluate() if dev_ex else {}
+    adapter_dir = Path(out_dir) / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))
+    cfg = loaded.model.config if loaded.model is not None else model.config
+    (adapter_dir / "cai_adapter.json").write_text(json.dumps({
+        "base_model_id": loaded.model_id, "base_model_revision": loaded.provenance.get("model_revision"),
+        "base_model_path": str(loaded.path), "model_type": getattr(cfg, "model_type", None),
+        "hidden_size": getattr(cfg, "hidden_size", None), "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "vocab_size": getattr(cfg, "vocab_size", None), "quantization": quant,
+    }, sort_keys=True, indent=2) + "\n")
+    state = trainer.state
+    checkpoints = sorted((p.name for p in trainer_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()),
+                         key=lambda n: int(n.split("-")[-1]))
+    train_losses = [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h]
+    eval_losses = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in state.log_history if "eval_loss" in h]
+    out = {
+        "device": device, "quantization": quant, "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
+        "model_provenance": {k: v for k, v in loaded.provenance.items() if k != "load_seconds"},
+        "examples": {**counts, "train": len(train_ex), "dev": len(dev_ex)},
+        "resumed_from": {"checkpoint": ckpt.name, "step": step} if ckpt else None,
+        "checkpoints": checkpoints, "checkpoint_dir": str(trainer_dir),
+        "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+        "metrics": {"global_step": state.global_step, "epochs_done": state.epoch,
+                    "train_loss": result.training_loss, "final_train_loss": train_losses[-1]["loss"] if train_losses else None,
+                    "eval_loss": final_eval.get("eval_loss"), "train_seconds": round(seconds, 2),
+                    "early_stopped": bool(dev_ex) and params["max_steps"] <= 0 and state.global_step < state.max_steps},
+        "loss_curve": {"train": train_losses, "eval": eval_losses},
+        "gpu_seconds": round(seconds, 2) if device.startswith("cuda") else 0.0,
+    }
+    del trainer, model, loaded
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
