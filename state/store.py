@@ -119,6 +119,10 @@ class Store:
 
         return _Ctx()
 
+    def _tx(self, fence: Fence | None):
+        """A fenced write transaction for the live runner, a plain one for everyone else."""
+        return self.db.write() if fence is None else self.fenced(fence)
+
     # ---- runs ----------------------------------------------------------------------------
     def create_run(self, run_id: str, pipeline: str, config_path: Optional[str], config: dict,
                    plan: list[dict], seed: int, goal: str = "") -> Run:
@@ -156,12 +160,8 @@ class Store:
                 setattr(run, k, v)
             run.updated_at = now()
             s.add(run)
-        if fence is None:
-            with self.db.write() as s:
-                apply(s)
-        else:
-            with self.fenced(fence) as s:
-                apply(s)
+        with self._tx(fence) as s:
+            apply(s)
 
     # ---- events --------------------------------------------------------------------------
     def add_event(self, s: Session, run_id: str, kind: str, message: str = "", step: str | None = None,
@@ -170,12 +170,8 @@ class Store:
                     attempt_id=attempt_id, data_json=dumps(data) if data is not None else None))
 
     def event(self, run_id: str, kind: str, message: str = "", fence: Fence | None = None, **kw: Any) -> None:
-        if fence is None:
-            with self.db.write() as s:
-                self.add_event(s, run_id, kind, message, **kw)
-        else:
-            with self.fenced(fence) as s:
-                self.add_event(s, run_id, kind, message, **kw)
+        with self._tx(fence) as s:
+            self.add_event(s, run_id, kind, message, **kw)
 
     def events(self, run_id: str, limit: int = 50, kinds: list[str] | None = None,
                after_id: int = 0) -> list[Event]:
@@ -374,10 +370,7 @@ class Store:
                 s.add(a)
             self.add_event(s, run_id, "invalidated", reason, data={"steps": steps, "attempts": len(rows)})
             return len(rows)
-        if fence is None:
-            with self.db.write() as s:
-                return apply(s)
-        with self.fenced(fence) as s:
+        with self._tx(fence) as s:
             return apply(s)
 
     def artifacts(self, attempt_id: int) -> list[Artifact]:
@@ -453,10 +446,7 @@ class Store:
                                note=note, created_at=now()))
             self.add_event(s, g.run_id, f"gate_{g.status}", f"by {who}" + (f": {note}" if note else ""), gate=g.name)
             return g
-        if fence is None:
-            with self.db.write() as s:
-                return apply(s)
-        with self.fenced(fence) as s:
+        with self._tx(fence) as s:
             return apply(s)
 
     def record_gate_note(self, gate_id: int, source: str, decision: str, who: str, note: str | None,
@@ -465,12 +455,8 @@ class Store:
             g = s.get(Gate, gate_id)
             s.add(GateDecision(gate_id=gate_id, run_id=g.run_id, source=source, decision=decision, who=who,
                                note=note, created_at=now()))
-        if fence is None:
-            with self.db.write() as s:
-                apply(s)
-        else:
-            with self.fenced(fence) as s:
-                apply(s)
+        with self._tx(fence) as s:
+            apply(s)
 
     def gate_decisions(self, gate_id: int) -> list[GateDecision]:
         with self.db.read() as s:
@@ -502,10 +488,7 @@ class Store:
             self.add_event(s, review.run_id, "review_recorded",
                            f"{review.gate}: {review.decision or 'failed: ' + (review.error or '')}", gate=review.gate)
             return review
-        if fence is None:
-            with self.db.write() as s:
-                return apply(s)
-        with self.fenced(fence) as s:
+        with self._tx(fence) as s:
             return apply(s)
 
     # ---- costs ---------------------------------------------------------------------------
