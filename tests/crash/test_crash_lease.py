@@ -57,14 +57,16 @@ def test_lease_from_another_host_is_taken_over_only_after_expiry(tmp_path):
     _kill_mid_step(home, RUNNER_LEASE_TTL=3)
     c = __import__("sqlite3").connect(str(home / ".runner" / "runner.db"))
     with c:
-        c.execute("UPDATE leases SET host='gpu-pod-7', pid=4242, expires_at=?", (time.time() + 2.5,))
-    c.close()
+        c.execute("UPDATE leases SET host='gpu-pod-7', pid=4242, expires_at=?", (time.time() + 60,))
     p = cli(home, "resume", RUNNER_LEASE_TTL=3)
     assert p.returncode == 4, p.stdout + p.stderr
     assert "gpu-pod-7" in p.stdout and "4242" in p.stdout
     assert attempt_counts(home)["process"] == 1  # nothing ran
     st = status_json(home)
     assert st["state"] == "running" and st["next_action"]["command"].startswith("runner wait")
+    with c:  # the other host stopped heartbeating: let its lease run out for real
+        c.execute("UPDATE leases SET expires_at=?", (time.time() + 1.0,))
+    c.close()
     time.sleep(max(0.0, rows(home, "SELECT expires_at FROM leases")[0][0] - time.time()) + 0.2)
     cli(home, "resume", check=0, RUNNER_LEASE_TTL=3)
     assert "expired" in _last_lease_reason(home)
@@ -72,7 +74,7 @@ def test_lease_from_another_host_is_taken_over_only_after_expiry(tmp_path):
 
 
 def test_two_racing_resumes_exactly_one_runs(tmp_path):
-    home = _home(tmp_path)
+    home = _home(tmp_path, delay=0.05)  # ~2 s of work: the loser starts long before it ends
     a, b = spawn(home, "resume"), spawn(home, "resume")
     out = {p.pid: (p.wait(timeout=60), p.stdout.read()) for p in (a, b)}
     codes = sorted(code for code, _ in out.values())
