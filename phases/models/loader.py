@@ -22,6 +22,7 @@ stop tokens (``<|im_end|>`` for instruct stand-ins).
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 import warnings
@@ -379,6 +380,7 @@ def load_model(
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "load_seconds": round(time.time() - t0, 2),
     }
+    loaded.provenance["fingerprint"] = fingerprint(loaded.provenance)
     return loaded
 
 
@@ -408,5 +410,5 @@ def _run_sentinels(loaded: LoadedModel, policy: str) -> dict:
 def fingerprint(provenance: dict) -> str:
     """A short stable hash of the model-identifying provenance fields (for run records)."""
     keys = ("loader_version", "model_id", "model_revision", "file_hashes", "quantization", "dtype", "backend")
-    blob = repr([(k, provenance.get(k)) for k in keys]).encode()
+    blob = json.dumps({k: provenance.get(k) for k in keys}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
