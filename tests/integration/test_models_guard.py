@@ -99,10 +99,11 @@ def test_provenance_records_version_hashes_and_sentinels():
 def test_sentinel_failure_aborts_a_declared_base_model_and_warns_for_a_stand_in():
     with pytest.raises(SentinelError, match="freezing"):
         load_model(tiny_dir(), device="cpu", sentinel_policy="abort")  # random weights never say 0 °C
-    smollm2_dir()
-    with pytest.warns(UserWarning, match="sentinel"):
-        m = load_model("smollm2-135m-instruct", device="cpu")
-    assert m.provenance["sentinels"]["all_passed"] is False  # says 100 °C: recorded, not hidden
+    m = smollm2()  # loaded with its own policy (warn); it says water freezes at 100 °C
+    assert m.provenance["sentinels"]["policy"] == "warn"
+    assert m.provenance["sentinels"]["all_passed"] is False  # recorded, not hidden
+    with pytest.warns(UserWarning, match="sentinel.*freezing"):
+        loader._run_sentinels(m, "warn")  # the very call load_model makes
 
 
 def test_cuda_without_gpu_nf4_on_cpu_and_vllm_on_cpu_are_clear_errors():
