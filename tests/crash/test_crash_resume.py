@@ -48,7 +48,11 @@ def test_sigkill_at_random_moments_then_resume_is_byte_identical(tmp_path, refer
     kills = 0
     for _ in range(8):
         p = spawn(home, "resume")
-        time.sleep(rng.uniform(0.5, 1.4))
+        # Anchor the random moment at the lease take-over, not at spawn: interpreter start-up
+        # takes 0.5-3 s depending on machine load and would swallow most kills.
+        wait_for(lambda: p.poll() is not None or any(
+            r[0] == p.pid and not r[1] for r in rows(home, "SELECT pid, released FROM leases")), timeout=30)
+        time.sleep(rng.uniform(0.0, 0.6))
         if p.poll() is None:
             kills += 1
         kill9(p)
