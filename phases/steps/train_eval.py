@@ -78,7 +78,7 @@ def sft(ctx):
         "adapter": {"path": "adapter", "sha256": _tree_sha256(ctx.out_dir / "adapter")},
         "eval_link": "the evaluate step of this run (eval.json)",
         "wall_seconds": round(time.time() - t0, 2),
-        **{k: res[k] for k in ("device", "quantization", "trainer", "gradient_checkpointing", "examples",
+        **{k: res[k] for k in ("device", "quantization", "loaded_in_4bit", "trainer", "gradient_checkpointing", "examples",
                                "resumed_from", "checkpoints", "best_checkpoint", "metrics", "loss_curve",
                                "gpu_seconds", "model_provenance")},
     }
@@ -126,7 +126,7 @@ def evaluate(ctx):
     model_json = ctx.input("prepare_model") / "model.json"
     ref = model_ref(model_json)
     adapter = ctx.input("sft") / "adapter"
-    ev.check_adapter_config(adapter, ref if ref in PROFILES else Path(ref).name, Path(ref))  # before any load
+    ev.check_adapter_config(adapter, ev.expected_model_id(ref), Path(ref))  # before any load
     dev = p["device"] if p["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     q = p["quantization"]
     if q not in ("auto", "none", "nf4"):

@@ -1,0 +1,166 @@
+"""Step `heldout`: the held-out evaluation set, made FIRST, with its own seed, before any
+training data; every later dataset is checked against it (exact and near-duplicate).
+
+Runs inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (step 2 of cai-stage1).
+
+How: instruction lists are generated with the canonical numbered-list builder exactly like
+training instructions, but every seed derives from ``heldout.seed`` (not the run seed), so the
+set is the same for every run seed; candidates are parsed, filtered, deduped (also against
+the seed instructions) and judged by the instruction critic; critic-kept ones are taken
+round-robin over families (typed by family, balanced by weight) up to ``heldout.size``.
+Each gets ONE verifiable constraint appended, drawn seeded from `CONSTRAINTS` (IFEval ids and
+kwargs, validated by `phases.ifeval.registry.validate_kwargs`, so `phases.ifeval` scores it).
+
+Outputs: ``heldout.jsonl`` (records below), ``dropped.jsonl`` (candidates not used, with the
+reason), ``manifest.json`` (file sha256, per-record sha256, counts, seeds, environment, loader).
+Record: ``id`` ("ho-0001"), ``key`` (int, IFEval), ``family``, ``refusal_expected``,
+``base_instruction``, ``constraint`` (its text), ``instruction`` (= base + " " + constraint),
+``prompt`` (= instruction; IFEval field name), ``instruction_id_list``, ``kwargs`` (IFEval
+format), ``instruction_verdict`` (critic), ``sha256`` (of the record without this field).
+"""
+from __future__ import annotations
+
+import random
+
+from runner import step
+from runner.errors import DataError
+from runner.pipeline import derive_seed
+
+from phases.steps.common import (dump, model_info, open_model, record_hash, session_manifest, write_records)
+from phases.steps.generation import collect_instructions, judge_items
+
+KEYWORD_POOL = ("simple", "example", "important", "clear", "today", "because", "detail", "result")
+END_PHRASES = ("Is there anything else I can help with?", "That is all.", "Hope this helps.")
+
+
+def _lowercase(rng):
+    return ("Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.",
+            "change_case:english_lowercase", {})
+
+
+def _max_words(rng):
+    n = rng.choice((25, 40, 60))
+    return (f"Answer with less than {n} words.", "length_constraints:number_words",
+            {"num_words": n, "relation": "less than"})
+
+
+def _min_words(rng):
+    n = rng.choice((15, 25))
+    return (f"Answer with at least {n} words.", "length_constraints:number_words",
+            {"num_words": n, "relation": "at least"})
+
+
+def _keywords(rng):
+    ks = rng.sample(KEYWORD_POOL, 2)
+    return (f"Include the keywords {ks[0]} and {ks[1]} in the response.", "keywords:existence", {"keywords": ks})
+
+
+def _no_comma(rng):
+    return ("In your entire response, refrain from the use of any commas.", "punctuation:no_comma", {})
+
+
+def _end_phrase(rng):
+    ph = rng.choice(END_PHRASES)
+    return (f"Finish your response with this exact phrase: {ph} No other words should follow this phrase.",
+            "startend:end_checker", {"end_phrase": ph})
+
+
+def _bullets(rng):
+    n = rng.choice((2, 3, 4))
+    return (f"Your answer must contain exactly {n} bullet points. Use markdown bullet points such as: * This is a point.",
+            "detectable_format:number_bullet_lists", {"num_bullets": n})
+
+
+#: name -> template(rng) -> (text, IFEval instruction id, kwargs). One is drawn per record.
+CONSTRAINTS = {"lowercase": _lowercase, "max_words": _max_words, "min_words": _min_words, "keywords": _keywords,
+               "no_comma": _no_comma, "end_phrase": _end_phrase, "bullets": _bullets}
+
+
+def draw_constraint(seed: int) -> dict:
+    """One constraint, drawn deterministically from ``seed``; kwargs validated for IFEval."""
+    from phases.ifeval.registry import validate_kwargs
+
+    rng = random.Random(seed)
+    name = rng.choice(sorted(CONSTRAINTS))
+    text, iid, kwargs = CONSTRAINTS[name](rng)
+    validate_kwargs(iid, kwargs, where=f"held-out constraint {name}")
+    return {"name": name, "text": text, "instruction_id": iid, "kwargs": kwargs}
+
+
+def quotas(families: dict, size: int) -> dict[str, int]:
+    """Per-family counts proportional to weight (largest remainder, ties by name)."""
+    names = sorted(f for f in families if float(families[f].get("weight", 1.0)) > 0)
+    total = sum(float(families[f].get("weight", 1.0)) for f in names)
+    raw = {f: size * float(families[f].get("weight", 1.0)) / total for f in names}
+    q = {f: int(raw[f]) for f in names}
+    for f in sorted(names, key=lambda f: (-(raw[f] - q[f]), f))[: size - sum(q.values())]:
+        q[f] += 1
+    return q
+
+
+def select_balanced(cands: list[dict], q: dict[str, int], size: int) -> list[dict]:
+    """Up to quota per family in candidate order, then fill from the rest in order."""
+    taken, per = [], {f: 0 for f in q}
+    for c in cands:
+        if per.get(c["family"], 0) < q.get(c["family"], 0):
+            taken.append(c)
+            per[c["family"]] += 1
+    rest = [c for c in cands if c not in taken]
+    taken += rest[: max(0, size - len(taken))]
+    order = {c["id"]: i for i, c in enumerate(cands)}
+    return sorted(taken[:size], key=lambda c: order[c["id"]])
+
+
+HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
+                    "instruction_generation": {}, "critics": {}, "batch_size": 16, "instructions": {},
+                    "heldout": {}}
+
+
+@step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="1", params=HELDOUT_DEFAULTS)
+def heldout(ctx):
+    """Generate the held-out evaluation set first, with its own seed, typed by family."""
+    p = ctx.params
+    if not p["families"]:
+        raise DataError("step heldout has no families; run it with a stage config (e.g. phases/stages/demo.yaml)")
+    size, hseed = int(p["heldout"]["size"]), int(p["heldout"]["seed"])
+    base = derive_seed(hseed, "heldout")
+    model, info = open_model(ctx, p["batch_size"])
+    over = float(p["instruction_generation"].get("over_generation", 1.5))
+    got = collect_instructions(ctx, model, p, p["instructions"], seed_base=base, needed=int(size * over + 0.999),
+                               tag=f"ho-{hseed}", id_prefix="ho")
+    cands = got["candidates"]
+    verdicts = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands],
+                           float(p["critics"]["threshold"]), p["batch_size"], f"ho-{hseed}-icritic")
+    good = [{**c, "instruction_verdict": v} for c, v in zip(cands, verdicts) if v["keep"]]
+    rejected = [{**c, "instruction_verdict": v, "drop_reason": "critic"} for c, v in zip(cands, verdicts) if not v["keep"]]
+    if not good:
+        raise DataError(f"held-out: the instruction critic kept none of {len(cands)} candidates; "
+                        "look at dropped.jsonl and the critic threshold (critics.threshold)")
+    chosen = select_balanced(good, quotas(p["families"], size), size)
+    records = []
+    for i, c in enumerate(chosen):
+        con = draw_constraint(derive_seed(hseed, "constraint", i))
+        instr = f"{c['instruction'].rstrip()} {con['text']}"
+        rec = {"id": f"ho-{i + 1:04d}", "key": i + 1, "family": c["family"],
+               "refusal_expected": bool(p["families"][c["family"]].get("refusal_expected", False)),
+               "base_instruction": c["instruction"], "constraint": con["text"], "constraint_name": con["name"],
+               "instruction": instr, "prompt": instr, "instruction_id_list": [con["instruction_id"]],
+               "kwargs": [con["kwargs"]], "source_id": c["id"], "instruction_verdict": c["instruction_verdict"]}
+        rec["sha256"] = record_hash(rec)
+        records.append(rec)
+    unused = [c for c in good if c not in chosen]
+    dropped = got["dropped"] + rejected + [{**c, "drop_reason": "surplus"} for c in unused]
+    file_sha = write_records(ctx.out_dir / "heldout.jsonl", records)
+    write_records(ctx.out_dir / "dropped.jsonl", dropped)
+    by_family = {}
+    for r in records:
+        by_family[r["family"]] = by_family.get(r["family"], 0) + 1
+    counts = {**got["counts"], "critic_kept": len(good), "critic_rejected": len(rejected), "records": len(records),
+              "shortfall": max(0, size - len(records)), "by_family": by_family}
+    if len(records) < size:
+        ctx.log(f"held-out has {len(records)} of {size} records (critic kept {len(good)}); see manifest counts")
+    dump(ctx.out_dir / "manifest.json", session_manifest(
+        ctx, "heldout", info, {"heldout.jsonl": file_sha}, counts,
+        heldout_seed=hseed, record_sha256={r["id"]: r["sha256"] for r in records},
+        constraints={name: fn.__name__ for name, fn in CONSTRAINTS.items()}))
+    return {"records": len(records), "by_family": by_family, "sha256": file_sha, "heldout_seed": hseed}

@@ -1,0 +1,175 @@
+"""Steps `scale` (sharded generation with the pilot's final params) and `merge` (the SFT set).
+
+Run inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (after gate qc_pilot).
+
+scale — the plan (``plan.json``) is computed from the pilot's output alone:
+- target: ``scale.target_kept`` minus the pilot's kept records (merge includes the pilot's
+  kept records: they passed the same critics and the gate; see specs/stage1-pipeline.md);
+- ``n_prompts = ceil(remaining / pilot kept-per-prompt * 1.1)`` instruction-generation prompts
+  with global indices ``0..n_prompts-1`` (seeds derive from the run seed, "scale" and the index);
+- shard k = the prompt-index range ``[k*P, min((k+1)*P, n_prompts))`` where P is
+  ``scale.shard_size`` instructions divided by the pilot's instructions-per-prompt, rounded UP
+  to a multiple of ``generation.batch_size`` (so batches never straddle a shard boundary and
+  1 shard or N shards batch the instruction prompts identically).
+Each shard runs the pilot's pipeline (parse, dedup within the shard and against the seeds,
+held-out leakage check, critics, responses) through its own ledgers ``s<k>-...`` and writes
+``shards/shard-<k>/{records.jsonl, kept.jsonl, qc_summary.json, manifest.json}``.
+
+Parallel later: a shard is a pure function of (params, pilot final params, held-out set, run
+seed, its index range), and its ledgers are named by shard, so N processes (one per GPU) can
+each run `run_shard` for a disjoint set of k against the same work dir; the step then only
+assembles. Today one process runs the shards in order; see specs/stage1-pipeline.md.
+
+merge — union of the pilot's kept records and every shard's kept records (in that order),
+exact+near dedup across them (first occurrence wins), held-out leakage check again (leaks
+dropped), QC recomputed over the union of all judged records. Outputs ``sft.jsonl``,
+``records.jsonl`` (the union, for audit/evidence), ``dropped.jsonl``, ``qc_summary.json``,
+``leakage.json``, ``manifest.json``. Shard files stay in the scale step's output for audit.
+"""
+from __future__ import annotations
+
+import math
+
+from runner import step
+from runner.errors import DataError
+
+from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
+from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
+from phases.steps.pilot import _leak_summary, qc_numbers, qc_thresholds
+
+SCALE_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
+                  "instruction_generation": {}, "critics": {}, "batch_size": 16, "response_builder": "instruction_response",
+                  "end_marker": "###END###", "response_fewshot": [], "scale": {}, "qc": {}, "leakage": {},
+                  "stage_name": ""}
+
+
+def plan_shards(final: dict, target_kept: int, shard_size: int, batch_size: int) -> dict:
+    """The scale plan from the pilot's ``final_params.json`` (see the module docstring)."""
+    prompts = max(1, int(final["prompts_used"]))
+    remaining = max(0, target_kept - int(final["kept"]))
+    kept_per_prompt = max(0.25, int(final["kept"]) / prompts)
+    inst_per_prompt = max(0.5, int(final["instructions_judged"]) / prompts)
+    n_prompts = math.ceil(remaining / kept_per_prompt * 1.1) if remaining else 0
+    per_shard = math.ceil(math.ceil(shard_size / inst_per_prompt) / batch_size) * batch_size
+    shards = [{"shard": k, "start": a, "stop": min(a + per_shard, n_prompts)}
+              for k, a in enumerate(range(0, n_prompts, per_shard))]
+    return {"target_kept": target_kept, "pilot_kept": int(final["kept"]), "remaining": remaining,
+            "kept_per_prompt": round(kept_per_prompt, 6), "instructions_per_prompt": round(inst_per_prompt, 6),
+            "n_prompts": n_prompts, "prompts_per_shard": per_shard, "shards": shards}
+
+
+def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, out_dir, info: dict,
+              sentinels) -> dict:
+    """Generate one shard into ``out_dir`` (records, kept, qc_summary, manifest); return its counts."""
+    from phases.qc import compute_qc
+
+    k = shard["shard"]
+    ikey = phash([gen["instructions"], p["families"], p["seeds"], p["instruction_generation"], p["list_header"]])
+    reps: list[dict] = []
+
+    def leak_filter(cands):
+        clean, dropped, rep = leakage_check(cands, heldout, p["leakage"])
+        reps.append(rep)
+        return clean, dropped
+
+    got = collect_instructions(ctx, model, p, gen["instructions"], seed_base=ctx.seed, needed=0,
+                               tag=f"s{k:04d}-instr-{ikey}", id_prefix="scale", start_index=shard["start"],
+                               n_prompts=shard["stop"] - shard["start"], against_filter=leak_filter)
+    rkey = phash([ikey, gen["responses"], p["critics"], p["response_builder"], p["response_fewshot"], p["end_marker"]])
+    records = build_records(ctx, model, p, got["candidates"], gen, ctx.seed, f"s{k:04d}-{rkey}")
+    meta = record_meta(info)
+    kept = [sft_record(r, meta, gen, f"scale/shard-{k:04d}") for r in records if r["kept"]]
+    qc = compute_qc(records, qc_thresholds(p["qc"]), sentinels, p["end_marker"] or "###END###",
+                    extra_counts=got["counts"])
+    files = {"records.jsonl": write_records(out_dir / "records.jsonl", records),
+             "kept.jsonl": write_records(out_dir / "kept.jsonl", kept),
+             "dropped_instructions.jsonl": write_records(out_dir / "dropped_instructions.jsonl", got["dropped"])}
+    dump(out_dir / "qc_summary.json", qc)
+    counts = {"generated": len(records), "kept": len(kept), **got["counts"]}
+    dump(out_dir / "manifest.json", session_manifest(ctx, "scale_shard", info, files, counts, shard=shard,
+                                                     leakage=_leak_summary(reps[-1]), generation=gen))
+    return {"shard": k, "generated": len(records), "kept": len(kept), "qc_passed": qc["thresholds_passed"]}
+
+
+@step(inputs=["prepare_model", "heldout", "pilot"], outputs=["plan.json", "manifest.json"], version="1",
+      params=SCALE_DEFAULTS)
+def scale(ctx):
+    """Sharded generation with the pilot's final params (one manifest per shard)."""
+    p = ctx.params
+    if not p["families"]:
+        raise DataError("step scale has no families; run it with a stage config (e.g. phases/stages/demo.yaml)")
+    final = load_json(ctx.input("pilot") / "final_params.json")
+    gen = final["generation"]
+    plan = plan_shards(final, int(p["scale"]["target_kept"]), int(p["scale"]["shard_size"]), int(p["batch_size"]))
+    dump(ctx.out_dir / "plan.json", plan)
+    heldout = read_records(ctx.input("heldout") / "heldout.jsonl")
+    results = []
+    info = load_json(ctx.input("prepare_model") / "model.json")
+    if plan["shards"]:
+        model, info = open_model(ctx, p["batch_size"])
+        for sh in plan["shards"]:
+            ctx.log(f"scale shard {sh['shard']}: prompts {sh['start']}..{sh['stop'] - 1}")
+            results.append(run_shard(ctx, model, p, gen, heldout, sh, ctx.out_dir / "shards" / f"shard-{sh['shard']:04d}",
+                                     info, info["sentinels_passed"]))
+    else:
+        ctx.log("scale: the pilot alone reaches target_kept; no shard to generate")
+    counts = {"shards": len(results), "generated": sum(r["generated"] for r in results),
+              "kept": sum(r["kept"] for r in results)}
+    dump(ctx.out_dir / "manifest.json", session_manifest(ctx, "scale", info, {}, counts, plan=plan, shards=results,
+                                                         generation=gen))
+    return {**counts, "n_prompts": plan["n_prompts"], "target_kept": plan["target_kept"],
+            "pilot_kept": plan["pilot_kept"]}
+
+
+def shard_dirs(scale_out) -> list:
+    root = scale_out / "shards"
+    return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+
+MERGE_DEFAULTS = {"target_kept": 15000, "include_pilot": True, "qc": {}, "leakage": {}, "near_dup_threshold": 0.7,
+                  "end_marker": "###END###", "stage_name": ""}
+
+
+@step(inputs=["prepare_model", "heldout", "pilot", "scale"], version="1", params=MERGE_DEFAULTS,
+      outputs=["sft.jsonl", "records.jsonl", "qc_summary.json", "manifest.json"])
+def merge(ctx):
+    """Union of pilot + shards, cross-shard dedup, leakage re-check, QC over the union."""
+    from phases.dedup import dedup
+    from phases.qc import compute_qc
+
+    p = ctx.params
+    info = load_json(ctx.input("prepare_model") / "model.json")
+    heldout = read_records(ctx.input("heldout") / "heldout.jsonl")
+    parts = [("pilot", ctx.input("pilot"))] if p["include_pilot"] else []
+    parts += [(f"scale/{d.name}", d) for d in shard_dirs(ctx.input("scale"))]
+    records, kept, sources = [], [], {}
+    for name, d in parts:
+        recs, ks = read_records(d / "records.jsonl"), read_records(d / "kept.jsonl")
+        records += recs
+        kept += ks
+        sources[name] = {"records": len(recs), "kept": len(ks)}
+    if not kept:
+        raise DataError(f"merge: no kept record in {', '.join(n for n, _ in parts) or 'any part'}; "
+                        "look at the pilot's and shards' qc_summary.json")
+    dd = dedup([r["instruction"] for r in kept], float(p["near_dup_threshold"]))
+    dropped = [{**kept[d["index"]], "drop_reason": f"merge_dedup_{d['reason']}", "match_id": kept[d["match"]]["id"]
+                if d["match"] is not None else None} for d in dd.dropped]
+    unique = [kept[i] for i in dd.kept]
+    clean, leaked, rep = leakage_check(unique, heldout, p["leakage"])
+    dropped += leaked
+    extra = {"merge_parts": len(parts), "merge_kept_in": len(kept), "merge_dropped_duplicates": len(dd.dropped),
+             "merge_dropped_heldout_leaks": len(leaked), "sft_records": len(clean)}
+    qc = compute_qc(records, qc_thresholds(p["qc"]), info["sentinels_passed"], p["end_marker"] or "###END###",
+                    extra_counts=extra)
+    files = {"sft.jsonl": write_records(ctx.out_dir / "sft.jsonl", clean),
+             "records.jsonl": write_records(ctx.out_dir / "records.jsonl", records),
+             "dropped.jsonl": write_records(ctx.out_dir / "dropped.jsonl", dropped)}
+    dump(ctx.out_dir / "qc_summary.json", qc)
+    dump(ctx.out_dir / "leakage.json", rep)
+    counts = {"records": len(records), "sft_records": len(clean), "target_kept": int(p["target_kept"]), **extra}
+    dump(ctx.out_dir / "manifest.json", session_manifest(
+        ctx, "sft_dataset", info, files, counts, sources=sources, leakage=_leak_summary(rep),
+        qc_summary={"thresholds_passed": qc["thresholds_passed"], "failed_reasons": qc["failed_reasons"]},
+        heldout_sha256=load_json(ctx.input("heldout") / "manifest.json")["files"]["heldout.jsonl"]))
+    return {**qc_numbers(qc), "sft_records": len(clean), "target_kept": int(p["target_kept"]),
+            "merge_dropped_duplicates": len(dd.dropped), "merge_dropped_heldout_leaks": len(leaked)}
