@@ -46,14 +46,16 @@ class BatchLedger:
 
     def committed(self) -> dict[int, Any]:
         """{batch index: Batch row} for batches whose file still matches its recorded hash."""
-        ok = {}
+        ok, bad = {}, []
         for b in self.ctx.store.batches(self.ctx.run_id, self.ctx.step, self.ctx.cache_key, self.name):
             p = self.ctx.store.home / b.path
             if p.exists() and sha256_file(p) == b.sha256:
                 ok[b.idx] = b
             else:
-                self.ctx.log(f"ledger {self.name}: batch {b.idx} file missing or torn; redoing it",
-                             kind="batch_torn")
+                bad.append(b.idx)
+        if bad:  # one event, not one per batch (a re-run after success finds them all gone)
+            self.ctx.log(f"ledger {self.name}: {len(bad)} committed batch file(s) missing or torn "
+                         f"(first: {bad[:5]}); redoing them", kind="batch_torn", batches=bad[:50])
         return ok
 
     def run(self, items: Sequence[Any], batch_size: int,
