@@ -181,6 +181,17 @@ def check_adapter_config(adapter_dir: Path, base_model_id: str, base_path: Path,
     return cfg
 
 
+def expected_model_id(ref: str) -> str:
+    """The ``model_id`` the loader will report for ``ref`` (profile id, a folder's marker profile, or its name)."""
+    from phases.models import embedded
+    from phases.models.registry import PROFILES
+
+    if ref in PROFILES:
+        return ref
+    prof = (embedded.read_marker(Path(ref)) or {}).get("profile", "")
+    return prof if prof in PROFILES else Path(ref).name
+
+
 def _check_adapter_shapes(adapter_dir: Path, model) -> None:
     from safetensors import safe_open
 

@@ -37,7 +37,7 @@ from phases.prompts import response_prompt
 from runner.errors import ConfigError, DataError
 
 __all__ = ["SFT_DEFAULTS", "REQUIRED_MANIFEST_FIELDS", "check_merge_inputs", "model_ref", "encode_example",
-           "build_examples", "split_dev", "run_sft", "last_complete_checkpoint"]
+           "build_examples", "split_dev", "ResponseOnlyCollator", "make_trainer", "run_sft", "last_complete_checkpoint"]
 
 SFT_DEFAULTS: dict[str, Any] = {
     "device": "auto",            # auto | cpu | cuda
@@ -302,35 +302,82 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     return loaded, model, dev, quant, ("unsloth" if tr == "unsloth" else "trl"), grad_ckpt
 
 
-def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
-                 seed: int, device: str, grad_ckpt: bool):
-    """The TRL ``SFTTrainer`` over pre-tokenized examples (labels used as given)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+class ResponseOnlyCollator:
+    """Right-pads ``input_ids`` (pad id) and ``labels`` (-100) and builds the attention mask.
 
+    The labels are used exactly as ``encode_example`` made them (prompt -100, response + eos
+    labelled); this object is what the trainer batches with, so tests inspect its output.
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for b, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[b, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
+            labels[b, :n] = torch.tensor(e["labels"], dtype=torch.long)
+            mask[b, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _trl_available() -> bool:
+    try:
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
+                 seed: int, device: str, grad_ckpt: bool, use_trl: bool = True):
+    """TRL's ``SFTTrainer`` over the pre-tokenized examples with ``ResponseOnlyCollator``.
+
+    Without ``trl``/``datasets`` (e.g. a GPU image where they cannot be installed) the plain
+    ``transformers.Trainer`` runs the same examples with the same collator, optimizer and schedule.
+    """
     has_dev = bool(dev_ex)
     cuda = device.startswith("cuda")
-    args = SFTConfig(
+    kw = dict(
         output_dir=str(out_dir), seed=seed, data_seed=seed,
         learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
         warmup_steps=float(params["warmup_ratio"]), lr_scheduler_type=params["lr_scheduler"],
         per_device_train_batch_size=params["per_device_batch_size"],
         per_device_eval_batch_size=params["per_device_batch_size"],
         gradient_accumulation_steps=params["grad_accum"], num_train_epochs=params["epochs"],
-        max_steps=params["max_steps"], max_length=params["max_seq_len"],
-        logging_steps=params["logging_steps"], logging_first_step=True,
+        max_steps=params["max_steps"], logging_steps=params["logging_steps"], logging_first_step=True,
         save_strategy="steps", save_steps=params["save_steps"], save_total_limit=params["save_total_limit"],
         eval_strategy="steps" if has_dev else "no", eval_steps=params["save_steps"] if has_dev else None,
         load_best_model_at_end=has_dev, metric_for_best_model="eval_loss" if has_dev else None,
         greater_is_better=False if has_dev else None,
         bf16=cuda, fp16=False, use_cpu=not cuda, gradient_checkpointing=grad_ckpt,
-        packing=False, padding_free=False, dataset_kwargs={"skip_prepare_dataset": True},
         report_to="none", dataloader_num_workers=0, disable_tqdm=True, save_only_model=False,
-        optim="adamw_torch",
+        optim="adamw_torch", remove_unused_columns=False,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_ex),
-                      eval_dataset=Dataset.from_list(dev_ex) if has_dev else None,
-                      processing_class=loaded.tokenizer, callbacks=_callbacks(params["early_stopping_patience"], has_dev))
+    # pad with the profile's eos, never the tokenizer's pad (SmolLM2's is the chat token <|im_end|>);
+    # padding is masked either way, but no control token ever enters a training batch
+    collator = ResponseOnlyCollator(loaded.eos_token_id)
+    cbs = _callbacks(params["early_stopping_patience"], has_dev)
+    if use_trl:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**kw, max_length=params["max_seq_len"], packing=False, padding_free=False,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+        return SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=Dataset.from_list(train_ex),
+                          eval_dataset=Dataset.from_list(dev_ex) if has_dev else None,
+                          processing_class=loaded.tokenizer, callbacks=cbs)
+    from transformers import Trainer, TrainingArguments
+
+    return Trainer(model=model, args=TrainingArguments(**kw), data_collator=collator, train_dataset=train_ex,
+                   eval_dataset=dev_ex if has_dev else None, processing_class=loaded.tokenizer, callbacks=cbs)
 
 
 def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir: Path, seed: int,
@@ -352,7 +399,12 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
         loaded.check_ids(ex["input_ids"])
     trainer_dir = Path(work_dir) / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
-    trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt)
+    use_trl = _trl_available()
+    if not use_trl:
+        log("trl/datasets not importable here: training with transformers.Trainer and the same collator",
+            kind="sft_trainer_fallback")
+        trainer_name = "transformers.Trainer (trl missing)"
+    trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl)
     ckpt, step = last_complete_checkpoint(trainer_dir)
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0",
@@ -366,6 +418,13 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     final_eval = trainer.evaluate() if dev_ex else {}
     adapter_dir = Path(out_dir) / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
+    # PEFT writes target_modules from a set (order varies with hash seeding): sort it so the
+    # same training gives the same bytes
+    acfg_path = adapter_dir / "adapter_config.json"
+    acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
+    if isinstance(acfg.get("target_modules"), list):
+        acfg["target_modules"] = sorted(acfg["target_modules"])
+    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     cfg = loaded.model.config if loaded.model is not None else model.config
     (adapter_dir / "cai_adapter.json").write_text(json.dumps({
         "base_model_id": loaded.model_id, "base_model_revision": loaded.provenance.get("model_revision"),
@@ -379,7 +438,8 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     train_losses = [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h]
     eval_losses = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in state.log_history if "eval_loss" in h]
     out = {
-        "device": device, "quantization": quant, "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
+        "device": device, "quantization": quant, "loaded_in_4bit": bool(getattr(loaded.model, "is_loaded_in_4bit", False)),
+        "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
         "model_provenance": {k: v for k, v in loaded.provenance.items() if k != "load_seconds"},
         "examples": {**counts, "train": len(train_ex), "dev": len(dev_ex)},
         "resumed_from": {"checkpoint": ckpt.name, "step": step} if ckpt else None,
@@ -392,6 +452,15 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
         "loss_curve": {"train": train_losses, "eval": eval_losses},
         "gpu_seconds": round(seconds, 2) if device.startswith("cuda") else 0.0,
     }
+    # free the GPU before the evaluate step runs in the same process: the Trainer's accelerator
+    # keeps references to the model and optimizer state otherwise
+    try:
+        trainer.accelerator.free_memory()
+    except Exception:  # older accelerate: nothing to free there
+        pass
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    loaded.model = None
+    loaded.backend.model = None
     del trainer, model, loaded
     import gc
 

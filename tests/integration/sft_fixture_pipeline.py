@@ -44,7 +44,7 @@ _PAIRS = [
 def prepare_model(ctx):
     """Fixture: model.json in the contract format."""
     (ctx.out_dir / "model.json").write_text(json.dumps(
-        {"profile": ctx.params["model"], "model_path": "", "device": "cpu", "dtype": "float32",
+        {"profile": ctx.params["model"], "model_path": ctx.params["model"], "device": "cpu", "dtype": "float32",
          "quantization": None}, sort_keys=True))
     return {"model": ctx.params["model"]}
 
