@@ -114,15 +114,16 @@ def check_merge_inputs(merge_dir: Path) -> dict:
 def model_ref(model_json: Path) -> str:
     """The model to load from ``prepare_model``'s ``model.json``: a profile id or a model folder.
 
-    Looks (top level, then under ``provenance``) for ``profile``/``model_profile``, then a
-    ``model_id`` that is a known profile, then ``model_path``/``path``.
+    Looks (top level, then under ``request``, ``provenance``, ``model``) for ``profile``,
+    ``model_profile``, ``model`` or ``model_id`` naming a known profile, then for an existing
+    ``model_path``/``path`` folder (the data steps write ``{"request": {"model": ...}, "provenance": ...}``).
     """
     from phases.models.registry import PROFILES
 
     data = _read_json(Path(model_json), "the model record (model.json)")
-    scopes = [data] + [data[k] for k in ("provenance", "model") if isinstance(data.get(k), dict)]
+    scopes = [data] + [data[k] for k in ("request", "provenance", "model") if isinstance(data.get(k), dict)]
     for scope in scopes:
-        for key in ("profile", "model_profile", "model_id"):
+        for key in ("profile", "model_profile", "model", "model_id"):
             v = scope.get(key)
             if isinstance(v, str) and v in PROFILES:
                 return v
