@@ -37,7 +37,7 @@ case "$what" in
     $PY -m phases.models.embedded prepare qwen2.5-coder-0.5b-instruct
     exec .venv/bin/runner run --config phases/stages/demo.yaml ;;
   test)
-    $PY -m phases.models.embedded prepare smollm2-135m-instruct qwen2.5-coder-0.5b-instruct
+    $PY -m phases.models.embedded prepare smollm2-135m-instruct
     exec .venv/bin/pytest -m "not gpu" -q ;;
   *) echo "usage: bash setup.sh [env|demo|test]" >&2; exit 2 ;;
 esac
