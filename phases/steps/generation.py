@@ -175,7 +175,8 @@ def collect_instructions(ctx, model, p: dict, gen: dict, *, seed_base: int, need
             if have >= needed:
                 break
             per = (sum(len(li["kept"]) for li in lists) / len(lists)) if lists else est_per_prompt
-            count = max(p["batch_size"], math.ceil((needed - have) / max(per, 0.5)))
+            bs = p["batch_size"]  # whole batches: a short last batch costs nearly a full one
+            count = math.ceil(math.ceil((needed - have) / max(per, 0.5)) / bs) * bs
         specs = [prompt_spec(p, seed_base, i, family) for i in range(index, index + count)]
         index += count
         lists += generate_instruction_lists(ctx, model, p, specs, gen, f"{tag}-r{r}")

@@ -171,7 +171,7 @@ def test_two_shards_merge_to_the_one_shard_result(run_a):
     home = run_a["home"]
     one_scale, one_merge = _out(home, "scale"), _out(home, "merge")
     plan1 = json.loads((one_scale / "plan.json").read_text())
-    assert len(plan1["shards"]) == 1 and plan1["n_prompts"] > plan1["prompts_per_shard"] // 2
+    assert len(plan1["shards"]) == 1 and plan1["n_prompts"] > 0
     one = _pairs(one_merge / "sft.jsonl")
     pilot_before = _out(home, "pilot")
     _config(home, shard_size=2)  # same run config file, edited: only scale and merge re-run
