@@ -1,0 +1,140 @@
+"""Critic scoring throughput: a naive one-prompt-at-a-time loop vs our batched A/B scoring
+(HFBackend.next_token_logprobs) vs the shared-prefix fast path (phases/models/prefix_cache.py).
+
+Measures, per model size and prompt shape: scorings/s (one scoring = one prompt in one label
+order = one forward pass; a judged item is two scorings), achieved TFLOP/s counting ALL prompt
+tokens at 2 x params x tokens (the issue's convention; the fast path skips the shared prefix, so
+its figure is "effective") and that as a fraction of the measured matmul peak (MFU), and the
+largest |log-prob| difference of each path from the plain batched one.
+
+Prompt shapes (token counts of the real rubrics under the Qwen2.5 tokenizer):
+- ``pair256``: 256 tokens = 46 rubric-prefix tokens (per label order; the two orders share their
+  first ~8) + 194 item tokens + 16 answer-line tokens: the issue's shape, stage 1's pair critic.
+- ``instr80``: 80 tokens = 33 prefix + 31 item + 16 answer line: the instruction critic.
+The naive loop is what a straightforward script does: ``model(ids[None])`` per prompt, full
+logits, log-softmax of the last row.
+
+Run alone:  python3 benchmarks/bench_critic.py --sizes 0.5B --out /tmp/critic   (or via run_all.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+
+SHAPES = {"pair256": (46, 194, 16), "instr80": (33, 31, 16)}
+CANDS = ("65", "362", "33", "425")  # id strings standing for "A", " A", "B", " B"
+
+
+def make_prompts(shape: str, n_items: int, vocab: int, seed: int = 0) -> list[str]:
+    """``2 * n_items`` id-string prompts: per item, order AB then BA (like critic.judge)."""
+    pre, body, tail = SHAPES[shape]
+    g = torch.Generator().manual_seed(seed)
+    common_head = common.rand_ids(g, 8, vocab)
+    heads = {o: common_head + common.rand_ids(g, pre - 8, vocab) for o in ("AB", "BA")}
+    answer = common.rand_ids(g, tail, vocab)
+    out = []
+    for _ in range(n_items):
+        item = common.rand_ids(g, body, vocab)
+        for o in ("AB", "BA"):
+            out.append(" ".join(map(str, heads[o] + item + answer)))
+    return out
+
+
+def naive_scores(model, prompts: list[str], cand_ids: list[int]) -> list[list[float]]:
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([[int(x) for x in p.split()]], device=dev)
+            logits = model(input_ids=ids).logits[0, -1].float()
+            out.append(torch.log_softmax(logits, -1)[cand_ids].tolist())
+    return out
+
+
+def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats: int, peak_tflops: float,
+        shapes=("pair256", "instr80")) -> list[dict]:
+    from phases.models import prefix_cache
+
+    model = common.build_model(size, dev)
+    params = sum(p.numel() for p in model.parameters())
+    vocab = model.config.vocab_size
+    be = common.id_backend(model, batch)
+    cand_ids = be.candidate_ids(CANDS)
+    rows = []
+    for shape in shapes:
+        prompts = make_prompts(shape, n_items, vocab)
+        tokens = sum(SHAPES[shape])
+        ref = be.next_token_logprobs(prompts, CANDS)
+        variants = {
+            "naive 1-at-a-time": (lambda: naive_scores(model, prompts[:n_naive], cand_ids), n_naive),
+            f"ours batched (bs{batch})": (lambda: be.next_token_logprobs(prompts, CANDS), len(prompts)),
+            f"fast prefix-cached (bs{batch})": (lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=batch), len(prompts)),
+            f"fast prefix-cached (bs{4 * batch})": (
+                lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=4 * batch, max_tokens=1 << 17), len(prompts)),
+        }
+        base_rate = None
+        plain_rate = None
+        for name, (fn, n) in variants.items():
+            t, times = common.timeit(fn, dev, warmup=1, repeats=repeats)
+            res = fn() if not name.startswith("naive") else None
+            diff = None
+            if res is not None:
+                diff = max(abs(a[c] - b[c]) for a, b in zip(ref, res) for c in CANDS)
+            else:
+                nv = naive_scores(model, prompts[:2], cand_ids)
+                diff = max(abs(nv[i][j] - ref[i][CANDS[j]]) for i in range(2) for j in range(4))
+            rate = n / t
+            tflops = 2 * params * tokens * n / t / 1e12
+            base_rate = base_rate or rate
+            if name.startswith("ours"):
+                plain_rate = rate
+            rows.append({
+                "bench": "critic", "size": size, "shape": shape, "prompt_tokens": tokens, "variant": name,
+                "scorings": n, "seconds": round(t, 4), "times": [round(x, 4) for x in times],
+                "scorings_per_s": round(rate, 1), "x_naive": round(rate / base_rate, 2),
+                "x_plain_batched": round(rate / plain_rate, 2) if plain_rate else None,
+                "tflops_all_tokens": round(tflops, 1), "mfu_all_tokens": round(tflops / peak_tflops, 3),
+                "max_abs_logprob_diff_vs_plain": float(f"{diff:.3g}"), "params": params,
+            })
+            print(f"critic {size:>5} {shape:8} {name:32} {rate:9.1f}/s  {tflops:7.1f} TFLOP/s  x{rate / base_rate:6.1f}  diff {diff:.2g}", flush=True)
+    if dev.startswith("cuda"):
+        # bf16 rounding dominates the differences above; in fp32 the paths must agree to ~1e-4.
+        model.float()
+        prompts = make_prompts("pair256", 16, vocab, seed=5)
+        a = be.next_token_logprobs(prompts, CANDS)
+        b = prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=batch)
+        rows.append({"bench": "critic-check", "size": size,
+                     "fp32_max_abs_logprob_diff": float(f"{max(abs(x[c] - y[c]) for x, y in zip(a, b) for c in CANDS):.3g}")})
+    del model, be
+    common.free(dev)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="0.5B")
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--out", default="/tmp/bench-critic")
+    a = ap.parse_args(argv)
+    dev = "cpu" if a.cpu else "cuda"
+    peak = common.ceilings(dev, quick=a.cpu)["matmul_tflops"]
+    rows = []
+    for s in a.sizes.split(","):
+        rows += run(s, dev, n_items=8 if a.cpu else 128, n_naive=4 if a.cpu else 32, batch=8 if a.cpu else 64,
+                    repeats=1 if a.cpu else 3, peak_tflops=peak)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "critic.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

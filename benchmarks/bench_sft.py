@@ -1,0 +1,194 @@
+"""SFT throughput: TRL's SFTTrainer with its default settings vs our training step
+(phases/sft_fast.py), both LoRA r=16 (alpha 32, dropout 0) on every linear layer, bf16, the same
+random examples of 64-768 tokens (uniform lengths, loss on every token).
+
+Measures, per model size: trained tokens/s (real tokens, pads excluded) over the timed steps
+after warm-up steps, MFU = 6 x params x tokens/s / measured matmul peak (the issue's convention;
+with a frozen base the true FLOPs are nearer 4 x params x tokens, so 6N MFU overstates the
+utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/last loss.
+- TRL: ``SFTTrainer(model, SFTConfig(output_dir, max_steps, report_to=[], save_strategy="no"),
+  train_dataset=Dataset({"input_ids": ...}), peft_config=LoraConfig(...))``; every other setting
+  is TRL's default (batch 8, gradient checkpointing on, padding to the longest row, no packing,
+  fused AdamW, lr 2e-5, max_length 1024, bf16). Tokens are TRL's own count
+  (``trainer._total_train_tokens``, the attention-mask sum) between step-begin and step-end
+  callbacks, with CUDA synchronisation.
+- Ours: ``token_budget_batches`` (padded tokens per step given below), right padding with no
+  mask, no checkpointing, fused linear+CE, bf16 autocast, fused AdamW, grad clipping 1.0.
+  A step that runs out of memory halves the budget and starts again.
+
+Run alone:  python3 benchmarks/bench_sft.py --sizes 1.5B --out /tmp/sft   (or via run_all.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+
+BUDGET = {"tiny": 256, "0.5B": 32768, "1.5B": 16384, "7B": 8192}
+
+
+def make_data(n: int, vocab: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+    return [common.rand_ids(g, L, vocab) for L in lens]
+
+
+def _tiny_tokenizer(tmp: str):
+    from transformers import AutoTokenizer
+
+    from phases.models.tiny import build_tiny_model
+
+    d = build_tiny_model(Path(tmp) / "tok", hidden_size=16, num_layers=1)
+    return AutoTokenizer.from_pretrained(d)
+
+
+def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, tmp: str) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    model = common.build_model(size, dev)
+    model.train()
+    box: dict = {}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warm:
+                common.sync(dev)
+                box["t0"], box["tok0"] = time.perf_counter(), box["trainer"]._total_train_tokens
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warm + steps:
+                common.sync(dev)
+                box["t1"], box["tok1"] = time.perf_counter(), box["trainer"]._total_train_tokens
+
+    extra = dict(use_cpu=True, bf16=False) if dev == "cpu" else {}
+    args = SFTConfig(output_dir=str(Path(tmp) / "trl"), max_steps=warm + steps, report_to=[], save_strategy="no",
+                     disable_tqdm=True, **extra)
+    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": data}),
+                         processing_class=_tiny_tokenizer(tmp), peft_config=peft, callbacks=[Timer()])
+    box["trainer"] = trainer
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    t = box["t1"] - box["t0"]
+    tokens = box["tok1"] - box["tok0"]
+    res = {"variant": "TRL SFTTrainer defaults (bs8, grad ckpt)", "seconds": round(t, 3), "tokens": int(tokens),
+           "tokens_per_s": tokens / t, "steps": steps, "padding_frac": None,
+           "gradient_checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", None)),
+           "batch": trainer.args.per_device_train_batch_size, "loss_first": losses[0] if losses else None,
+           "loss_last": losses[-1] if losses else None}
+    if dev.startswith("cuda"):
+        res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    del trainer, model, box
+    common.free(dev)
+    return res
+
+
+def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int) -> dict:
+    from phases import sft_fast as sf
+
+    while True:
+        model = common.build_model(size, dev)
+        model.train()
+        pm = sf.add_lora(model)
+        params = [p for p in pm.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=2e-5, fused=dev.startswith("cuda"))
+        step = sf.FastSFTStep(pm, opt)
+        batches = sf.token_budget_batches([len(x) for x in data], budget, seed=0)
+        padded = sum(len(b) * max(len(data[i]) for i in b) for b in batches)
+        real = sum(len(x) for x in data)
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            losses, tokens, t0 = [], 0, None
+            for k, b in enumerate(batches):
+                if k == warm:
+                    common.sync(dev)
+                    t0 = time.perf_counter()
+                out = step(sf.collate_right_padded([data[i] for i in b], 0))
+                losses.append(out["loss"])
+                if k >= warm:
+                    tokens += out["tokens"]
+            common.sync(dev)
+            t = time.perf_counter() - t0
+            break
+        except torch.OutOfMemoryError:
+            del model, pm, opt, step
+            common.free(dev)
+            if budget <= 1024:
+                raise
+            budget //= 2
+            print(f"sft {size}: out of memory, token budget -> {budget}", flush=True)
+    res = {"variant": f"ours (token budget {budget}, no ckpt, fused CE)", "seconds": round(t, 3), "tokens": tokens,
+           "tokens_per_s": tokens / t, "steps": len(batches) - warm, "padding_frac": round(1 - real / padded, 3),
+           "gradient_checkpointing": False, "batch": f"<= {budget} tokens",
+           "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
+    if dev.startswith("cuda"):
+        res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    del model, pm, opt, step
+    common.free(dev)
+    return res
+
+
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False) -> list[dict]:
+    vocab = common.SIZES[size]["vocab_size"]
+    params = common.count_params(size)
+    if cpu:
+        data, warm, steps = make_data(32, vocab, 8, 40), 1, 2
+    else:
+        data, warm, steps = make_data(640, vocab, 64, 768), 3, 12
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fn in ("trl", "ours"):
+            try:
+                r = run_trl(size, dev, data, warm, steps, tmp) if fn == "trl" else run_ours(size, dev, data, warm, BUDGET[size])
+            except Exception as e:
+                import traceback
+
+                traceback.print_exc()
+                r = {"variant": fn, "error": f"{type(e).__name__}: {e}"[:400]}
+                common.free(dev)
+            r.update(bench="sft", size=size, params=params)
+            if "tokens_per_s" in r:
+                r["mfu_6N"] = round(6 * params * r["tokens_per_s"] / (peak_tflops * 1e12), 3)
+                r["tokens_per_s"] = round(r["tokens_per_s"], 1)
+            rows.append(r)
+            print(f"sft {size:>5} {r['variant']:48} {r.get('tokens_per_s', r.get('error'))} tok/s  MFU(6N) {r.get('mfu_6N')}", flush=True)
+    trl = rows[0].get("tokens_per_s")
+    for r in rows:
+        r["x_trl"] = round(r["tokens_per_s"] / trl, 2) if trl and "tokens_per_s" in r else None
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1.5B")
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--out", default="/tmp/bench-sft")
+    a = ap.parse_args(argv)
+    dev = "cpu" if a.cpu else "cuda"
+    peak = common.ceilings(dev, quick=a.cpu)["matmul_tflops"]
+    rows = []
+    for s in a.sizes.split(","):
+        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "sft.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The benchmark suite runs end to end in its tiny CPU mode, so the GPU scripts cannot rot."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_run_all_cpu_writes_every_benchmark(tmp_path):
+    pytest.importorskip("trl")
+    sys.path.insert(0, str(REPO))
+    from benchmarks import run_all
+
+    rc = run_all.main(["--cpu", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "results.json").read_text())
+    errors = [r for r in report["rows"] if r.get("bench") == "error" or "error" in r]
+    assert rc == 0 and not errors, errors
+    benches = {r["bench"] for r in report["rows"]}
+    assert {"critic", "generation", "generation-check", "sft"} <= benches
+    check = next(r for r in report["rows"] if r["bench"] == "generation-check")
+    assert check["greedy_rows_equal_plain"] == 1.0 and check["fast_batch_invariant_greedy"]
+    for r in report["rows"]:
+        if r["bench"] == "critic":
+            assert r["max_abs_logprob_diff_vs_plain"] < 1e-4  # fp32 on CPU: the fast path is exact
+        if r["bench"] == "sft":
+            assert r["tokens_per_s"] > 0 and r["x_trl"] is not None
+    table = (tmp_path / "table.md").read_text()
+    assert "### Critic scoring" in table and "### Generation" in table and "### SFT" in table
+    assert report["ceilings"]["matmul_tflops"] > 0 and report["ceilings"]["copy_gbps"] > 0
