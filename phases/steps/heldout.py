@@ -6,8 +6,10 @@ Runs inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (step 
 How: instruction lists are generated with the canonical numbered-list builder exactly like
 training instructions, but every seed derives from ``heldout.seed`` (not the run seed), so the
 set is the same for every run seed; candidates are parsed, filtered, deduped (also against
-the seed instructions) and judged by the instruction critic; critic-kept ones are taken
-round-robin over families (typed by family, balanced by weight) up to ``heldout.size``.
+the seed instructions) and judged by the instruction critic; confidently bad ones are dropped,
+critic-kept ones come first and, if too few, the rest by the critic's good-minus-bad score
+(counted as ``below_keep_bar_used``); they are taken per family (quota by weight, largest
+remainder) up to ``heldout.size``.
 Each gets ONE verifiable constraint appended, drawn seeded from `CONSTRAINTS` (IFEval ids and
 kwargs, validated by `phases.ifeval.registry.validate_kwargs`, so `phases.ifeval` scores it).
 
@@ -131,12 +133,20 @@ def heldout(ctx):
     cands = got["candidates"]
     verdicts = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands],
                            float(p["critics"]["threshold"]), p["batch_size"], f"ho-{hseed}-icritic")
-    good = [{**c, "instruction_verdict": v} for c, v in zip(cands, verdicts) if v["keep"]]
-    rejected = [{**c, "instruction_verdict": v, "drop_reason": "critic"} for c, v in zip(cands, verdicts) if not v["keep"]]
-    if not good:
-        raise DataError(f"held-out: the instruction critic kept none of {len(cands)} candidates; "
-                        "look at dropped.jsonl and the critic threshold (critics.threshold)")
-    chosen = select_balanced(good, quotas(p["families"], size), size)
+    judged = [{**c, "instruction_verdict": v} for c, v in zip(cands, verdicts)]
+    # Confidently bad instructions never enter the held-out set. Critic-kept ones come first; if
+    # they are too few (a small model's critic is rarely confident), the rest follow by the
+    # critic's good-minus-bad score. The manifest counts how many were below the keep bar.
+    rejected = [{**c, "drop_reason": "critic_bad"} for c in judged
+                if not c["instruction_verdict"]["is_good"] and c["instruction_verdict"]["confident"]]
+    eligible = [c for c in judged if c not in rejected]
+    eligible.sort(key=lambda c: (not c["instruction_verdict"]["keep"],
+                                 -(c["instruction_verdict"]["logp_a"] - c["instruction_verdict"]["logp_b"])))
+    good = [c for c in eligible if c["instruction_verdict"]["keep"]]
+    if not eligible:
+        raise DataError(f"held-out: the instruction critic judged all {len(cands)} candidates confidently bad; "
+                        "look at dropped.jsonl, the seeds and generation.instructions")
+    chosen = select_balanced(eligible, quotas(p["families"], size), size)
     records = []
     for i, c in enumerate(chosen):
         con = draw_constraint(derive_seed(hseed, "constraint", i))
@@ -148,17 +158,19 @@ def heldout(ctx):
                "kwargs": [con["kwargs"]], "source_id": c["id"], "instruction_verdict": c["instruction_verdict"]}
         rec["sha256"] = record_hash(rec)
         records.append(rec)
-    unused = [c for c in good if c not in chosen]
+    unused = [c for c in eligible if c not in chosen]
     dropped = got["dropped"] + rejected + [{**c, "drop_reason": "surplus"} for c in unused]
     file_sha = write_records(ctx.out_dir / "heldout.jsonl", records)
     write_records(ctx.out_dir / "dropped.jsonl", dropped)
     by_family = {}
     for r in records:
         by_family[r["family"]] = by_family.get(r["family"], 0) + 1
-    counts = {**got["counts"], "critic_kept": len(good), "critic_rejected": len(rejected), "records": len(records),
+    counts = {**got["counts"], "critic_kept": len(good), "critic_rejected": len(rejected),
+              "below_keep_bar_used": sum(1 for c in chosen if not c["instruction_verdict"]["keep"]), "records": len(records),
               "shortfall": max(0, size - len(records)), "by_family": by_family}
-    if len(records) < size:
-        ctx.log(f"held-out has {len(records)} of {size} records (critic kept {len(good)}); see manifest counts")
+    if len(records) < size or counts["below_keep_bar_used"]:
+        ctx.log(f"held-out has {len(records)} of {size} records; {counts['below_keep_bar_used']} below the critic's "
+                f"keep bar (critic kept {len(good)}); see manifest counts")
     dump(ctx.out_dir / "manifest.json", session_manifest(
         ctx, "heldout", info, {"heldout.jsonl": file_sha}, counts,
         heldout_seed=hseed, record_sha256={r["id"]: r["sha256"] for r in records},
