@@ -258,6 +258,13 @@ class Engine:
                            f"runner show {spec.name}   # then: runner approve {spec.name} --note \"...\"  "
                            f"or  runner reject {spec.name} --reason \"...\"")
 
+        if policy == "approve":  # demo profiles: no decision is taken, and the run says so
+            g = self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, "policy 'approve'")
+            note = "approved automatically by policy 'approve' (demo profile; no decision was taken)" + (
+                "" if check_ok else f" although the {check_txt}")
+            self.store.decide_gate(g.id, "approve", "policy:approve", note, "auto", fence=self.fence)
+            self.echo(f"  ! gate {spec.name}: {note}")
+            return None
         if policy == "auto":
             if not check_ok:
                 return wait(check_txt + " (a human decides)")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from runner.errors import ConfigError
 from state.files import canonical_json, sha256_text
 
-POLICIES = ("auto", "human", "review", "review+human")
+POLICIES = ("auto", "human", "review", "review+human", "approve")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,9 @@ class GateSpec:
 def gate(name: str, *, check: Callable | None = None, policy: str = "human", criteria: Sequence[str] = (),
          evidence: Callable | None = None, description: str = "") -> GateSpec:
     """Declare a gate. ``check(ctx) -> GateCheck | bool`` decides automatically under policy
-    ``auto``; ``human`` always waits; ``review``/``review+human`` consult the LLM reviewer."""
+    ``auto``; ``human`` always waits; ``review``/``review+human`` consult the LLM reviewer;
+    ``approve`` passes whatever the check says (demo profiles only: it records the check and
+    says loudly that the gate was approved without a decision)."""
     if policy not in POLICIES:
         raise ConfigError(f"gate {name!r}: policy {policy!r} is not one of {', '.join(POLICIES)}")
     return GateSpec(name, check, policy, tuple([criteria] if isinstance(criteria, str) else criteria),
