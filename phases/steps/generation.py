@@ -261,12 +261,17 @@ def generate_responses(ctx, model, p: dict, recs: list[dict], gen: dict, seed_ba
     return ctx.ledger(ledger).run(recs, p["batch_size"], work)
 
 
-def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: int, tag: str) -> list[dict]:
-    """Instruction critic -> responses (critic-kept instructions only) -> pair critic -> kept.
+def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: int, tag: str,
+                  respond_all: bool = False) -> list[dict]:
+    """Instruction critic -> responses -> pair critic -> kept.
 
-    One record per candidate, in candidate order: the candidate fields, ``instruction_verdict``,
-    the response fields (None when the instruction was rejected), ``pair_verdict`` (None
-    without a non-empty response) and ``kept`` (`phases.qc.is_kept`).
+    Responses are generated for critic-kept instructions only, or for every instruction with
+    ``respond_all`` (the pilot: its response QC numbers then do not depend on the instruction
+    critic, and a weak critic still shows what generation and cleaning do). One record per
+    candidate, in candidate order: the candidate fields, ``instruction_verdict``, the response
+    fields (None when no response was generated), ``pair_verdict`` (None without a non-empty
+    response) and ``kept`` (`phases.qc.is_kept`: both critics good, so a rejected instruction
+    is never kept).
     """
     from phases.qc import is_kept
 
@@ -277,7 +282,7 @@ def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: 
     bs = p["batch_size"]
     iv = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands], th, bs, f"{tag}-icritic")
     recs = [{**c, "instruction_verdict": v} for c, v in zip(cands, iv)]
-    todo = [r for r in recs if r["instruction_verdict"]["keep"]]
+    todo = recs if respond_all else [r for r in recs if r["instruction_verdict"]["keep"]]
     resp = {x["id"]: x for x in generate_responses(ctx, model, p, todo, gen["responses"], seed_base, f"{tag}-resp")}
     judged = [r for r in todo if resp[r["id"]]["response"]]
     pv = judge_items(ctx, model, "pair", [{"instruction": r["instruction"], "response": resp[r["id"]]["response"]}

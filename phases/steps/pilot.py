@@ -4,8 +4,9 @@ Runs inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (after
 
 One try = instruction generation (``ceil(pilot.size * over_generation)`` unique instructions:
 numbered-list completion, parse/filter, exact+near dedup incl. against the seeds, held-out
-leakage check, leaked items dropped) -> instruction critic -> responses for critic-kept
-instructions (``Instruction: ...\\nResponse:`` with the seeds' few-shot pairs, cleaning, raw and
+leakage check, leaked items dropped) -> instruction critic -> responses for every
+instruction (not only critic-kept: the response QC numbers then do not hinge on the critic;
+``Instruction: ...\\nResponse:`` with the seeds' few-shot pairs, cleaning, raw and
 cleaned token counts) -> pair critic -> `phases.qc.compute_qc`. When QC fails, up to
 ``qc.max_retries`` (≤ 2) more tries with `phases.qc.plan_retry`'s adjusted params; a try whose
 instruction params did not change reuses the previous instructions and their critic verdicts
@@ -67,7 +68,7 @@ def run_try(ctx, model, p: dict, gen: dict, heldout: list[dict], t: int) -> dict
     got = collect_instructions(ctx, model, p, gen["instructions"], seed_base=ctx.seed, needed=needed,
                                tag=f"instr-{ikey}", id_prefix="pilot", against_filter=leak_filter)
     rkey = phash([ikey, gen["responses"], p["critics"], p["response_builder"], p["response_fewshot"], p["end_marker"]])
-    records = build_records(ctx, model, p, got["candidates"], gen, ctx.seed, f"try-{rkey}")
+    records = build_records(ctx, model, p, got["candidates"], gen, ctx.seed, f"try-{rkey}", respond_all=True)
     return {"records": records, "dropped": got["dropped"], "counts": got["counts"], "leakage": leak_reports[-1],
             "prompts_used": len(got["lists"])}
 
