@@ -36,6 +36,11 @@ from phases.models.backends.base import (
 
 class HFBackend(Backend):
     name = "hf"
+    # Fast paths (docs/performance.md): prefix-cached scoring (phases/models/prefix_cache.py) and
+    # static-KV CUDA-graph decoding (backends/fastgen.py), same contract and, in fp32, the same
+    # results. "auto": on for CUDA and supported architectures; True: wherever supported; False: off.
+    fast_paths: bool | str = "auto"
+    fast_compile = False  # also torch.compile the decode step's layers (first call per shape ~7 s)
 
     def __init__(
         self,
@@ -59,6 +64,13 @@ class HFBackend(Backend):
         # transformers >= 5.2x renamed `past_key_values` to `cache`; older 5.x only know the former.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _use_fast(self) -> bool:
+        if self.fast_paths is False or (self.fast_paths == "auto" and self.device.type != "cuda"):
+            return False
+        from phases.models.backends.static_kv import unsupported_reason
+
+        return unsupported_reason(self.model) is None
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +112,10 @@ class HFBackend(Backend):
         prompts = check_prompts(prompts)
         if not prompts:
             return []
+        if self._use_fast():
+            from phases.models import prefix_cache
+
+            return prefix_cache.next_token_logprobs(self, prompts, candidate_tokens, truncation=truncation)
         cands = list(candidate_tokens)
         cand_ids = torch.tensor(self.candidate_ids(cands), dtype=torch.long)
         rows = self._encode_all(prompts, 0, truncation)
@@ -123,6 +139,10 @@ class HFBackend(Backend):
         seeds = resolve_seeds(len(prompts), seeds)
         if not prompts:
             return []
+        if self._use_fast():
+            from phases.models.backends import fastgen
+
+            return fastgen.generate(self, prompts, params, seeds, compile_step=self.fast_compile)
         rows = self._encode_all(prompts, params.max_new_tokens, params.truncation)
         result: list[Generation | None] = [None] * len(prompts)
         for bucket in self._buckets(rows):
