@@ -15,6 +15,8 @@ utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/las
 - Ours: ``token_budget_batches`` (padded tokens per step given below), right padding with no
   mask, no checkpointing, fused linear+CE, bf16 autocast, fused AdamW, grad clipping 1.0.
   A step that runs out of memory halves the budget and starts again.
+- Ablations (``--sft-ablations rows8,hfloss,ckpt``): our step with TRL's 8-row batches, with the
+  model's own loss instead of the fused one, or with gradient checkpointing, to attribute the gain.
 
 Run alone:  python3 benchmarks/bench_sft.py --sizes 1.5B --out /tmp/sft   (or via run_all.py)
 """
@@ -34,7 +36,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-BUDGET = {"tiny": 256, "0.5B": 32768, "1.5B": 16384, "7B": 8192}
+BUDGET = {"tiny": 256, "0.5B": 32768, "1.5B": 16384, "7B": 6144}
 
 
 def make_data(n: int, vocab: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
@@ -98,17 +100,47 @@ def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, t
     return res
 
 
-def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int) -> dict:
+class _HFLossStep:
+    """Ablation: the same step but with the model's own loss (full logits materialised)."""
+
+    def __init__(self, pm, opt):
+        self.pm, self.opt = pm, opt
+        self.dev = next(pm.parameters()).device
+        self.trainable = [p for p in pm.parameters() if p.requires_grad]
+
+    def __call__(self, batch):
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda"):
+            loss = self.pm(input_ids=batch["input_ids"].to(self.dev), labels=batch["labels"].to(self.dev), use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"loss": loss.detach(), "tokens": batch["n_tokens"]}
+
+
+def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int, *, rows8: bool = False,
+             fused: bool = True, ckpt: bool = False) -> dict:
+    """Our step; the keyword switches are ablations (8-row batches, HF loss, checkpointing)."""
     from phases import sft_fast as sf
 
     while True:
         model = common.build_model(size, dev)
         model.train()
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
         pm = sf.add_lora(model)
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=2e-5, fused=dev.startswith("cuda"))
-        step = sf.FastSFTStep(pm, opt)
-        batches = sf.token_budget_batches([len(x) for x in data], budget, seed=0)
+        step = sf.FastSFTStep(pm, opt) if fused else _HFLossStep(pm, opt)
+        if rows8:  # TRL's batching: 8 random rows per step, padded to the longest
+            import random
+
+            order = list(range(len(data)))
+            random.Random(0).shuffle(order)
+            batches = [order[i : i + 8] for i in range(0, len(order), 8)]
+        else:
+            batches = sf.token_budget_batches([len(x) for x in data], budget, seed=0)
         padded = sum(len(b) * max(len(data[i]) for i in b) for b in batches)
         real = sum(len(x) for x in data)
         if dev.startswith("cuda"):
@@ -133,7 +165,13 @@ def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int)
                 raise
             budget //= 2
             print(f"sft {size}: out of memory, token budget -> {budget}", flush=True)
-    res = {"variant": f"ours (token budget {budget}, no ckpt, fused CE)", "seconds": round(t, 3), "tokens": tokens,
+    name = f"ours (token budget {budget}, no ckpt, fused CE)"
+    if rows8 or not fused or ckpt:
+        name = "ours ablation: " + ", ".join(x for x, on in (("8-row batches", rows8), ("HF loss, not fused CE", not fused),
+                                                               ("gradient checkpointing", ckpt)) if on)
+        if not rows8:
+            name += f" (budget {budget})"
+    res = {"variant": name, "seconds": round(t, 3), "tokens": tokens,
            "tokens_per_s": tokens / t, "steps": len(batches) - warm, "padding_frac": round(1 - real / padded, 3),
            "gradient_checkpointing": False, "batch": f"<= {budget} tokens",
            "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
@@ -144,7 +182,10 @@ def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int)
     return res
 
 
-def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False) -> list[dict]:
+ABLATIONS = {"rows8": dict(rows8=True), "hfloss": dict(fused=False), "ckpt": dict(ckpt=True)}
+
+
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations: tuple[str, ...] = ()) -> list[dict]:
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
@@ -153,9 +194,12 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False) -> list[d
         data, warm, steps = make_data(640, vocab, 64, 768), 3, 12
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fn in ("trl", "ours"):
+        for fn in ("trl", "ours", *ablations):
             try:
-                r = run_trl(size, dev, data, warm, steps, tmp) if fn == "trl" else run_ours(size, dev, data, warm, BUDGET[size])
+                if fn == "trl":
+                    r = run_trl(size, dev, data, warm, steps, tmp)
+                else:
+                    r = run_ours(size, dev, data, warm, BUDGET[size], **ABLATIONS.get(fn, {}))
             except Exception as e:
                 import traceback
 

@@ -154,7 +154,9 @@ def id_backend(model, batch_size: int):
         return " ".join(str(int(i)) for i in ids)
 
     # No stop tokens: every generation runs to max_new_tokens (fixed output lengths).
-    return HFBackend(model, encode, decode, model.config.max_position_embeddings, pad_id=0, stop_token_ids=(), batch_size=batch_size)
+    be = HFBackend(model, encode, decode, model.config.max_position_embeddings, pad_id=0, stop_token_ids=(), batch_size=batch_size)
+    be.fast_paths = False  # "ours plain batched" rows measure the plain path; fast rows call it directly
+    return be
 
 
 def rand_ids(gen: torch.Generator, n: int, vocab: int, lo: int = 16) -> list[int]:

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {BENCHES}")
     ap.add_argument("--sizes", default=None, help="comma list of model sizes (default: tiny on CPU, 0.5B,1.5B,7B on GPU)")
     ap.add_argument("--sft-sizes", default=None, help="sizes for the SFT benchmark (default: 1.5B,7B on GPU)")
+    ap.add_argument("--sft-ablations", default="", help="comma list of rows8,hfloss,ckpt: ablations of our SFT step, first SFT size only")
     a = ap.parse_args(argv)
     import torch
 
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
                 else:
                     from benchmarks import bench_sft as b
 
-                    report["rows"] += b.run(size, dev, peak_tflops=peak, cpu=a.cpu)
+                    abl = tuple(x for x in a.sft_ablations.split(",") if x) if size == sft_sizes[0] else ()
+                    report["rows"] += b.run(size, dev, peak_tflops=peak, cpu=a.cpu, ablations=abl)
             except Exception as e:  # keep the other benchmarks' numbers; the table shows the error
                 traceback.print_exc()
                 report["rows"].append({"bench": "error", "size": size, "error": f"{bench}: {type(e).__name__}: {e}"[:400]})

@@ -9,6 +9,41 @@ from phases.models.backends.base import GenerationParams
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(autouse=True)
+def _plain_reference(monkeypatch):
+    """``backend.generate``/``next_token_logprobs`` are the plain references in these tests."""
+    for m in (tiny(), smollm2()):
+        monkeypatch.setattr(m.backend, "fast_paths", False)
+
+
+def test_backend_routes_to_the_fast_paths_when_enabled(monkeypatch):
+    from phases.critic import CANDIDATES
+
+    m = tiny()
+    params = GenerationParams.greedy(6)
+    plain_gen = m.generate(PROMPTS, params)
+    plain_lp = m.next_token_logprobs(PROMPTS, list(CANDIDATES))
+    monkeypatch.setattr(m.backend, "fast_paths", True)
+    calls = []
+    from phases.models import prefix_cache
+    from phases.models.backends import fastgen
+
+    monkeypatch.setattr(fastgen, "generate_bucket", _spy(fastgen.generate_bucket, calls, "gen"))
+    monkeypatch.setattr(prefix_cache, "score_ids", _spy(prefix_cache.score_ids, calls, "score"))
+    assert [g.token_ids for g in m.generate(PROMPTS, params)] == [g.token_ids for g in plain_gen]
+    fast_lp = m.next_token_logprobs(PROMPTS, list(CANDIDATES))
+    assert max(abs(a[c] - b[c]) for a, b in zip(plain_lp, fast_lp) for c in CANDIDATES) < 1e-4
+    assert "gen" in calls and "score" in calls
+
+
+def _spy(fn, calls, tag):
+    def wrapped(*a, **k):
+        calls.append(tag)
+        return fn(*a, **k)
+
+    return wrapped
+
 PROMPTS = [
     "Water freezes at",
     "Instruction: Name three colours.\nResponse:",
