@@ -181,6 +181,7 @@ class _Bucket:
             self.graph = g
         except Exception as e:  # an op that cannot be captured: stay eager (still vectorised)
             self.graph_error = f"{type(e).__name__}: {e}"[:300]
+            self.layer_fn = None  # and uncompiled, in case compilation under capture was the cause
 
 
 CACHE_ATTR = "_fastgen_buckets"
