@@ -132,7 +132,9 @@ def main(argv=None) -> int:
         rows += run(s, dev, n_items=8 if a.cpu else 128, n_naive=4 if a.cpu else 32, batch=8 if a.cpu else 64,
                     repeats=1 if a.cpu else 3, peak_tflops=peak)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "critic.json").write_text(json.dumps(rows, indent=1) + "\n")
+    from state.files import atomic_write_text
+
+    atomic_write_text(Path(a.out) / "critic.json", json.dumps(rows, indent=1) + "\n")
     return 0
 
 

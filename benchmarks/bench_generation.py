@@ -137,7 +137,9 @@ def main(argv=None) -> int:
         else:
             rows += run(s, dev, batch=64, big_batch=256, prompt_len=64, new=64, n_single=3, repeats=3, copy_gbps=bw, compile_step=True)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "generation.json").write_text(json.dumps(rows, indent=1) + "\n")
+    from state.files import atomic_write_text
+
+    atomic_write_text(Path(a.out) / "generation.json", json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -230,7 +230,9 @@ def main(argv=None) -> int:
     for s in a.sizes.split(","):
         rows += run(s, dev, peak_tflops=peak, cpu=a.cpu)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "sft.json").write_text(json.dumps(rows, indent=1) + "\n")
+    from state.files import atomic_write_text
+
+    atomic_write_text(Path(a.out) / "sft.json", json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks import common  # noqa: E402
+from state.files import atomic_write_text  # noqa: E402
 
 BENCHES = ("critic", "generation", "sft")
 
@@ -93,8 +94,8 @@ def main(argv=None) -> int:
 
     def save():
         report["seconds"] = round(time.time() - t0, 1)
-        (out / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-        (out / "table.md").write_text(tables(report) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(out / "table.md", tables(report) + "\n")
 
     for bench in only:
         for size in (sft_sizes if bench == "sft" else sizes):
