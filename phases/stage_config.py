@@ -388,12 +388,16 @@ def load_seeds(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[tupl
     return seeds, fewshot, hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def load_stage(path: str | os.PathLike, ignore_keys: typing.Iterable[str] = ()) -> StageConfig:
+# Top-level keys of a combined runner + stage file that belong to the runner (validated there).
+RUNNER_KEYS = frozenset({"pipeline", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer"})
+
+
+def load_stage(path: str | os.PathLike, ignore_keys: typing.Iterable[str] = RUNNER_KEYS) -> StageConfig:
     """Load, merge (``include:``) and validate a stage file, and load its seeds file.
 
     ``ignore_keys``: top-level keys of every file in the include chain that are not stage data
-    and are skipped (the runner's keys in a combined runner+stage config; they are validated
-    by the runner).
+    and are skipped (default: the runner's keys, since phases/stages/*.yaml are combined
+    runner + stage configs; the runner validates those).
 
     Cross-checks: every enabled family has seeds and every seeds family is declared in
     ``families``; ``instruction_generation.min_words <= max_words``; few-shot responses do not
