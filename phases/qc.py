@@ -109,12 +109,20 @@ def hit_token_limit(raw_tokens: int, max_new_tokens: int, slack: int = 0) -> boo
 
 
 def is_kept(rec: Any) -> bool:
-    """The keep rule (module docstring): both critics good, non-empty, not runaway."""
+    """The keep rule (module docstring): both critics good, non-empty, not runaway.
+
+    A verdict with ``not_enforced: true`` (stage key ``critics.enforce: false``, demo profiles
+    only) does not filter; QC acceptance still counts it by its real class.
+    """
     text = _get(rec, "response")
     if not text or not text.strip():
         return False
-    if verdict_class(_get(rec, "instruction_verdict")) != "good" or verdict_class(_get(rec, "pair_verdict")) != "good":
-        return False
+    for name in ("instruction_verdict", "pair_verdict"):
+        v = _get(rec, name)
+        # A verdict marked not_enforced (demo profiles: critics.enforce false) is recorded and
+        # counted in QC acceptance, but does not filter; a missing verdict still does.
+        if verdict_class(v) != "good" and not (v is not None and _get(v, "not_enforced")):
+            return False
     return not is_runaway(text)
 
 

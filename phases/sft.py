@@ -63,6 +63,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "gradient_checkpointing": "auto",  # auto (on with CUDA) | on | off
     "max_examples": 0,           # 0 = all
+    "require_qc_pass": True,     # false only in demo profiles: train despite a failed QC, saying so
 }
 
 #: fields the merge step's manifest.json must carry (the training precondition)
@@ -85,19 +86,20 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def check_merge_inputs(merge_dir: Path) -> dict:
+def check_merge_inputs(merge_dir: Path, require_qc_pass: bool = True) -> dict:
     """The training precondition: a passed QC summary and a complete manifest for ``sft.jsonl``.
 
     Returns ``{"dataset": Path, "qc_summary": Path, "manifest": Path, "qc": dict, "manifest_data": dict}``.
     Raises ``DataError`` naming the file and field when ``qc_summary.json`` lacks
     ``thresholds_passed: true`` (its ``failed_reasons`` are quoted), when ``manifest.json`` lacks one of
     ``REQUIRED_MANIFEST_FIELDS`` (an accepted alias counts, see ``_ALIASES``), or when
-    ``sft.jsonl`` is missing or empty.
+    ``sft.jsonl`` is missing or empty. ``require_qc_pass=False`` (param ``require_qc_pass``, demo
+    profiles only) lets a failed QC through; the caller must say so loudly and record it.
     """
     merge_dir = Path(merge_dir)
     qc_path, man_path, data_path = merge_dir / "qc_summary.json", merge_dir / "manifest.json", merge_dir / "sft.jsonl"
     qc = _read_json(qc_path, "the QC summary")
-    if qc.get("thresholds_passed") is not True:
+    if qc.get("thresholds_passed") is not True and require_qc_pass:
         raise DataError(
             f"{qc_path}: thresholds_passed = {qc.get('thresholds_passed')!r}; training refuses to start without a "
             f"passed QC (failed_reasons: {qc.get('failed_reasons')!r}). Fix the data generation and re-run merge.")

@@ -115,6 +115,8 @@ class ScaleConfig:
 class CriticConfig:
     threshold: float = _f(1.0, lo=0.0, doc="confident when |logp(A) - logp(B)| >= threshold")
     both_orders: bool = _f(True, doc="score both label orders and combine (position bias)")
+    enforce: bool = _f(True, doc="false (demo profiles only): verdicts are computed, recorded and counted in "
+                                 "QC, but do not filter what is kept; records say not_enforced")
 
 
 @dataclass

@@ -38,7 +38,8 @@ def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:
     lines = [f"OK: pipeline {pipe.name!r}: {len(pipe.steps)} steps, {len(pipe.gates)} gates; config valid"]
     from runner.config import effective_params
     for name in pipe.steps:
-        lines.append(f"  step {name}: {json.dumps(effective_params(pipe, cfg, name), sort_keys=True)}")
+        text = json.dumps(effective_params(pipe, cfg, name), sort_keys=True)
+        lines.append(f"  step {name}: {text if len(text) <= 160 else text[:157] + '...'}")
     for name, g in pipe.gates.items():
         lines.append(f"  gate {name}: policy {(cfg['gates'].get(name) or {}).get('policy', g.policy)}")
     return "\n".join(lines)

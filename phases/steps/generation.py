@@ -209,8 +209,13 @@ def collect_instructions(ctx, model, p: dict, gen: dict, *, seed_base: int, need
 TEST_KEEP_ALL_ENV = "CAI_TEST_KEEP_ALL"
 
 
-def judge_items(ctx, model, rubric: str, items: list, threshold: float, batch_size: int, ledger: str) -> list[dict]:
-    """A/B critic verdicts (both label orders, one forward pass each), batched via the ledger."""
+def judge_items(ctx, model, rubric: str, items: list, threshold: float, batch_size: int, ledger: str,
+                enforce: bool = True) -> list[dict]:
+    """A/B critic verdicts (both label orders, one forward pass each), batched via the ledger.
+
+    ``enforce=False`` (stage key ``critics.enforce``, demo profiles only) keeps the verdict as the
+    critic gave it and adds ``not_enforced: true``: QC still counts it, the keep rule ignores it.
+    """
     from phases.critic import judge
 
     override = os.environ.get(TEST_KEEP_ALL_ENV) == "1"
@@ -220,6 +225,8 @@ def judge_items(ctx, model, rubric: str, items: list, threshold: float, batch_si
         if override:
             out = [{**v, "is_good": True, "label": "A", "confident": True, "keep": True, "test_override": True}
                    for v in out]
+        elif not enforce:
+            out = [{**v, "keep": True, "not_enforced": True} for v in out]
         return out
 
     return ctx.ledger(ledger).run(items, batch_size, work)
@@ -280,13 +287,14 @@ def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: 
                         "label orders (position bias, METHOD.md)")
     th = float(p["critics"]["threshold"])
     bs = p["batch_size"]
-    iv = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands], th, bs, f"{tag}-icritic")
+    enforce = bool(p["critics"].get("enforce", True))
+    iv = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands], th, bs, f"{tag}-icritic", enforce)
     recs = [{**c, "instruction_verdict": v} for c, v in zip(cands, iv)]
     todo = recs if respond_all else [r for r in recs if r["instruction_verdict"]["keep"]]
     resp = {x["id"]: x for x in generate_responses(ctx, model, p, todo, gen["responses"], seed_base, f"{tag}-resp")}
     judged = [r for r in todo if resp[r["id"]]["response"]]
     pv = judge_items(ctx, model, "pair", [{"instruction": r["instruction"], "response": resp[r["id"]]["response"]}
-                                          for r in judged], th, bs, f"{tag}-pcritic")
+                                          for r in judged], th, bs, f"{tag}-pcritic", enforce)
     pair = {r["id"]: v for r, v in zip(judged, pv)}
     out = []
     empty = {k: None for k in ("prompt", "raw_completion", "response", "raw_tokens", "cleaned_tokens",

@@ -55,7 +55,13 @@ def sft(ctx):
     from phases.plots import plot_loss
     from phases.sft import check_merge_inputs, model_ref, run_sft
 
-    ins = check_merge_inputs(ctx.input("merge"))  # the precondition: before any model is loaded
+    # the precondition, before any model is loaded
+    ins = check_merge_inputs(ctx.input("merge"), require_qc_pass=bool(ctx.params["require_qc_pass"]))
+    qc_passed = ins["qc"].get("thresholds_passed") is True
+    if not qc_passed:
+        ctx.log("QC DID NOT PASS (" + "; ".join(map(str, ins["qc"].get("failed_reasons") or [])) + "); training "
+                "anyway because require_qc_pass is false (demo profiles only). These results show the "
+                "machinery, not a valid experiment.", kind="qc_override")
     ref = model_ref(ctx.input("prepare_model") / "model.json")
     records = read_jsonl(ins["dataset"])
     seed = ctx.seed % (2 ** 32)
@@ -69,7 +75,8 @@ def sft(ctx):
         "schema": "training_manifest/v1",
         "git_sha": sha,
         "dataset": {"path": str(ins["dataset"]), "sha256": sha256_file(ins["dataset"]), "records": len(records)},
-        "qc_summary": {"path": str(ins["qc_summary"]), "thresholds_passed": True},
+        "qc_summary": {"path": str(ins["qc_summary"]), "thresholds_passed": qc_passed,
+                       "override": None if qc_passed else "require_qc_pass=false (demo profile)"},
         "data_manifest": {"path": str(ins["manifest"]), "sha256": sha256_file(ins["manifest"])},
         "model_ref": ref,
         "hyperparameters": {**dict(ctx.params), "seed": seed},

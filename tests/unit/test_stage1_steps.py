@@ -44,7 +44,8 @@ def test_demo_expands_into_per_step_params():
     assert p["merge"]["target_kept"] == 48
     assert "responses" not in p["heldout"] and "generation" not in p["heldout"]
     assert p["prepare_model"]["model"] == "qwen2.5-coder-0.5b-instruct"
-    assert out["gates"]["qc_pilot"]["policy"] == "auto"
+    assert out["gates"]["qc_pilot"]["policy"] == "approve" and out["gates"]["sft_gate"]["policy"] == "review"
+    assert p["sft"]["require_qc_pass"] is False and p["pilot"]["critics"]["enforce"] is False
     assert "families" not in out and "generation" not in out  # stage keys became params
 
 
