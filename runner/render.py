@@ -30,6 +30,17 @@ def _short(obj: Any, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _summary_text(summary: Any, n: int = 90) -> str:
+    """A step's summary in one line: its ``headline`` if it has one, else its scalar fields."""
+    if isinstance(summary, dict):
+        if summary.get("headline"):
+            return _short(summary["headline"], n)
+        scalars = [f"{k}={v}" for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and v is not None]
+        if scalars:
+            return _short(", ".join(scalars), n)
+    return _short(summary, n)
+
+
 def print_status(st: dict) -> None:
     run = st["run"]
     console.print(f"[bold]run {run['id']}[/bold]  pipeline {run['pipeline']}  state [bold]{st['state']}[/bold]"
@@ -45,7 +56,7 @@ def print_status(st: dict) -> None:
         t.add_column(col)
     for s in st["steps"]:
         t.add_row(ICON.get(s["status"], "?"), s["name"], s["status"], str(s["attempts"]),
-                  str(s["batches_done"] or ""), _short(s["error"] or s["summary"]))
+                  str(s["batches_done"] or ""), _short(s["error"]) if s["error"] else _summary_text(s["summary"]))
     console.print(t)
     if st["gates"]:
         g = Table(show_header=True, header_style="bold")
