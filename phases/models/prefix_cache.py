@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import torch
 
 from phases.models.backends import static_kv
-from phases.models.backends.base import check_prompts, fit_context
+from phases.models.backends.base import check_prompts
 
 
 def _lcp(rows: Sequence[Sequence[int]], idx: Sequence[int], start: int) -> int:
@@ -167,12 +167,7 @@ def next_token_logprobs(backend, prompts: Sequence[str], candidate_tokens: Seque
         return []
     cands = list(candidate_tokens)
     cand_ids = backend.candidate_ids(cands)
-    rows = []
-    for i, p in enumerate(prompts):
-        ids = backend.encode(p)
-        if not ids:
-            raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
-        rows.append(fit_context(ids, i, backend.max_context, backend.max_context, truncation))
+    rows = backend.encode_rows(prompts, 0, truncation)
     lps = score_ids(backend.model, rows, cand_ids, pad_id=backend.pad_id,
                     max_batch=int(max_batch or max(backend.batch_size, 64)), max_tokens=max_tokens)
     return [dict(zip(cands, lp)) for lp in lps]

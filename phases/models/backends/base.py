@@ -155,6 +155,20 @@ class Backend(ABC):
     ) -> list[dict[str, float]]:
         """See the module docstring."""
 
+    def encode_rows(self, prompts: Sequence[str], room: int, truncation: str) -> list[list[int]]:
+        """Guarded token ids per prompt, each fitted to the context minus ``room`` tokens.
+
+        An empty prompt (0 tokens) raises ``ValueError``; an over-long one follows
+        ``fit_context`` (``truncation`` "error" or "left").
+        """
+        rows = []
+        for i, p in enumerate(prompts):
+            ids = self.encode(p)
+            if not ids:
+                raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
+            rows.append(fit_context(ids, i, self.max_context - room, self.max_context, truncation))
+        return rows
+
     def candidate_ids(self, candidate_tokens: Sequence[str]) -> list[int]:
         """Each candidate's single token id; ``ValueError`` naming any candidate that is not one token."""
         ids = []

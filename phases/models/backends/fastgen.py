@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from phases.models.backends import static_kv
-from phases.models.backends.base import Generation, GenerationParams, check_prompts, fit_context, resolve_seeds
+from phases.models.backends.base import Generation, GenerationParams, check_prompts, resolve_seeds
 
 
 def process_rows(logits: torch.Tensor, seen: torch.Tensor, params: GenerationParams, u: torch.Tensor | None) -> torch.Tensor:
@@ -258,13 +258,7 @@ def generate(backend, prompts: Sequence[str], params: GenerationParams, seeds: S
     if reason:
         raise ValueError(f"fast generation cannot run this model: {reason}; use the plain backend.generate")
     bs = int(batch_size or backend.batch_size)
-    rows = []
-    for i, p in enumerate(prompts):
-        ids = backend.encode(p)
-        if not ids:
-            raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
-        budget = backend.max_context - params.max_new_tokens
-        rows.append(fit_context(ids, i, budget, backend.max_context, params.truncation))
+    rows = backend.encode_rows(prompts, params.max_new_tokens, params.truncation)
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
     result: list[Generation | None] = [None] * len(prompts)
     for k in range(0, len(order), bs):

@@ -29,7 +29,6 @@ from phases.models.backends.base import (
     Generation,
     GenerationParams,
     check_prompts,
-    fit_context,
     resolve_seeds,
 )
 
@@ -78,15 +77,6 @@ class HFBackend(Backend):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _encode_all(self, prompts: list[str], room: int, truncation: str) -> list[list[int]]:
-        rows = []
-        for i, p in enumerate(prompts):
-            ids = self.encode(p)
-            if not ids:
-                raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
-            rows.append(fit_context(ids, i, self.max_context - room, self.max_context, truncation))
-        return rows
-
     def _buckets(self, rows: list[list[int]]) -> list[list[int]]:
         order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
         return [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
@@ -118,7 +108,7 @@ class HFBackend(Backend):
             return prefix_cache.next_token_logprobs(self, prompts, candidate_tokens, truncation=truncation)
         cands = list(candidate_tokens)
         cand_ids = torch.tensor(self.candidate_ids(cands), dtype=torch.long)
-        rows = self._encode_all(prompts, 0, truncation)
+        rows = self.encode_rows(prompts, 0, truncation)
         result: list[dict[str, float]] = [{} for _ in prompts]
         for bucket in self._buckets(rows):
             ids, mask, pos = self._pad([rows[i] for i in bucket])
@@ -143,7 +133,7 @@ class HFBackend(Backend):
             from phases.models.backends import fastgen
 
             return fastgen.generate(self, prompts, params, seeds, compile_step=self.fast_compile)
-        rows = self._encode_all(prompts, params.max_new_tokens, params.truncation)
+        rows = self.encode_rows(prompts, params.max_new_tokens, params.truncation)
         result: list[Generation | None] = [None] * len(prompts)
         for bucket in self._buckets(rows):
             gens = self._generate_bucket([rows[i] for i in bucket], params, [seeds[i] for i in bucket])

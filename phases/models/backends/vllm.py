@@ -22,7 +22,6 @@ from phases.models.backends.base import (
     Generation,
     GenerationParams,
     check_prompts,
-    fit_context,
     resolve_seeds,
 )
 
@@ -73,12 +72,7 @@ class VLLMBackend(Backend):
         seeds = resolve_seeds(len(prompts), seeds)
         if not prompts:
             return []
-        rows = []
-        for i, p in enumerate(prompts):
-            ids = self.encode(p)
-            if not ids:
-                raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
-            rows.append(fit_context(ids, i, self.max_context - params.max_new_tokens, self.max_context, params.truncation))
+        rows = self.encode_rows(prompts, params.max_new_tokens, params.truncation)
         sps = [
             SamplingParams(
                 max_tokens=params.max_new_tokens,
@@ -120,12 +114,7 @@ class VLLMBackend(Backend):
             return []
         cands = list(candidate_tokens)
         cand_ids = self.candidate_ids(cands)
-        rows = []
-        for i, p in enumerate(prompts):
-            ids = self.encode(p)
-            if not ids:
-                raise ValueError(f"prompt {i} is empty (0 tokens); there is nothing to condition on")
-            rows.append(fit_context(ids, i, self.max_context - 1, self.max_context, truncation))
+        rows = self.encode_rows(prompts, 1, truncation)
         reqs = [TokensPrompt(prompt_token_ids=r + [c]) for r in rows for c in cand_ids]
         sp = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outs = self.llm.generate(reqs, sp, use_tqdm=False)
