@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+from state.files import atomic_write_text
+
 MARKER = "# cai-bootstrap-runner-hook"
 SESSION_SOURCES = ("startup", "resume", "clear", "compact")
 COMPACT_TRIGGERS = ("manual", "auto")
@@ -83,13 +85,7 @@ def _load(path: Path) -> dict:
 
 
 def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def remove_ours(data: dict) -> int:

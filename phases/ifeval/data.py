@@ -11,10 +11,11 @@ without the hash check.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from state.files import sha256_file
 
 from .registry import validate_kwargs
 
@@ -33,15 +34,6 @@ class IfevalPrompt:
     prompt: str
     instruction_id_list: tuple[str, ...]
     kwargs: tuple[dict, ...] = field(default_factory=tuple)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_prompt(record: dict, where: str) -> IfevalPrompt:

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from phases.models.registry import DEFAULT_PROFILE, PROFILES, ModelProfile, get_profile
+from state.files import sha256_file
 
 MARKER = "cai_model.json"
 MARKER_FORMAT = 1
@@ -97,14 +98,6 @@ def locate_parts(profile: ModelProfile) -> list[Path]:
             )
         paths.append(located)
     return paths
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def join_and_verify(parts: list[Path], expected_sha256: str, dest: Path | None) -> str:

@@ -17,7 +17,6 @@ Not runnable on its own; ``phases/pipeline.py`` appends ``TRAIN_EVAL_NODES`` aft
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -28,7 +27,8 @@ from phases.sft import SFT_DEFAULTS
 from runner import gate, step
 from runner.errors import ConfigError
 from runner.pipeline import GateCheck
-from state.files import atomic_write_json, atomic_write_text, read_jsonl, sha256_file, write_jsonl
+from state.files import (atomic_write_json, atomic_write_text, hash_tree, read_jsonl, sha256_file,
+                         tree_digest, write_jsonl)
 
 __all__ = ["sft", "evaluate", "sft_gate", "TRAIN_EVAL_NODES"]
 
@@ -40,11 +40,8 @@ def _git_sha() -> str:
 
 
 def _tree_sha256(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(root).rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + sha256_file(p).encode() + b"\n")
-    return h.hexdigest()
+    """A directory's content hash, the same digest the runner records for step outputs."""
+    return tree_digest(hash_tree(Path(root)))
 
 
 @step(inputs=["prepare_model", "merge"],

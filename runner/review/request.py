@@ -17,11 +17,13 @@ Contracts:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
+
+from state.files import canonical_json
+from state.files import sha256_text as sha256_hex
 
 from .secrets import scrub_obj, scrub_text
 
@@ -29,15 +31,6 @@ RENDER_VERSION = "review-request/1"
 MIN_RENDER_CHARS = 1000
 # (max chars per string, max items per list) tried in turn when the full text is too long.
 _SHRINK_STEPS = ((4000, 200), (1000, 50), (300, 20), (100, 8))
-
-
-def canonical_json(obj: Any) -> str:
-    """Canonical JSON used for hashing: sorted keys, no whitespace, UTF-8 kept."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def sample_items(items: list, k: int, seed: int) -> list:

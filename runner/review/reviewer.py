@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
+
+from state.files import atomic_write_text
 
 from .backends import BackendResult, call_command, call_openai
 from .config import ReviewerConfig
@@ -142,32 +143,6 @@ def cost_usd(config: ReviewerConfig, tokens_in: int, tokens_out: int) -> float |
     if config.price_per_mtok_in is None or config.price_per_mtok_out is None:
         return None
     return round((tokens_in * config.price_per_mtok_in + tokens_out * config.price_per_mtok_out) / 1e6, 6)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text (UTF-8) to path atomically: temp file in the same dir, fsync, os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def _safe_gate(gate: str) -> str:
