@@ -112,6 +112,17 @@ def forward(model, kv: StaticKV, ids: torch.Tensor, pos: torch.Tensor, slots: to
     return model.get_output_embeddings()(last)[:, -1, :].float()
 
 
+def _qkv(layer, h, cos, sin, H: int, KVH: int, hd: int):
+    """The layer's normed q/k/v projections, shaped (n, heads, t, hd), with RoPE applied to q and k."""
+    n, t, _ = h.shape
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(n, t, H, hd).transpose(1, 2)
+    k = attn.k_proj(x).view(n, t, KVH, hd).transpose(1, 2)
+    v = attn.v_proj(x).view(n, t, KVH, hd).transpose(1, 2)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
 def layer_step(layer, h, cos, sin, kc, vc, slots, allowed, H: int, KVH: int, hd: int):
     """One decoder layer over the static cache ``kc``/``vc`` of that layer (written in place).
 
@@ -120,12 +131,7 @@ def layer_step(layer, h, cos, sin, kc, vc, slots, allowed, H: int, KVH: int, hd:
     n, t, _ = h.shape
     g = H // KVH
     attn = layer.self_attn
-    x = layer.input_layernorm(h)
-    q = attn.q_proj(x).view(n, t, H, hd).transpose(1, 2)
-    k = attn.k_proj(x).view(n, t, KVH, hd).transpose(1, 2)
-    v = attn.v_proj(x).view(n, t, KVH, hd).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k, v = _qkv(layer, h, cos, sin, H, KVH, hd)
     kc.index_copy_(2, slots, k)
     vc.index_copy_(2, slots, v)
     qg = q.reshape(n, KVH, g * t, hd)
@@ -181,12 +187,7 @@ def forward_prefixed(model, prefix: list[tuple[torch.Tensor, torch.Tensor]] | No
     kvs = []
     for i, layer in enumerate(dec.layers):
         attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(n, t, H, hd).transpose(1, 2)
-        k = attn.k_proj(x).view(n, t, KVH, hd).transpose(1, 2)
-        v = attn.v_proj(x).view(n, t, KVH, hd).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = _qkv(layer, h, cos, sin, H, KVH, hd)
         if return_kv:
             kvs.append((k, v))
         if P:
