@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -281,5 +280,4 @@ def entrypoint() -> None:
 
 
 if __name__ == "__main__":
-    started = time.time()
     entrypoint()

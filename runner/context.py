@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from runner.pipeline import derive_seed
 from state.files import atomic_write_bytes, sha256_file
@@ -150,6 +149,3 @@ class GateContext:
             raise KeyError(f"gate {self.gate!r}: no finished step {step!r} before it")
         return self.outputs[step]
 
-
-def env_flag(name: str) -> Optional[str]:
-    return os.environ.get(name)

@@ -251,7 +251,7 @@ class Engine:
         check_txt = "" if check_ok else "automatic check failed: " + "; ".join(map(str, check.reasons))
 
         def wait(reason: str) -> Outcome:
-            g = self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, reason)
+            self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, reason)
             self._set_status("waiting", spec.name)
             self.echo(f"  ? gate {spec.name}: waiting ({reason})")
             return Outcome(EXIT_GATE, f"waiting at gate {spec.name} ({policy}): {reason}",

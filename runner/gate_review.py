@@ -9,6 +9,7 @@ closed: the gate waits for a human, with the reason in `status`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,7 +51,7 @@ def _record(store: Store, run_id: str, gate: str, gate_key: str, outcome: Any, m
                  verdict_json=json.dumps(outcome.to_dict().get("verdict"), sort_keys=True) if v else None,
                  error=outcome.error, tokens_in=int(outcome.tokens_in or 0), tokens_out=int(outcome.tokens_out or 0),
                  cost_usd=outcome.cost_usd, request_path=rel(outcome.request_path),
-                 response_path=rel(outcome.response_path), created_at=__import__("time").time())
+                 response_path=rel(outcome.response_path), created_at=time.time())
     return store.add_review(row, fence=fence)
 
 
@@ -120,7 +121,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
         return EXIT_GATE
     print(f"reviewer {r.model}: {r.decision}: {(loads(r.verdict_json) or {}).get('summary', '')}")
     if policy == "review" and r.decision == "GO" and check_ok:
-        store.decide_gate(g.id, "approve", "reviewer", f"GO (re-asked)", "reviewer")
+        store.decide_gate(g.id, "approve", "reviewer", "GO (re-asked)", "reviewer")
         store.update_run(None, run_id, status="ready", status_detail=f"gate {gate} approved by reviewer")
         print("next: runner resume --detach")
         return EXIT_DONE

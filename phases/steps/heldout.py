@@ -28,7 +28,7 @@ from runner import step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 
-from phases.steps.common import (dump, model_info, open_model, record_hash, session_manifest, write_records)
+from phases.steps.common import (dump, open_model, record_hash, session_manifest, write_records)
 from phases.steps.generation import collect_instructions, judge_items
 
 KEYWORD_POOL = ("simple", "example", "important", "clear", "today", "because", "detail", "result")
