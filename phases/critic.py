@@ -9,7 +9,8 @@ Contract (METHOD.md "Prompt and label contracts"):
   the item, a blank line, ``Output exactly one letter on the next line: A or B``, a newline and
   ``Label:`` (no trailing space: the model writes the space).
 - Rubrics: ``instruction`` (item: the instruction) and ``pair`` (item: instruction + the FIRST
-  PARAGRAPH of the response, i.e. text before the first blank line, stripped).
+  PARAGRAPH of the response, `phases.cleaning.first_paragraph`: text before the first blank
+  line outside a code fence, stripped).
 - Order ``"AB"``: A = good, B = bad. Order ``"BA"`` is the swapped rubric: B = good, A = bad,
   and "If unsure, choose A" (the unsure rule always points at the bad label).
 - Scores: next-token log-probs (natural log) of ``A``/``" A"`` and ``B``/``" B"``; the better
@@ -29,6 +30,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+# The one fence-aware first_paragraph (a blank line inside a code fence does not end it);
+# re-exported here because the pair rubric's item is the response's first paragraph.
+from phases.cleaning import first_paragraph
 
 DEFAULT_THRESHOLD = 1.0
 ORDERS = ("AB", "BA")
@@ -105,17 +110,6 @@ class Verdict:
         d = asdict(self)
         d["keep"] = self.keep
         return d
-
-
-def first_paragraph(text: str) -> str:
-    """Text before the first blank line (a line holding only whitespace), stripped."""
-    lines = text.strip().splitlines()
-    out = []
-    for line in lines:
-        if not line.strip():
-            break
-        out.append(line)
-    return "\n".join(out).strip()
 
 
 def _item_fields(rubric: Rubric, item: str | Mapping[str, str]) -> dict[str, str]:

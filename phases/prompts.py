@@ -25,6 +25,8 @@ __all__ = [
     "URIAL_EXAMPLES",
     "BUILDERS",
     "get_builder",
+    "canonical_builder_name",
+    "BUILDER_ALIASES",
     "response_prompt",
     "instruction_generation_prompt",
     "raw_prompt",
@@ -214,9 +216,21 @@ BUILDERS: dict[str, Callable[..., str]] = {
 }
 
 
+# Older spellings of a builder's name -> its one registered name. `phases.evaluate` calls the
+# ``Instruction: ...\nResponse:`` arm "instruction"; it is the same builder, with one identity
+# (and one content version in `phases.pieces`).
+BUILDER_ALIASES: dict[str, str] = {"instruction": "instruction_response"}
+
+
+def canonical_builder_name(name: str) -> str:
+    """The registered name of builder ``name`` (aliases resolved); unknown names raise ``KeyError``."""
+    canonical = BUILDER_ALIASES.get(name, name)
+    if canonical not in BUILDERS:
+        raise KeyError(f"unknown prompt builder {name!r}; known builders: {sorted(BUILDERS)}")
+    return canonical
+
+
 def get_builder(name: str) -> Callable[..., str]:
-    """The builder registered under ``name``; unknown names raise ``KeyError`` listing the known ones."""
-    try:
-        return BUILDERS[name]
-    except KeyError:
-        raise KeyError(f"unknown prompt builder {name!r}; known builders: {sorted(BUILDERS)}") from None
+    """The builder registered under ``name`` (or an alias of it); unknown names raise ``KeyError``
+    listing the known ones."""
+    return BUILDERS[canonical_builder_name(name)]

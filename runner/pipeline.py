@@ -11,7 +11,14 @@
     pipeline = Pipeline("toy", [make_items, gate("approve_items"), process])
 
 A step is identified by name + version + effective params + the content hashes of its inputs
-(the cache key), never by call order. A gate blocks every node after it until it passes.
++ the versions of the shared pieces it declares in ``uses=`` (the cache key), never by call
+order. A gate blocks every node after it until it passes.
+
+Pieces are opaque to the runner: an entry of ``uses`` is either an object with a ``name`` and a
+``version`` (a string, or a zero-argument callable returning one), or a callable
+``(params) -> {name: version}`` for pieces chosen by a param (e.g. a prompt builder's name).
+The pipeline's package computes the versions (for cai-stage1: `phases/pieces.py`, hashes of
+rubric text and source), so editing a rubric re-runs exactly the steps that use it.
 """
 from __future__ import annotations
 
@@ -36,20 +43,52 @@ class StepSpec:
     params: dict
     description: str
     max_attempts: Optional[int] = None
+    uses: tuple = ()
 
 
 def step(name: str | None = None, *, version: str = "1", inputs: Sequence[str] = (),
          outputs: Sequence[str] = (), params: dict | None = None, description: str | None = None,
-         max_attempts: int | None = None) -> Callable[[Callable], Callable]:
+         max_attempts: int | None = None, uses: Sequence[Any] = ()) -> Callable[[Callable], Callable]:
     """Declare a step. ``inputs`` name earlier steps; ``outputs`` are files the step must write
     under ``ctx.out_dir``; ``params`` are the defaults (config overrides them, type-checked);
-    bump ``version`` when the code changes what it produces."""
+    ``uses`` lists the shared pieces whose versions enter the cache key (see the module
+    docstring); bump ``version`` when the step's own code changes what it produces."""
+    for u in uses:
+        if not (callable(u) or (hasattr(u, "name") and hasattr(u, "version"))):
+            raise ConfigError(f"step {name or '?'}: uses entry {u!r} is neither a piece (with .name and "
+                              ".version) nor a callable (params) -> {{name: version}}")
+
     def deco(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         fn.__step__ = StepSpec(name or fn.__name__, fn, str(version), tuple(inputs), tuple(outputs),
-                               dict(params or {}), description or (doc[0] if doc else ""), max_attempts)
+                               dict(params or {}), description or (doc[0] if doc else ""), max_attempts,
+                               tuple(uses))
         return fn
     return deco
+
+
+def piece_versions(spec: StepSpec, params: dict) -> dict[str, str]:
+    """The versions of the pieces ``spec`` declares in ``uses``, resolved now: ``{name: version}``.
+
+    Resolved at every resume (never stored with the step), so a piece edited since the last
+    run changes the key. Two entries resolving one name to different versions is an error."""
+    out: dict[str, str] = {}
+    for u in spec.uses:
+        if hasattr(u, "name") and hasattr(u, "version"):
+            v = u.version() if callable(u.version) else u.version
+            got = {str(u.name): v}
+        else:
+            got = u(params)
+            if not isinstance(got, dict):
+                raise ConfigError(f"step {spec.name!r}: uses entry {u!r} returned {type(got).__name__}, "
+                                  "expected a dict of piece name -> version")
+        for k, v in got.items():
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"step {spec.name!r}: piece {k!r} has version {v!r}; expected a non-empty str")
+            if out.get(k, v) != v:
+                raise ConfigError(f"step {spec.name!r}: piece {k!r} resolves to two versions ({out[k]}, {v})")
+            out[k] = v
+    return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)
@@ -169,7 +208,13 @@ def derive_seed(run_seed: int, *parts: Any) -> int:
     return int(digest[:16], 16) & ((1 << 63) - 1)
 
 
-def cache_key(spec: StepSpec, params: dict, input_hashes: dict[str, str]) -> str:
-    """Step version + effective params + input content hashes -> the step's identity."""
-    return sha256_text(canonical_json({"step": spec.name, "version": spec.version, "params": params,
-                                       "inputs": input_hashes}))
+def cache_key(spec: StepSpec, params: dict, input_hashes: dict[str, str],
+              pieces: dict[str, str] | None = None) -> str:
+    """Step version + effective params + input content hashes + piece versions -> the step's
+    identity. ``pieces`` defaults to `piece_versions(spec, params)`; a step that uses no
+    pieces keeps the key it had before pieces existed."""
+    pieces = piece_versions(spec, params) if pieces is None else pieces
+    ident = {"step": spec.name, "version": spec.version, "params": params, "inputs": input_hashes}
+    if pieces:
+        ident["pieces"] = pieces
+    return sha256_text(canonical_json(ident))

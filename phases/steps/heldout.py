@@ -28,6 +28,7 @@ from runner import step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 
+from phases.pieces import CRITIC_INSTRUCTION, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
 from phases.steps.common import (dump, open_model, record_hash, session_manifest, write_records)
 from phases.steps.generation import collect_instructions, judge_items
 
@@ -118,7 +119,8 @@ HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction
                     "heldout": {}}
 
 
-@step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="1", params=HELDOUT_DEFAULTS)
+@step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="1", params=HELDOUT_DEFAULTS,
+      uses=[CRITIC_INSTRUCTION, builder_param("instruction_builder"), INSTRUCTION_PARSING, DEDUP, IFEVAL])
 def heldout(ctx):
     """Generate the held-out evaluation set first, with its own seed, typed by family."""
     p = ctx.params

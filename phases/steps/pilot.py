@@ -32,6 +32,8 @@ from runner import GateCheck, step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 
+from phases.pieces import (CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC,
+                            builder_param)
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
 
@@ -39,6 +41,11 @@ PILOT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_b
                   "instruction_generation": {}, "critics": {}, "batch_size": 16, "response_builder": "instruction_response",
                   "end_marker": "###END###", "response_fewshot": [], "generation": {}, "size": 150, "qc": {},
                   "leakage": {}, "stage_name": ""}
+
+# The shared pieces a generate-judge-clean-QC step calls (pilot and scale): their versions enter
+# the cache key (phases/pieces.py).
+DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_builder", "response_builder"),
+               INSTRUCTION_PARSING, DEDUP, CLEANING, QC]
 
 
 def qc_thresholds(qc: dict):
@@ -73,7 +80,7 @@ def run_try(ctx, model, p: dict, gen: dict, heldout: list[dict], t: int) -> dict
             "prompts_used": len(got["lists"])}
 
 
-@step(inputs=["prepare_model", "heldout"], version="1", params=PILOT_DEFAULTS,
+@step(inputs=["prepare_model", "heldout"], version="1", params=PILOT_DEFAULTS, uses=DATA_PIECES,
       outputs=["records.jsonl", "kept.jsonl", "qc_summary.json", "final_params.json", "manifest.json"])
 def pilot(ctx):
     """Pilot: instructions, critics, responses, QC; up to 2 automatic retries."""

@@ -35,7 +35,8 @@ from runner.errors import DataError
 
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
-from phases.steps.pilot import _leak_summary, qc_numbers, qc_thresholds
+from phases.pieces import CLEANING, DEDUP, QC
+from phases.steps.pilot import DATA_PIECES, _leak_summary, qc_numbers, qc_thresholds
 
 SCALE_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
                   "instruction_generation": {}, "critics": {}, "batch_size": 16, "response_builder": "instruction_response",
@@ -92,7 +93,7 @@ def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, 
 
 
 @step(inputs=["prepare_model", "heldout", "pilot"], outputs=["plan.json", "manifest.json"], version="1",
-      params=SCALE_DEFAULTS)
+      params=SCALE_DEFAULTS, uses=DATA_PIECES)
 def scale(ctx):
     """Sharded generation with the pilot's final params (one manifest per shard)."""
     p = ctx.params
@@ -131,6 +132,7 @@ MERGE_DEFAULTS = {"target_kept": 15000, "include_pilot": True, "qc": {}, "leakag
 
 
 @step(inputs=["prepare_model", "heldout", "pilot", "scale"], version="1", params=MERGE_DEFAULTS,
+      uses=[DEDUP, QC, CLEANING],
       outputs=["sft.jsonl", "records.jsonl", "qc_summary.json", "manifest.json"])
 def merge(ctx):
     """Union of pilot + shards, cross-shard dedup, leakage re-check, QC over the union."""

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from phases.evaluate import EVAL_DEFAULTS
+from phases.pieces import CRITIC_PAIR, IFEVAL, STATS, builder_param, builder_piece
 from phases.sft import SFT_DEFAULTS
 from runner import gate, step
 from runner.errors import ConfigError
@@ -46,7 +47,7 @@ def _tree_sha256(root: Path) -> str:
 
 @step(inputs=["prepare_model", "merge"],
       outputs=["adapter", "TRAINING_SUCCESS", "training_manifest.json", "loss.png"],
-      params=dict(SFT_DEFAULTS), version="1")
+      params=dict(SFT_DEFAULTS), version="1", uses=[builder_piece("instruction_response")])
 def sft(ctx):
     """SFT (QLoRA on CUDA, LoRA on CPU) on the merged, QC-passed data; resumes from checkpoints."""
     from phases.plots import plot_loss
@@ -113,7 +114,8 @@ def _arms(params) -> list[str]:
 
 @step(inputs=["prepare_model", "heldout", "sft"],
       outputs=["eval.json", "items.jsonl", "summary.txt", "per_type.png"],
-      params=dict(EVAL_DEFAULTS), version="1")
+      params=dict(EVAL_DEFAULTS), version="1", uses=[builder_param("arms"), builder_piece("instruction_response"),
+                                                     CRITIC_PAIR, IFEVAL, STATS])
 def evaluate(ctx):
     """Paired evaluation of the best base framing vs the trained adapter (checkers + critic + IFEval)."""
     import torch
