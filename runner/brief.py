@@ -370,7 +370,7 @@ def briefing_text(home: Path, db_url: Optional[str] = None, run_id: Optional[str
 
 # ---- CLI ---------------------------------------------------------------------------------------
 def cmd_brief(args) -> int:  # noqa: ANN001
-    from runner.cli import _home
+    from runner.home import home_dir as _home
     b = build_brief(_home(args), args.db_url or os.environ.get("RUNNER_DB_URL"), args.run)
     if args.json:
         print(scrub(json.dumps(b, indent=1, sort_keys=True, default=str)))

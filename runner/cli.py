@@ -10,35 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Callable
 
 from runner.errors import EXIT_CODES, EXIT_DONE, EXIT_USAGE, RunnerError
+from runner.home import home_dir, open_store, resolve_run
 
 EPILOG_EXIT = "exit codes: " + "; ".join(f"{k} {v.split(':')[0].split(' (')[0]}" for k, v in EXIT_CODES.items())
 
 
-def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home or os.environ.get("RUNNER_HOME") or os.getcwd())
-
-
-def open_store(args: argparse.Namespace, create: bool = False):
-    from state.store import Store
-    return Store.open(_home(args), db_url=args.db_url or os.environ.get("RUNNER_DB_URL"), create=create)
-
-
-def resolve_run(store, args: argparse.Namespace) -> str:
-    run_id = getattr(args, "run", None) or os.environ.get("RUNNER_RUN")
-    if run_id:
-        store.get_run(run_id)  # clear error if unknown
-        return run_id
-    latest = store.latest_run_id()
-    if latest is None:
-        raise RunnerError(f"no run in {store.home}; create one with `runner init --config FILE` "
-                          "(or `runner run --config FILE`)")
-    return latest
+_home = home_dir  # the old private name, kept for callers outside this module
 
 
 def say_next(command: str, why: str = "") -> None:

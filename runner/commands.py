@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from runner.config import load_run_inputs  # noqa: F401 (it lived here; gate_review and the CLI import it)
 from runner.errors import EXIT_DONE, EXIT_LOCKED, ConfigError, RunnerError
 from state.store import Store
 
@@ -22,15 +23,6 @@ def _pipeline_path(pipeline: Optional[str], config: Optional[str]) -> str:
         if isinstance(p, str):
             return p
     raise ConfigError("no pipeline given: pass --pipeline module:attr or put 'pipeline: module:attr' in the config")
-
-
-def load_run_inputs(pipeline_path: str, config_path: Optional[str]):
-    """Import the pipeline and validate the config against it (no side effects)."""
-    from runner.config import load_config
-    from runner.pipeline import load_pipeline
-    pipe = load_pipeline(pipeline_path)
-    cfg = load_config(Path(config_path) if config_path else None, pipe)
-    return pipe, cfg
 
 
 def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from runner.errors import ConfigError
-from runner.pipeline import POLICIES, Pipeline
+from runner.pipeline import POLICIES, Pipeline, load_pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
             "include", "stage"}
@@ -148,3 +148,10 @@ def load_config(path: Path | None, pipeline: Pipeline, overrides: dict | None = 
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"{path}: {e}") from e
     return validate(raw, pipeline, str(path) if path else "config")
+
+
+def load_run_inputs(pipeline_path: str, config_path: Path | str | None):
+    """Import the pipeline and validate the config against it (no side effects): ``(pipeline, cfg)``."""
+    pipe = load_pipeline(pipeline_path)
+    cfg = load_config(Path(config_path) if config_path else None, pipe)
+    return pipe, cfg

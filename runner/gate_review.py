@@ -88,7 +88,7 @@ def make_review_hook(store: Store, run_id: str, cfg: dict):  # noqa: ANN201
 
 def review_now(store: Store, run_id: str, gate: str) -> int:
     """`runner review GATE`: ask again explicitly for a gate that waits; apply its policy."""
-    from runner.commands import load_run_inputs
+    from runner.config import load_run_inputs
     run = store.get_run(run_id)
     pipe, cfg = load_run_inputs(run.pipeline, run.config_path)
     if gate not in pipe.gates:

@@ -243,7 +243,7 @@ def pre_compact(home: Path, db_url: Optional[str], run_id: Optional[str]) -> int
 
 # ---- CLI ---------------------------------------------------------------------------------------------
 def cmd_hooks(args) -> int:  # noqa: ANN001
-    from runner.cli import _home
+    from runner.home import home_dir as _home
     home = _home(args).resolve()
     db_url = args.db_url or os.environ.get("RUNNER_DB_URL")
     action = args.hooks_action

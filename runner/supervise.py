@@ -216,7 +216,7 @@ class Supervisor:
 
 
 def cmd_supervise(args) -> int:  # noqa: ANN001
-    from runner.cli import _home, open_store, resolve_run
+    from runner.home import home_dir as _home, open_store, resolve_run
     home = _home(args).resolve()
     if args.config or args.pipeline or args.run_id:
         from runner.commands import find_or_init
