@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from phases.models.devices import DeviceError, resolve_placement
 from phases.prompts import response_prompt
 from runner.errors import ConfigError, DataError
 
@@ -234,15 +235,10 @@ def _callbacks(early_stop: int, has_dev: bool):
 
 
 def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
-    import torch
-
-    dev = params["device"]
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    q = params["quantization"]
-    if q not in ("auto", "none", "nf4"):
-        raise ConfigError(f"params.sft.quantization = {q!r}; allowed: auto, none, nf4")
-    quant = ("nf4" if dev.startswith("cuda") else None) if q == "auto" else (None if q == "none" else "nf4")
+    try:
+        dev, quant = resolve_placement(params["device"], params["quantization"], "params.sft.")
+    except DeviceError as e:
+        raise ConfigError(str(e)) from e
     gc = params["gradient_checkpointing"]
     if gc not in ("auto", "on", "off"):
         raise ConfigError(f"params.sft.gradient_checkpointing = {gc!r}; allowed: auto, on, off")

@@ -40,16 +40,13 @@ from phases.models.guard import (
     check_special_token_delta,
     evaluate_sentinel,
 )
+from phases.models.devices import DeviceError, resolve_device, resolve_quantization
 from phases.models.registry import GENERIC_CONTROL_TOKENS, PROFILES, ModelProfile
 
 __all__ = ["load_model", "LoadedModel", "ContaminationError", "SentinelError", "DeviceError", "loader_version"]
 
 SENTINEL_MAX_NEW_TOKENS = 24
 _REPO = Path(__file__).resolve().parents[2]
-
-
-class DeviceError(ValueError):
-    """The requested device/quantization/backend cannot be used on this machine."""
 
 
 def loader_version() -> str:
@@ -129,19 +126,7 @@ class LoadedModel:
 # -- resolution helpers ----------------------------------------------------------------------
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
-        raise DeviceError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(
-            f"device={device!r} was requested but no CUDA GPU is available here (torch {torch.__version__}, "
-            f"cuda build: {torch.version.cuda}). Use device='cpu' or 'auto', or run on a GPU machine."
-        )
-    return device
+_resolve_device = resolve_device  # the old private name (phases.models.devices is the one resolver)
 
 
 def _resolve_path(profile_or_path: str | Path, cache_root: Path | None) -> tuple[Path, ModelProfile | None]:
@@ -245,7 +230,8 @@ def load_model(
       prepared: ``python -m phases.models.embedded prepare ID``) or a model folder.
     - ``device``: ``"cpu"``, ``"cuda"``/``"cuda:N"`` (``DeviceError`` without a GPU) or ``"auto"``.
     - ``dtype``: ``"float32"``/``"bfloat16"``/``"float16"``; default fp32 on CPU, bf16 on CUDA.
-    - ``quantization``: None or ``"nf4"`` (4-bit via bitsandbytes; CUDA only).
+    - ``quantization``: None (or ``""``/``"none"``), ``"nf4"`` (4-bit via bitsandbytes; CUDA only)
+      or ``"auto"`` (nf4 on CUDA, none on CPU); see `phases.models.devices`.
     - ``backend``: ``"hf"``, ``"vllm"`` (CUDA + vllm installed) or ``"auto"`` (vllm if usable and
       no quantization asked, else hf).
     - ``run_sentinels=False`` skips the sentinel generations (recorded as skipped in provenance);
@@ -256,9 +242,8 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = _resolve_device(device)
-    if quantization not in (None, "nf4"):
-        raise DeviceError(f"quantization must be None or 'nf4', got {quantization!r}")
+    device = resolve_device(device)
+    quantization = resolve_quantization(quantization, device)
     if quantization == "nf4":
         if not device.startswith("cuda"):
             raise DeviceError("quantization='nf4' needs device='cuda' (bitsandbytes 4-bit is GPU-only here)")

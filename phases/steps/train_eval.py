@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from phases.evaluate import EVAL_DEFAULTS
+from phases.models.devices import DeviceError, resolve_placement
 from phases.pieces import CRITIC_PAIR, IFEVAL, STATS, builder_param, builder_piece
 from phases.sft import SFT_DEFAULTS
 from runner import gate, step
@@ -118,8 +119,6 @@ def _arms(params) -> list[str]:
                                                      CRITIC_PAIR, IFEVAL, STATS])
 def evaluate(ctx):
     """Paired evaluation of the best base framing vs the trained adapter (checkers + critic + IFEval)."""
-    import torch
-
     from phases import evaluate as ev
     from phases.models.loader import load_model
     from phases.models.registry import PROFILES
@@ -133,11 +132,10 @@ def evaluate(ctx):
     ref = model_ref(model_json)
     adapter = ctx.input("sft") / "adapter"
     ev.check_adapter_config(adapter, ev.expected_model_id(ref), Path(ref))  # before any load
-    dev = p["device"] if p["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    q = p["quantization"]
-    if q not in ("auto", "none", "nf4"):
-        raise ConfigError(f"params.evaluate.quantization = {q!r}; allowed: auto, none, nf4")
-    quant = ("nf4" if dev.startswith("cuda") else None) if q == "auto" else (None if q == "none" else "nf4")
+    try:
+        dev, quant = resolve_placement(p["device"], p["quantization"], "params.evaluate.")
+    except DeviceError as e:
+        raise ConfigError(str(e)) from e
     bs = p["batch_size"]
     t0 = time.time()
 
