@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from phases.prompts import raw_prompt, response_prompt, urial_prompt
+from phases.prompts import END_MARKER, raw_prompt, response_prompt, urial_prompt
 from runner.errors import DataError
 
 __all__ = ["EVAL_DEFAULTS", "BASE_ARMS", "STOP_STRINGS", "load_heldout", "build_prompt", "generate_batch",
@@ -56,7 +56,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
 BASE_ARMS: dict[str, Callable[[str], str]] = {"raw": raw_prompt, "instruction": response_prompt,
                                               "urial": urial_prompt}
 TRAINED_BUILDER = "instruction"
-STOP_STRINGS: tuple[str, ...] = ("\nInstruction:", "\n# Query:", "###END###")
+STOP_STRINGS: tuple[str, ...] = ("\nInstruction:", "\n# Query:", END_MARKER)
 REQUIRED_HELDOUT = ("id", "family", "instruction", "instruction_id_list", "kwargs")
 
 

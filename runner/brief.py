@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from runner.review.secrets import SECRET_ENV_NAME_RE, scrub_obj, scrub_text, secret_env_values
 
 MAX_CHARS = 6000
 MAX_STR = 240
@@ -36,7 +37,6 @@ MAX_FAILURES = 3
 MAX_EVENTS = 8
 MAX_RUNS = 5
 
-SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 
 DO_NOT = [
     "Do not re-run finished steps by hand (no direct `python phases/...` calls): the runner skips what is "
@@ -51,26 +51,18 @@ DO_NOT = [
 
 
 # ---- scrubbing and bounding ------------------------------------------------------------------
-def secret_env_values(environ: Optional[dict] = None) -> list[str]:
-    """Values of env vars whose names say they hold a credential (longest first)."""
-    env = os.environ if environ is None else environ
-    vals = {v for k, v in env.items() if SECRET_NAME_RE.search(k) and v and len(v) >= 8}
-    return sorted(vals, key=len, reverse=True)
+# The one scrubber lives in runner/review/secrets.py; these names are kept for callers.
+SECRET_NAME_RE = SECRET_ENV_NAME_RE
 
 
 def scrub(text: str, extra: Optional[list[str]] = None) -> str:
-    from runner.review.secrets import scrub_text
+    """``text`` with credentials redacted (env secrets unless ``extra`` is given)."""
     return scrub_text(text, secret_env_values() if extra is None else extra)
 
 
 def scrub_data(obj: Any, extra: list[str]) -> Any:
-    if isinstance(obj, str):
-        return scrub(obj, extra)
-    if isinstance(obj, dict):
-        return {k: scrub_data(v, extra) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub_data(v, extra) for v in obj]
-    return obj
+    """JSON-like data with credentials redacted, secret-named keys' values included."""
+    return scrub_obj(obj, extra)
 
 
 def cut(obj: Any, n: int = MAX_STR) -> str:

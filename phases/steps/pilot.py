@@ -34,12 +34,13 @@ from runner.pipeline import derive_seed
 
 from phases.pieces import (CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC,
                             builder_param)
+from phases.prompts import END_MARKER
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
 
 PILOT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
                   "instruction_generation": {}, "critics": {}, "batch_size": 16, "response_builder": "instruction_response",
-                  "end_marker": "###END###", "response_fewshot": [], "generation": {}, "size": 150, "qc": {},
+                  "end_marker": END_MARKER, "response_fewshot": [], "generation": {}, "size": 150, "qc": {},
                   "leakage": {}, "stage_name": ""}
 
 # The shared pieces a generate-judge-clean-QC step calls (pilot and scale): their versions enter
@@ -98,7 +99,7 @@ def pilot(ctx):
     for t in range(max_retries + 1):
         ctx.log(f"pilot try {t}: generating (responses {gen['responses']})")
         res = run_try(ctx, model, p, gen, heldout, t)
-        qc = compute_qc(res["records"], qc_thresholds(p["qc"]), sentinels, p["end_marker"] or "###END###",
+        qc = compute_qc(res["records"], qc_thresholds(p["qc"]), sentinels, p["end_marker"] or END_MARKER,
                         extra_counts=res["counts"])
         qc["try"], qc["generation_params"] = t, gen
         tdir = ctx.out_dir / "tries" / f"t{t}"
@@ -110,7 +111,7 @@ def pilot(ctx):
                 + ("passed" if qc["thresholds_passed"] else "failed: " + "; ".join(qc["failed_reasons"])))
         if qc["thresholds_passed"] or t == max_retries:
             break
-        plan = plan_retry(gen, qc, t + 1, p["end_marker"] or "###END###")
+        plan = plan_retry(gen, qc, t + 1, p["end_marker"] or END_MARKER)
         history[-1]["retry_plan"] = plan.changes
         if not plan.retryable:
             ctx.log(f"pilot: no automatic retry ({'; '.join(plan.changes)}); the gate decides")

@@ -33,6 +33,7 @@ import math
 from runner import step
 from runner.errors import DataError
 
+from phases.prompts import END_MARKER
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
 from phases.pieces import CLEANING, DEDUP, QC
@@ -40,7 +41,7 @@ from phases.steps.pilot import DATA_PIECES, _leak_summary, qc_numbers, qc_thresh
 
 SCALE_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
                   "instruction_generation": {}, "critics": {}, "batch_size": 16, "response_builder": "instruction_response",
-                  "end_marker": "###END###", "response_fewshot": [], "scale": {}, "qc": {}, "leakage": {},
+                  "end_marker": END_MARKER, "response_fewshot": [], "scale": {}, "qc": {}, "leakage": {},
                   "stage_name": ""}
 
 
@@ -80,7 +81,7 @@ def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, 
     records = build_records(ctx, model, p, got["candidates"], gen, ctx.seed, f"s{k:04d}-{rkey}")
     meta = record_meta(info)
     kept = [sft_record(r, meta, gen, f"scale/shard-{k:04d}") for r in records if r["kept"]]
-    qc = compute_qc(records, qc_thresholds(p["qc"]), sentinels, p["end_marker"] or "###END###",
+    qc = compute_qc(records, qc_thresholds(p["qc"]), sentinels, p["end_marker"] or END_MARKER,
                     extra_counts=got["counts"])
     files = {"records.jsonl": write_records(out_dir / "records.jsonl", records),
              "kept.jsonl": write_records(out_dir / "kept.jsonl", kept),
@@ -128,7 +129,7 @@ def shard_dirs(scale_out) -> list:
 
 
 MERGE_DEFAULTS = {"target_kept": 15000, "include_pilot": True, "qc": {}, "leakage": {}, "near_dup_threshold": 0.7,
-                  "end_marker": "###END###", "stage_name": ""}
+                  "end_marker": END_MARKER, "stage_name": ""}
 
 
 @step(inputs=["prepare_model", "heldout", "pilot", "scale"], version="1", params=MERGE_DEFAULTS,
@@ -161,7 +162,7 @@ def merge(ctx):
     dropped += leaked
     extra = {"merge_parts": len(parts), "merge_kept_in": len(kept), "merge_dropped_duplicates": len(dd.dropped),
              "merge_dropped_heldout_leaks": len(leaked), "sft_records": len(clean)}
-    qc = compute_qc(records, qc_thresholds(p["qc"]), info["sentinels_passed"], p["end_marker"] or "###END###",
+    qc = compute_qc(records, qc_thresholds(p["qc"]), info["sentinels_passed"], p["end_marker"] or END_MARKER,
                     extra_counts=extra)
     files = {"sft.jsonl": write_records(ctx.out_dir / "sft.jsonl", clean),
              "records.jsonl": write_records(ctx.out_dir / "records.jsonl", records),

@@ -12,11 +12,17 @@ Contract:
   `tokens_in` are not credentials and are kept.
 - Values in `extra` shorter than 8 characters are ignored (replacing "abc" everywhere would
   mangle evidence and protects nothing).
+- `secret_env_values(environ)`: the values of environment variables whose NAME says they hold a
+  credential (KEY, TOKEN, SECRET, PASSWORD), >= 8 characters, longest first: the usual `extra`.
+
+This is the project's one scrubber: the reviewer and the agent briefing (`runner/brief.py`)
+both use it.
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Optional
 
 REDACTED = "[REDACTED]"
 
@@ -37,6 +43,16 @@ _SECRET_KEY_RE = re.compile(
 # Counts and generation params that merely mention tokens are not secrets (nor are tokenizer
 # fields like eos_token, which the pattern above does not match).
 _NOT_SECRET_KEY_RE = re.compile(r"(?i)(tokens?_(in|out|count|used)|num_tokens|max_(new_)?tokens|n_tokens|_env$|_name$)")
+
+
+SECRET_ENV_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
+
+
+def secret_env_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Values of env vars whose names say they hold a credential (longest first)."""
+    env = os.environ if environ is None else environ
+    vals = {v for k, v in env.items() if SECRET_ENV_NAME_RE.search(k) and v and len(v) >= 8}
+    return sorted(vals, key=len, reverse=True)
 
 
 def scrub_text(s: str, extra: Iterable[str] = ()) -> str:

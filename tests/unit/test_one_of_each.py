@@ -1,0 +1,39 @@
+"""Canonical pieces exist once: the copies that drifted apart are now one function or constant.
+
+Run: .venv/bin/pytest tests/unit/test_one_of_each.py -q
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_one_fence_aware_first_paragraph():
+    from phases import cleaning, critic
+
+    assert critic.first_paragraph is cleaning.first_paragraph
+    fenced = "```\nx = 1\n\ny = 2\n```\n\nAfter the code."
+    prompt = critic.build_critic_prompt("pair", {"instruction": "Write code.", "response": fenced})
+    assert "y = 2\n```" in prompt and "After the code." not in prompt
+
+
+def test_the_end_marker_is_spelled_once():
+    hits = [str(p.relative_to(REPO)) for root in ("runner", "state", "phases") for p in (REPO / root).rglob("*.py")
+            if '"###END###"' in p.read_text(encoding="utf-8")]
+    assert hits == ["phases/prompts.py"], f"use phases.prompts.END_MARKER instead of the literal in {hits}"
+
+
+def test_one_scrubber():
+    from runner import brief
+    from runner.review.secrets import scrub_obj
+
+    data = {"note": "key sk-abcdefghijklmnop", "api_key": "plainvalue123", "max_new_tokens": 80}
+    assert brief.scrub_data(data, []) == scrub_obj(data, [])
+    assert brief.scrub_data(data, [])["api_key"] == "[REDACTED]"
+
+
+def test_one_name_per_prompt_builder():
+    from phases.prompts import get_builder, response_prompt
+
+    assert get_builder("instruction") is get_builder("instruction_response") is response_prompt
