@@ -21,6 +21,7 @@ from runner.config import effective_params
 from runner.context import GateContext, StepContext
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED,
                            EXIT_REJECTED)
+from runner.gate_policy import effective_policy, reviewer_passes
 from runner.lease import DEFAULT_TTL_S, Heartbeat, dead_reason, this_owner
 from runner.pipeline import GateCheck, GateSpec, Pipeline, StepSpec, cache_key
 from state.files import canonical_json, fsync_tree, hash_tree, replace_dir, sha256_text, tree_digest
@@ -237,8 +238,7 @@ class Engine:
             return Outcome(EXIT_REJECTED, f"gate {spec.name} was rejected by {row.decided_by}"
                            + (f": {row.note}" if row.note else "") + ". Change the config, then rerun "
                            "the step that feeds it.", "runner status")
-        gcfg = (self.config.get("gates") or {}).get(spec.name, {})
-        policy = gcfg.get("policy", spec.policy)
+        policy = effective_policy(spec, self.config)
         gctx = GateContext(self.run_id, spec.name, {s: p for s, (p, _h) in outputs.items()}, dict(summaries),
                            self.config, self.run.seed)
         check = None
@@ -282,12 +282,12 @@ class Engine:
             decision, why = self.review_hook(self, spec, g, check_d, gctx, policy)
         if decision is None:
             return wait(f"review failed closed: {why}; a human decides")
-        if not check_ok:
-            return wait(f"{check_txt}; reviewer said {decision}")
-        if policy == "review" and decision == "GO":
+        if reviewer_passes(policy, decision, check_ok):
             self.store.decide_gate(g.id, "approve", "reviewer", f"GO: {why}", "reviewer", fence=self.fence)
             self.echo(f"  ✓ gate {spec.name}: reviewer said GO")
             return None
+        if not check_ok:
+            return wait(f"{check_txt}; reviewer said {decision}")
         if policy == "review":
             return wait(f"reviewer said {decision}: {why}; a human decides")
         return wait(f"reviewer said {decision}: {why}; policy 'review+human': a person decides")

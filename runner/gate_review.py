@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from runner.context import GateContext
+from runner.gate_policy import effective_policy, reviewer_passes
 from runner.errors import EXIT_DONE, EXIT_GATE, RunnerError
 from state.files import sha256_text
 from state.schema import Review
@@ -112,7 +113,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
     n_before = len(store.reviews(run_id, gate))
     r = ask(store, run_id, pipe.gates[gate], g.gate_key, gctx, cfg, loads(g.check_json), None,
             salt=f"reask-{n_before}")
-    policy = ((cfg.get("gates") or {}).get(gate) or {}).get("policy", pipe.gates[gate].policy)
+    policy = effective_policy(pipe.gates[gate], cfg)
     check_ok = not g.check_json or (loads(g.check_json) or {}).get("passed", True)
     if not r.ok:
         print(f"review failed closed: {r.error}")
@@ -120,7 +121,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
               f"runner approve {gate} --note \"...\"")
         return EXIT_GATE
     print(f"reviewer {r.model}: {r.decision}: {(loads(r.verdict_json) or {}).get('summary', '')}")
-    if policy == "review" and r.decision == "GO" and check_ok:
+    if reviewer_passes(policy, r.decision, check_ok):
         store.decide_gate(g.id, "approve", "reviewer", "GO (re-asked)", "reviewer")
         store.update_run(None, run_id, status="ready", status_detail=f"gate {gate} approved by reviewer")
         print("next: runner resume --detach")

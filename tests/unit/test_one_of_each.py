@@ -37,3 +37,19 @@ def test_one_name_per_prompt_builder():
     from phases.prompts import get_builder, response_prompt
 
     assert get_builder("instruction") is get_builder("instruction_response") is response_prompt
+
+
+def test_one_gate_policy_rule_for_engine_and_review():
+    from runner import engine, gate_review
+    from runner.gate_policy import effective_policy, reviewer_passes
+    from runner.pipeline import gate
+
+    assert engine.reviewer_passes is gate_review.reviewer_passes is reviewer_passes
+    assert engine.effective_policy is gate_review.effective_policy is effective_policy
+    g = gate("g", policy="review+human")
+    assert effective_policy(g, {}) == "review+human"
+    assert effective_policy(g, {"gates": {"g": {"policy": "review"}}}) == "review"
+    assert reviewer_passes("review", "GO", True)
+    assert not reviewer_passes("review", "GO", False)          # a failed check is never waved through
+    assert not reviewer_passes("review+human", "GO", True)     # a person decides
+    assert not reviewer_passes("review", "MODIFY", True)
