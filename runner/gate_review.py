@@ -28,7 +28,13 @@ def reviewer_config(cfg: dict, gate: str):  # noqa: ANN201
     return ReviewerConfig.from_mapping(merged)
 
 
-def build_request(run_id: str, spec: Any, gctx: GateContext, cfg: dict, check: Optional[dict]):  # noqa: ANN401
+def experiment_text(cfg: dict, pipeline: Any) -> str:  # noqa: ANN401
+    """What the run is for, as its config (``goal:``) or its pipeline (`Pipeline.goal`) says."""
+    return str(cfg.get("goal") or getattr(pipeline, "goal", "") or "")
+
+
+def build_request(run_id: str, spec: Any, gctx: GateContext, cfg: dict, check: Optional[dict],  # noqa: ANN401
+                  experiment: str = ""):
     from runner.review import ReviewRequest
     gcfg = (cfg.get("gates") or {}).get(spec.name) or {}
     criteria = gcfg.get("criteria") or list(spec.criteria) or ["Is it sound to proceed past this gate?"]
@@ -38,7 +44,8 @@ def build_request(run_id: str, spec: Any, gctx: GateContext, cfg: dict, check: O
         extra = spec.evidence(gctx) or {}
         samples = list(extra.pop("samples", []) or [])
         evidence.update(extra)
-    return ReviewRequest(gate=spec.name, run_id=run_id, criteria=criteria, evidence=evidence, samples=samples)
+    return ReviewRequest(gate=spec.name, run_id=run_id, criteria=criteria, evidence=evidence, samples=samples,
+                         experiment=experiment)
 
 
 def _record(store: Store, run_id: str, gate: str, gate_key: str, outcome: Any, memo: str,
@@ -57,11 +64,11 @@ def _record(store: Store, run_id: str, gate: str, gate_key: str, outcome: Any, m
 
 
 def ask(store: Store, run_id: str, spec: Any, gate_key: str, gctx: GateContext, cfg: dict,
-        check: Optional[dict], fence: Optional[Fence], salt: str = "") -> Review:
+        check: Optional[dict], fence: Optional[Fence], salt: str = "", experiment: str = "") -> Review:
     """Return the memoized review for these inputs, or ask the reviewer once and record it."""
     from runner.review import memo_key, review
     rcfg = reviewer_config(cfg, spec.name)
-    request = build_request(run_id, spec, gctx, cfg, check)
+    request = build_request(run_id, spec, gctx, cfg, check, experiment)
     memo = memo_key(request, rcfg)
     if salt:
         memo = sha256_text(memo + salt)
@@ -77,7 +84,8 @@ def ask(store: Store, run_id: str, spec: Any, gate_key: str, gctx: GateContext, 
 def make_review_hook(store: Store, run_id: str, cfg: dict):  # noqa: ANN201
     def hook(engine, spec, gate_row, check, gctx, policy):  # noqa: ANN001
         try:
-            r = ask(store, run_id, spec, gate_row.gate_key, gctx, cfg, check, engine.fence)
+            r = ask(store, run_id, spec, gate_row.gate_key, gctx, cfg, check, engine.fence,
+                    experiment=experiment_text(cfg, engine.pipeline))
         except (ValueError, ImportError) as e:  # bad reviewer config or missing package: fail closed
             return None, f"reviewer not usable: {e}"
         if not r.ok:
@@ -112,7 +120,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
     gctx = GateContext(run_id, gate, outputs, summaries, cfg, run.seed)
     n_before = len(store.reviews(run_id, gate))
     r = ask(store, run_id, pipe.gates[gate], g.gate_key, gctx, cfg, loads(g.check_json), None,
-            salt=f"reask-{n_before}")
+            salt=f"reask-{n_before}", experiment=experiment_text(cfg, pipe))
     policy = effective_policy(pipe.gates[gate], cfg)
     check_ok = not g.check_json or (loads(g.check_json) or {}).get("passed", True)
     if not r.ok:

@@ -151,6 +151,7 @@ def qc_numbers(qc: dict) -> dict:
             "token_limit_hits": c["token_limit_hits"], "runaway": c["runaway"],
             "marker_leaks_kept": c["marker_leaks_kept"],
             "checks": {ch["name"]: ch["passed"] for ch in qc["checks"]},
+            "thresholds": {ch["name"]: f"{ch['op']} {ch['threshold']}" for ch in qc["checks"]},
             "thresholds_passed": qc["thresholds_passed"], "failed_reasons": qc["failed_reasons"],
             **({"try": qc["try"]} if "try" in qc else {})}
 
@@ -165,7 +166,9 @@ def qc_gate_check(step_name: str):
 
 
 def qc_gate_evidence(step_name: str, kept_file: str, n_kept: int = 10, n_rejected: int = 5):
-    """Evidence for the LLM reviewer: the QC summary + a fixed-seed sample of kept and rejected items."""
+    """Evidence for the LLM reviewer: ``qc_checks`` (each check's name, measured value, operator,
+    configured threshold and result, as `phases.qc.compute_qc` evaluated them), the whole QC
+    summary, and a fixed-seed sample of kept and rejected items."""
     def evidence(gctx) -> dict:
         out = gctx.output(step_name)
         qc = load_json(out / "qc_summary.json")
@@ -180,7 +183,7 @@ def qc_gate_evidence(step_name: str, kept_file: str, n_kept: int = 10, n_rejecte
                                "pair_verdict": (r.get("pair_verdict") or {}).get("label")}
         samples = [show(r, "kept") for r in pick(kept, n_kept)]
         samples += [show(r, "rejected: " + _why(r)) for r in pick(rejected, n_rejected)]
-        return {"qc_summary": qc, "samples": samples}
+        return {"qc_checks": qc["checks"], "qc_summary": qc, "samples": samples}
     evidence.__name__ = f"evidence_{step_name}"
     return evidence
 

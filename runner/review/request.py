@@ -83,6 +83,8 @@ class ReviewRequest:
     criteria: the gate's criteria from the stage config, a list of strings or one string.
     evidence: JSON-like dict, e.g. {"qc_summary": {...}, "eval": {...}, "manifests": {...}}.
     samples: items for spot checks, ideally from `sample_items(..., seed)`.
+    experiment: what the run is for, from the pipeline (`Pipeline.goal` or the config's ``goal``);
+    rendered before the criteria and hashed when non-empty.
     """
 
     gate: str
@@ -90,16 +92,13 @@ class ReviewRequest:
     criteria: list[str] | str
     evidence: dict = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
+    experiment: str = ""
 
     def _payload(self) -> dict[str, Any]:
-        return scrub_obj(
-            {
-                "gate": self.gate,
-                "criteria": self.criteria,
-                "evidence": self.evidence,
-                "samples": self.samples,
-            }
-        )
+        payload = {"gate": self.gate, "criteria": self.criteria, "evidence": self.evidence, "samples": self.samples}
+        if self.experiment:  # absent when empty, so requests without one keep their old hash
+            payload["experiment"] = self.experiment
+        return scrub_obj(payload)
 
     def input_hash(self) -> str:
         """sha256 of canonical JSON of gate/criteria/evidence/samples (run_id excluded)."""
@@ -115,7 +114,8 @@ class ReviewRequest:
             f"# Gate review request: {self.gate}\n"
             f"Run: {scrub_text(str(self.run_id))}\n"
             f"Format: {RENDER_VERSION}\n\n"
-            f"## Gate criteria\n{crit}\n"
+            + (f"## The experiment\n{scrub_text(self.experiment.strip())}\n\n" if self.experiment.strip() else "")
+            + f"## Gate criteria\n{crit}\n"
         )
         body = "## Evidence\n"
         if isinstance(evidence, dict) and evidence:
