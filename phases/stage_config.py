@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from phases.prompts import BUILDERS, DEFAULT_LIST_HEADER, END_MARKER
+from runner.config import ConfigDoc, load_yaml, read_yaml
 from runner.errors import ConfigError, DataError
 
 __all__ = [
@@ -198,66 +197,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _StrictLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen[key] = True
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _read_yaml(path: Path, error: type[Exception]) -> Any:
-    if not path.is_file():
-        raise error(f"{path}: file not found; check the path (relative paths resolve against the including file)")
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
-
-
-def _merge(base: dict, over: dict, src: str, sources: dict[tuple, str], prefix: tuple = ()) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        path = prefix + (key,)
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, src, sources, path)
-        else:
-            out[key] = value
-            for p in [p for p in sources if p[: len(path)] == path]:
-                del sources[p]
-        sources[path] = src
-    return out
-
-
-def _load_raw(path: Path, chain: tuple[Path, ...], sources: dict[tuple, str], ignore_keys: frozenset = frozenset()) -> dict:
-    path = path.resolve()
-    if path in chain:
-        raise ConfigError(f"{path}: include cycle: {' -> '.join(str(p) for p in chain + (path,))}")
-    data = _read_yaml(path, ConfigError)
-    if data is None:
-        raise ConfigError(f"{path}: the stage file is empty; it needs at least 'stage', 'seeds_file' and 'families' (or an 'include')")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    # A combined runner+stage file also holds the runner's keys (pipeline, gates...): not stage data.
-    data = {k: v for k, v in data.items() if k not in ignore_keys}
-    if "seeds_file" in data and isinstance(data["seeds_file"], str):
-        data["seeds_file"] = str((path.parent / data["seeds_file"]).resolve()) + "\0" + data["seeds_file"]
-    include = data.pop("include", None)
-    base: dict = {}
-    if include is not None:
-        if not isinstance(include, str) or not include.strip():
-            raise ConfigError(f"{path}: include = {include!r}: expected one relative path string to a stage YAML file")
-        base = _load_raw(path.parent / include, chain + (path,), sources, ignore_keys)
-    return _merge(base, data, str(path), sources, ())
+    """The project's one strict YAML reader (`runner.config.read_yaml`), with this module's error type."""
+    return read_yaml(path, error)
 
 
 def _deep_update(base: dict, over: dict) -> dict:
@@ -278,8 +220,22 @@ def _source(sources: dict[tuple, str], path: tuple) -> str:
     return next(iter(sources.values()), "<config>")
 
 
-def _build(tp: Any, value: Any, path: tuple, sources: dict[tuple, str], meta: dict | None = None) -> Any:
+def _build(tp: Any, value: Any, path: tuple, sources: dict[tuple, str], meta: dict | None = None,
+           errors: list[str] | None = None) -> Any:
+    """Validate ``value`` as ``tp`` and build it. With ``errors`` (a list), problems are appended
+    and building goes on with the defaults (so one pass reports them all); else the first raises."""
     dotted = ".".join(str(p) for p in path) or "<top level>"
+
+    def sub_build(sub_tp: Any, sub: Any, sub_path: tuple, sub_meta: dict | None = None) -> Any:
+        if errors is None:
+            return _build(sub_tp, sub, sub_path, sources, sub_meta)
+        try:
+            return _build(sub_tp, sub, sub_path, sources, sub_meta, errors)
+        except _Reported:
+            return dataclasses.MISSING
+        except ConfigError as e:
+            errors.append(str(e))
+            return dataclasses.MISSING
 
     def fail(expected: str) -> typing.NoReturn:
         raise ConfigError(f"{_source(sources, path)}: {dotted} = {value!r}: expected {expected}")
@@ -299,28 +255,37 @@ def _build(tp: Any, value: Any, path: tuple, sources: dict[tuple, str], meta: di
         for key, sub in value.items():
             if key not in allowed:
                 sub_path = path + (key,)
-                raise ConfigError(
-                    f"{_source(sources, sub_path)}: {'.'.join(map(str, sub_path))} = {sub!r}: unknown key; "
-                    f"allowed keys here: {sorted(allowed)}"
-                )
+                msg = (f"{_source(sources, sub_path)}: {'.'.join(map(str, sub_path))} = {sub!r}: unknown key; "
+                       f"allowed keys here: {sorted(allowed)}")
+                if errors is None:
+                    raise ConfigError(msg)
+                errors.append(msg)
+                continue
             fdef = allowed[key]
             if isinstance(sub, dict) and dataclasses.is_dataclass(hints[key]) and fdef.default_factory is not dataclasses.MISSING:
                 # A partial nested mapping overrides the parent's own default for that field
                 # (generation.instructions defaults differ from generation.responses).
                 sub = _deep_update(_plain(fdef.default_factory()), sub)
-            kwargs[key] = _build(hints[key], sub, path + (key,), sources, dict(fdef.metadata))
-        missing = [n for n, f in allowed.items() if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            built = sub_build(hints[key], sub, path + (key,), dict(fdef.metadata))
+            if built is not dataclasses.MISSING:
+                kwargs[key] = built
+        missing = [n for n, f in allowed.items() if n not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"{_source(sources, path)}: {dotted}: missing required key(s) {missing}")
+        if any(n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for n, f in allowed.items()):
+            raise _Reported()  # a required key was invalid; its error is already in ``errors``
         return tp(**kwargs)
     if origin is dict:
         if not isinstance(value, dict) or not value:
             fail(f"a non-empty mapping of name -> {_type_name(args[1])}")
-        return {str(k): _build(args[1], v, path + (k,), sources) for k, v in value.items()}
+        built_d = {str(k): sub_build(args[1], v, path + (k,)) for k, v in value.items()}
+        return {k: v for k, v in built_d.items() if v is not dataclasses.MISSING}
     if origin is list:
         if not isinstance(value, list):
             fail(f"a list of {_type_name(args[0])}")
-        return [_build(args[0], v, path + (i,), sources, meta) for i, v in enumerate(value)]
+        built_l = [sub_build(args[0], v, path + (i,), meta) for i, v in enumerate(value)]
+        return [v for v in built_l if v is not dataclasses.MISSING]
     meta = meta or {}
     if tp is bool:
         if not isinstance(value, bool):
@@ -343,6 +308,10 @@ def _build(tp: Any, value: Any, path: tuple, sources: dict[tuple, str], meta: di
     if choices is not None and value not in choices:
         fail(f"one of {choices}")
     return value
+
+
+class _Reported(ConfigError):
+    """A value could not be built because of errors already collected (collecting mode only)."""
 
 
 def load_seeds(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[tuple[str, str]], str]:
@@ -405,15 +374,37 @@ def load_stage(path: str | os.PathLike, ignore_keys: typing.Iterable[str] = RUNN
     ``families``; ``instruction_generation.min_words <= max_words``; few-shot responses do not
     contain the end marker. Raises `ConfigError` (config) or `DataError` (seeds file).
     """
-    top = Path(path).resolve()
-    sources: dict[tuple, str] = {}
-    raw = _load_raw(top, (), sources, frozenset(ignore_keys))
-    seeds_abs, seeds_as_written = (None, None)
+    doc = load_yaml(Path(path), ignore_keys)
+    if not doc:
+        raise ConfigError(f"{Path(path).resolve()}: the stage file is empty (no stage keys); it needs at least "
+                          "'stage', 'seeds_file' and 'families' (or an 'include' of a file that has them)")
+    return stage_from_doc(doc)
+
+
+def stage_from_doc(doc: ConfigDoc, ignore_keys: typing.Iterable[str] = ()) -> StageConfig:
+    """Validate an already merged config (`runner.config.load_yaml`) as a stage: the one config
+    path, read once, with every key's ``file:line``. Keys in ``ignore_keys`` are not stage data.
+    All schema errors are reported together (one per line); see `load_stage` for cross-checks."""
+    sources: dict[tuple, str] = dict(getattr(doc, "sources", {}) or {})
+    ignore = frozenset(ignore_keys) | {"include"}
+    raw = {k: v for k, v in doc.items() if k not in ignore}
+    if not raw:
+        raise ConfigError(f"{_source(sources, ()) if sources else 'config'}: no stage keys; a stage needs at least "
+                          "'stage', 'seeds_file' and 'families' (or an 'include' of a file that has them)")
+    seeds_abs = None
     if isinstance(raw.get("seeds_file"), str):
-        seeds_abs, seeds_as_written = raw["seeds_file"].split("\0", 1)
-        raw["seeds_file"] = seeds_as_written
-    cfg: StageConfig = _build(StageConfig, raw, (), sources)
-    cfg.source_files = sorted(set(sources.values()))
+        declared_in = _source(sources, ("seeds_file",)).rsplit(":", 1)[0]
+        seeds_abs = str((Path(declared_in).parent / raw["seeds_file"]).resolve())
+    errors: list[str] = []
+    try:
+        cfg = _build(StageConfig, raw, (), sources, errors=errors)
+    except _Reported:
+        cfg = None
+    except ConfigError as e:
+        errors.append(str(e))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    cfg.source_files = sorted({src.rsplit(":", 1)[0] for src in sources.values()})
     where = _source(sources, ("seeds_file",))
     seeds, fewshot, sha = load_seeds(seeds_abs)
     missing = [f for f in cfg.enabled_families if f not in seeds]

@@ -1,4 +1,5 @@
-"""Run configuration: a YAML file, validated against the pipeline's step signatures.
+"""Run configuration: THE config loader (one strict YAML reader, includes, deep merge) and the
+runner's validation of a config against the pipeline's step signatures.
 
     # runner init --config my.yaml
     pipeline: runner.examples.toy:pipeline
@@ -11,14 +12,20 @@
       approve_items: {policy: human}
     reviewer: {model: gpt-5}   # see docs/review.md
 
-``include: other.yaml`` (relative to the including file) merges another file first; mappings
-merge deeply, lists and scalars are replaced. Unknown keys and wrong types are errors that name
-the file and the dotted key.
+Loading rules (`load_yaml`, also used for stage data by `phases.stage_config`):
+- ``include: other.yaml`` or ``include: [a.yaml, b.yaml]`` (relative to the including file)
+  loads those first, in order; the including file's keys are deep-merged over them: mappings
+  merge key by key, lists and scalars are replaced whole. Chains are allowed; cycles are errors.
+- A key written twice in one mapping is an error naming file and line (plain PyYAML silently
+  keeps the last one).
+- Every key's origin is kept as ``file:line`` (`ConfigDoc.sources`), so an unknown key or a
+  wrong value is reported with the file and line that set it, even through includes.
+- Validation reports every error it finds at once, one per line, not only the first.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -40,31 +47,147 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_yaml(path: Path, _seen: tuple = ()) -> dict:
-    """Read a YAML mapping, resolving ``include:`` chains (cycles are an error)."""
-    path = Path(path).resolve()
-    if path in _seen:
-        raise ConfigError(f"{path}: include cycle ({' -> '.join(map(str, _seen + (path,)))})")
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+# ---- the one strict YAML reader -------------------------------------------------------------
+class _Mapping(dict):
+    """A YAML mapping that remembers the line (1-based) of each of its keys."""
+
+    key_lines: dict
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {lines[key]}); keep one", key_node.start_mark)
+        lines[key] = key_node.start_mark.line + 1
+    out = _Mapping(yaml.SafeLoader.construct_mapping(loader, node, deep=True))
+    out.key_lines = lines
+    return out
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def read_yaml(path: Path | str, error: type[Exception] = ConfigError, what: str = "file") -> Any:
+    """Parse one YAML file strictly (duplicate keys refused); plain dicts/lists/scalars.
+
+    A missing file or malformed YAML raises ``error`` naming the file (and line, from PyYAML)."""
+    return _plain(_read_marked(Path(path), error, what))
+
+
+def _read_marked(path: Path, error: type[Exception], what: str) -> Any:
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist (relative includes resolve against the including file)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:  # a stream, so PyYAML's marks name the file
+            return yaml.load(f, Loader=_StrictLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from e
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise error(f"{path}: malformed YAML: {e}") from None
+
+
+class ConfigDoc(dict):
+    """A merged config: a plain dict plus ``sources``, dotted key path (a tuple) -> ``file:line``
+    of the file that set it last. Passing it on keeps the origin of every value."""
+
+    sources: dict
+
+    def where(self, *path: Any, default: str = "config") -> str:
+        """``file:line`` of the deepest prefix of ``path`` that has a source."""
+        return source_of(self.sources, tuple(path), default)
+
+
+def source_of(sources: dict, path: tuple, default: str = "config") -> str:
+    for n in range(len(path), 0, -1):
+        if path[:n] in sources:
+            return sources[path[:n]]
+    return default
+
+
+def _record(value: Any, file: Path, prefix: tuple, sources: dict) -> Any:
+    """Plain copy of ``value``; every mapping key's ``file:line`` recorded under its path."""
+    if isinstance(value, dict):
+        lines = getattr(value, "key_lines", {})
+        out = {}
+        for k, v in value.items():
+            sources[prefix + (k,)] = f"{file}:{lines.get(k, 1)}"
+            out[k] = _record(v, file, prefix + (k,), sources)
+        return out
+    if isinstance(value, list):
+        return [_record(v, file, prefix, sources) for v in value]
+    return value
+
+
+def _merge_sourced(base: dict, over: dict, over_sources: dict, sources: dict, prefix: tuple = ()) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        path = prefix + (k,)
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge_sourced(out[k], v, over_sources, sources, path)
+            sources[path] = over_sources[path]
+            continue
+        out[k] = v
+        for p in [p for p in sources if p[:len(path)] == path]:
+            del sources[p]
+        for p, src in over_sources.items():
+            if p[:len(path)] == path:
+                sources[p] = src
+    return out
+
+
+def _load(path: Path, chain: tuple, ignore: frozenset) -> tuple[dict, dict]:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: include cycle ({' -> '.join(map(str, chain + (path,)))})")
+    what = "config file" if not chain else f"file included by {chain[-1]}:"
+    marked = _read_marked(path, ConfigError, what)
+    if marked is None:
+        marked = _Mapping()
+        marked.key_lines = {}
+    if not isinstance(marked, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(marked).__name__}")
+    own_sources: dict = {}
+    data = _record(marked, path, (), own_sources)
+    for k in ignore & set(data):
+        del data[k]
     inc = data.pop("include", None)
+    own_sources = {p: s for p, s in own_sources.items() if p[0] in data}
     if inc is None:
-        return data
+        return data, own_sources
     incs = [inc] if isinstance(inc, str) else inc
-    if not isinstance(incs, list) or not all(isinstance(i, str) for i in incs):
-        raise ConfigError(f"{path}: 'include' must be a path or a list of paths, got {inc!r}")
+    if not isinstance(incs, list) or not incs or not all(isinstance(i, str) and i.strip() for i in incs):
+        raise ConfigError(f"{path}:{marked.key_lines.get('include', 1)}: include = {inc!r}: expected a path or a "
+                          "list of paths (relative to this file)")
     merged: dict = {}
+    sources: dict = {}
     for i in incs:
-        merged = deep_merge(merged, load_yaml(path.parent / i, _seen + (path,)))
-    return deep_merge(merged, data)
+        sub, sub_sources = _load(path.parent / i, chain + (path,), ignore)
+        merged = _merge_sourced(merged, sub, sub_sources, sources)
+    return _merge_sourced(merged, data, own_sources, sources), sources
+
+
+def load_yaml(path: Path | str, ignore_keys: Iterable[str] = ()) -> ConfigDoc:
+    """Read a YAML config, resolving ``include:`` chains (see the module docstring).
+
+    ``ignore_keys``: top-level keys dropped from every file of the chain (a stage loader skips
+    the runner's keys). Returns a `ConfigDoc` (a dict, with ``sources``)."""
+    data, sources = _load(Path(path), (), frozenset(ignore_keys))
+    doc = ConfigDoc(data)
+    doc.sources = sources
+    return doc
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -80,52 +203,68 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 
 def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
-    """Check ``cfg`` against the pipeline; return the normalised config. Never runs anything."""
+    """Check ``cfg`` against the pipeline; return the normalised config. Never runs anything.
+
+    Every problem found is reported in one `ConfigError`, one per line, each prefixed by the
+    ``file:line`` that set the key when ``cfg`` is a `ConfigDoc` (else by ``source``)."""
+    sources = getattr(cfg, "sources", None) or {}
+    errors: list[str] = []
+
+    def err(path: tuple, msg: str) -> None:
+        errors.append(f"{source_of(sources, path, source)}: {msg}")
+
     unknown = set(cfg) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-                          f"{', '.join(sorted(TOP_KEYS - {'include'}))}")
+    for key in sorted(unknown, key=str):
+        err((key,), f"unknown key(s) {key}; allowed: {', '.join(sorted(TOP_KEYS - {'include'}))}")
     out = dict(cfg)
     for key, typ in (("seed", int), ("max_attempts", int), ("lease_ttl_s", (int, float)), ("goal", str)):
         if key in cfg and (not isinstance(cfg[key], typ) or isinstance(cfg[key], bool)):
-            raise ConfigError(f"{source}: '{key}' must be {getattr(typ, '__name__', 'a number')}, got {cfg[key]!r}")
-    if cfg.get("max_attempts", 1) < 1:
-        raise ConfigError(f"{source}: 'max_attempts' must be >= 1, got {cfg['max_attempts']!r}")
+            err((key,), f"'{key}' must be {getattr(typ, '__name__', 'a number')}, got {cfg[key]!r}")
+    if isinstance(cfg.get("max_attempts", 1), int) and cfg.get("max_attempts", 1) < 1:
+        err(("max_attempts",), f"'max_attempts' must be >= 1, got {cfg['max_attempts']!r}")
     params = cfg.get("params") or {}
     if not isinstance(params, dict):
-        raise ConfigError(f"{source}: 'params' must be a mapping of step name -> params")
+        err(("params",), "'params' must be a mapping of step name -> params")
+        params = {}
     steps = pipeline.steps
     for sname, p in params.items():
         if sname not in steps:
-            raise ConfigError(f"{source}: params.{sname}: no step named {sname!r} in pipeline "
-                              f"{pipeline.name!r} (steps: {', '.join(steps)})")
+            err(("params", sname), f"params.{sname}: no step named {sname!r} in pipeline "
+                                   f"{pipeline.name!r} (steps: {', '.join(steps)})")
+            continue
         if not isinstance(p, dict):
-            raise ConfigError(f"{source}: params.{sname} must be a mapping, got {p!r}")
+            err(("params", sname), f"params.{sname} must be a mapping, got {p!r}")
+            continue
         spec = steps[sname]
         for k, v in p.items():
             if k not in spec.params:
-                raise ConfigError(f"{source}: params.{sname}.{k}: step {sname!r} has no param {k!r} "
-                                  f"(params: {', '.join(sorted(spec.params)) or 'none'})")
-            if not _type_ok(spec.params[k], v):
-                raise ConfigError(f"{source}: params.{sname}.{k} = {v!r} has the wrong type; expected "
-                                  f"{type(spec.params[k]).__name__} like the default {spec.params[k]!r}")
+                err(("params", sname, k), f"params.{sname}.{k}: step {sname!r} has no param {k!r} "
+                                          f"(params: {', '.join(sorted(spec.params)) or 'none'})")
+            elif not _type_ok(spec.params[k], v):
+                err(("params", sname, k), f"params.{sname}.{k} = {v!r} has the wrong type; expected "
+                                          f"{type(spec.params[k]).__name__} like the default {spec.params[k]!r}")
     gates = cfg.get("gates") or {}
     if not isinstance(gates, dict):
-        raise ConfigError(f"{source}: 'gates' must be a mapping of gate name -> settings")
+        err(("gates",), "'gates' must be a mapping of gate name -> settings")
+        gates = {}
     for gname, g in gates.items():
         if gname not in pipeline.gates:
-            raise ConfigError(f"{source}: gates.{gname}: no gate named {gname!r} in pipeline "
-                              f"{pipeline.name!r} (gates: {', '.join(pipeline.gates) or 'none'})")
+            err(("gates", gname), f"gates.{gname}: no gate named {gname!r} in pipeline "
+                                  f"{pipeline.name!r} (gates: {', '.join(pipeline.gates) or 'none'})")
+            continue
         if not isinstance(g, dict):
-            raise ConfigError(f"{source}: gates.{gname} must be a mapping, got {g!r}")
+            err(("gates", gname), f"gates.{gname} must be a mapping, got {g!r}")
+            continue
         bad = set(g) - GATE_KEYS
         if bad:
-            raise ConfigError(f"{source}: gates.{gname}: unknown key(s) {', '.join(sorted(bad))}; "
-                              f"allowed: {', '.join(sorted(GATE_KEYS))}")
+            err(("gates", gname, sorted(bad)[0]), f"gates.{gname}: unknown key(s) {', '.join(sorted(bad))}; "
+                                                  f"allowed: {', '.join(sorted(GATE_KEYS))}")
         if "policy" in g and g["policy"] not in POLICIES:
-            raise ConfigError(f"{source}: gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
+            err(("gates", gname, "policy"), f"gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
-        raise ConfigError(f"{source}: 'reviewer' must be a mapping (see docs/review.md)")
+        err(("reviewer",), "'reviewer' must be a mapping (see docs/review.md)")
+    if errors:
+        raise ConfigError("\n".join(errors))
     out["params"], out["gates"] = params, gates
     return out
 
@@ -136,18 +275,38 @@ def effective_params(pipeline: Pipeline, cfg: dict, step_name: str) -> dict:
 
 
 def load_config(path: Path | None, pipeline: Pipeline, overrides: dict | None = None) -> dict:
-    """Read, expand (pipeline hook), and validate a run config. ``path`` None means defaults."""
-    raw = load_yaml(path) if path is not None else {}
+    """Read, expand (pipeline hook), and validate a run config. ``path`` None means defaults.
+
+    The pipeline's ``expand_config(raw, path)`` receives the merged `ConfigDoc` (it can read
+    ``raw.sources`` for file:line). If it raises `ConfigError`, the runner's own keys are still
+    validated, and every error of both is reported together."""
+    raw = load_yaml(path) if path is not None else ConfigDoc()
+    if not hasattr(raw, "sources"):
+        raw.sources = {}
     if overrides:
-        raw = deep_merge(raw, overrides)
-    if pipeline.expand_config is not None:
+        merged = ConfigDoc(deep_merge(raw, overrides))
+        merged.sources = raw.sources
+        raw = merged
+    source = str(path) if path else "config"
+    if pipeline.expand_config is None:
+        return validate(raw, pipeline, source)
+    try:
+        expanded = pipeline.expand_config(raw, path)
+    except ConfigError as e:
+        # Still check the runner's keys, so one `runner validate` shows every problem.
+        runner_part = ConfigDoc({k: v for k, v in raw.items() if k in TOP_KEYS - {"stage"} and k != "params"})
+        runner_part.sources = raw.sources
         try:
-            raw = pipeline.expand_config(raw, path)
-        except ConfigError:
-            raise
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"{path}: {e}") from e
-    return validate(raw, pipeline, str(path) if path else "config")
+            validate(runner_part, pipeline, source)
+        except ConfigError as e2:
+            raise ConfigError(f"{e}\n{e2}") from e
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    if not hasattr(expanded, "sources"):
+        expanded = ConfigDoc(expanded)
+        expanded.sources = raw.sources
+    return validate(expanded, pipeline, source)
 
 
 def load_run_inputs(pipeline_path: str, config_path: Path | str | None):

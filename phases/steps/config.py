@@ -75,7 +75,7 @@ def step_params(stage: Any) -> dict[str, dict]:
 
 def expand_stage_config(raw: dict, path: Any) -> dict:
     """The pipeline's ``expand_config`` hook (see the module docstring). Returns a new dict."""
-    from phases.stage_config import load_stage
+    from phases.stage_config import load_stage, stage_from_doc
 
     if path is None:
         raise ConfigError("pipeline cai-stage1 needs a config file with the stage keys "
@@ -86,7 +86,11 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; runner keys: "
                           f"{', '.join(sorted(RUNNER_KEYS))}; stage keys: {', '.join(sorted(skeys))}")
-    stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
+    if isinstance(getattr(raw, "sources", None), dict) and raw.sources:
+        # The runner's loader already read and merged the chain: validate that, read once.
+        stage = stage_from_doc(raw, ignore_keys=RUNNER_KEYS - {"seed"})
+    else:
+        stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
     out["seed"] = stage.seed  # shared key; load_stage validated it (an int)
     user_params = raw.get("params") or {}
