@@ -26,6 +26,9 @@ __all__ = [
     "BUILDERS",
     "get_builder",
     "canonical_builder_name",
+    "RESPONSE_BUILDERS",
+    "INSTRUCTION_BUILDERS",
+    "FRAMING_BUILDERS",
     "BUILDER_ALIASES",
     "response_prompt",
     "instruction_generation_prompt",
@@ -215,6 +218,12 @@ BUILDERS: dict[str, Callable[..., str]] = {
     "urial": urial_prompt,
 }
 
+
+# Builders by role, i.e. by call signature; a stage key may name only builders of its role
+# (`phases.stage_config` checks it), so a config can never pick one that crashes when called.
+RESPONSE_BUILDERS: tuple[str, ...] = ("instruction_response",)     # (instruction, fewshot, end_marker)
+INSTRUCTION_BUILDERS: tuple[str, ...] = ("numbered_list",)         # (examples, start_index, family, header)
+FRAMING_BUILDERS: tuple[str, ...] = ("instruction_response", "raw", "urial")  # (instruction) -> prompt
 
 # Older spellings of a builder's name -> its one registered name. `phases.evaluate` calls the
 # ``Instruction: ...\nResponse:`` arm "instruction"; it is the same builder, with one identity

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phases.prompts import BUILDERS, DEFAULT_LIST_HEADER, END_MARKER
+from phases.prompts import (DEFAULT_LIST_HEADER, END_MARKER, FRAMING_BUILDERS, INSTRUCTION_BUILDERS,
+                            RESPONSE_BUILDERS)
 from runner.config import ConfigDoc, load_yaml, read_yaml
 from runner.errors import ConfigError, DataError
 
@@ -76,9 +77,10 @@ class Family:
 
 @dataclass
 class PromptsConfig:
-    response_builder: str = _f("instruction_response", choices=sorted(BUILDERS))
-    instruction_builder: str = _f("numbered_list", choices=sorted(BUILDERS))
-    eval_arms: list[str] = _f(["raw", "instruction_response", "urial"], choices=sorted(BUILDERS))
+    response_builder: str = _f("instruction_response", choices=list(RESPONSE_BUILDERS))
+    instruction_builder: str = _f("numbered_list", choices=list(INSTRUCTION_BUILDERS))
+    eval_arms: list[str] = _f(["raw", "instruction_response", "urial"], choices=list(FRAMING_BUILDERS),
+                              doc="base-model framings the evaluation compares (params.evaluate.arms)")
     end_marker: str = _f(END_MARKER)
     use_response_fewshot: bool = _f(True, doc="prepend the seeds file's response_fewshot examples")
     list_header: str = _f(DEFAULT_LIST_HEADER)

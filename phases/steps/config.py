@@ -4,12 +4,16 @@ Not runnable; the runner calls `expand_stage_config(raw, path)` (the pipeline's
 ``expand_config`` hook) on ``runner init/run/resume/validate --config phases/stages/demo.yaml``.
 Check a file without a model: ``.venv/bin/runner validate --config phases/stages/demo.yaml``.
 
-One file is both configs (``include:`` chains allowed, resolved by both loaders):
+One file is both configs, read ONCE by `runner.config.load_yaml` (``include:`` a path or a
+list, deep merge, duplicate keys refused, each key's ``file:line`` kept):
 - runner keys (``pipeline``, ``seed``, ``goal``, ``max_attempts``, ``lease_ttl_s``, ``params``,
   ``gates``, ``reviewer``) are validated by `runner.config.validate`; ``params`` may only set
-  steps that are not fed by the stage (``prepare_model``, and the SFT/eval steps);
+  steps that are not fed by the stage (``prepare_model``, and the SFT/eval steps), and
+  ``params.sft``/``params.evaluate`` are typed with ranges and choices (`phases.step_params`);
 - stage keys (``stage``, ``seeds_file``, ``families``, ``prompts``, ``generation``, ...) are
-  validated by `phases.stage_config.load_stage` (errors name the file and the dotted key);
+  validated by `phases.stage_config.stage_from_doc` (errors name the file:line and dotted key);
+- ``prompts.eval_arms`` is where the evaluated base framings are set: it becomes
+  ``params.evaluate.arms`` (setting that param directly in a stage config is an error);
 - ``seed`` is shared: it is the run seed (every per-batch/per-item seed derives from it);
 - any other top-level key is an error naming the file and the key.
 
@@ -23,7 +27,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from runner.config import TOP_KEYS
+from phases.evaluate import BASE_ARMS
+from phases.prompts import canonical_builder_name
+from phases.stage_config import StageConfig, load_stage, stage_from_doc
+from phases.step_params import check_step_params
+from runner.config import TOP_KEYS, source_of
 from runner.errors import ConfigError
 
 # The runner's keys; `stage` is left out because it is also a stage key (the stage's name).
@@ -33,8 +41,6 @@ STAGE_FED_STEPS = ("heldout", "pilot", "scale", "merge")
 
 
 def stage_keys() -> frozenset[str]:
-    from phases.stage_config import StageConfig
-
     return frozenset(f.name for f in dataclasses.fields(StageConfig) if not f.metadata.get("derived"))
 
 
@@ -73,34 +79,59 @@ def step_params(stage: Any) -> dict[str, dict]:
     }
 
 
-def expand_stage_config(raw: dict, path: Any) -> dict:
-    """The pipeline's ``expand_config`` hook (see the module docstring). Returns a new dict."""
-    from phases.stage_config import load_stage, stage_from_doc
+def eval_arms(stage: Any) -> list[str]:
+    """``prompts.eval_arms`` (builder names) as the evaluate step's arm names (`BASE_ARMS` keys)."""
+    by_builder = {canonical_builder_name(k): k for k in BASE_ARMS}
+    return [by_builder[canonical_builder_name(a)] for a in stage.prompts.eval_arms]
 
+
+def expand_stage_config(raw: dict, path: Any) -> dict:
+    """The pipeline's ``expand_config`` hook (see the module docstring). Returns a new dict.
+
+    Every problem (unknown top-level keys, stage schema errors, params set in the wrong place,
+    out-of-range ``params.sft``/``params.evaluate`` values) is reported in one `ConfigError`,
+    one per line, with the ``file:line`` that set the key."""
     if path is None:
         raise ConfigError("pipeline cai-stage1 needs a config file with the stage keys "
                           "(e.g. --config phases/stages/demo.yaml)")
     path = Path(path)
+    sources = getattr(raw, "sources", None) or {}
+
+    def where(*key: Any) -> str:
+        return source_of(sources, key, str(path))
+
+    errors: list[str] = []
     skeys = stage_keys()
-    unknown = sorted(set(raw) - skeys - RUNNER_KEYS - {"include"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; runner keys: "
-                          f"{', '.join(sorted(RUNNER_KEYS))}; stage keys: {', '.join(sorted(skeys))}")
-    if isinstance(getattr(raw, "sources", None), dict) and raw.sources:
-        # The runner's loader already read and merged the chain: validate that, read once.
-        stage = stage_from_doc(raw, ignore_keys=RUNNER_KEYS - {"seed"})
-    else:
-        stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
-    out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
-    out["seed"] = stage.seed  # shared key; load_stage validated it (an int)
+    for key in sorted(set(raw) - skeys - RUNNER_KEYS - {"include"}, key=str):
+        errors.append(f"{where(key)}: unknown top-level key {key}; runner keys: {', '.join(sorted(RUNNER_KEYS))}; "
+                      f"stage keys: {', '.join(sorted(skeys))}")
+    stage = None
+    try:
+        if sources:  # the runner's loader already read and merged the chain: validate that, read once
+            stage = stage_from_doc(raw, ignore_keys=RUNNER_KEYS - {"seed"})
+        else:
+            stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
+    except ConfigError as e:
+        errors.append(str(e))
     user_params = raw.get("params") or {}
     if not isinstance(user_params, dict):
-        raise ConfigError(f"{path}: 'params' must be a mapping of step name -> params")
+        errors.append(f"{where('params')}: 'params' must be a mapping of step name -> params")
+        user_params = {}
     params = {k: dict(v) if isinstance(v, dict) else v for k, v in user_params.items()}
-    for name, derived in step_params(stage).items():
+    for name in STAGE_FED_STEPS:
         if name in params:
-            raise ConfigError(f"{path}: params.{name}: this step's params come from the stage keys "
-                              f"(generation, pilot, scale, qc, ...); set them there instead")
-        params[name] = derived
+            errors.append(f"{where('params', name)}: params.{name}: this step's params come from the stage keys "
+                          "(generation, pilot, scale, qc, ...); set them there instead")
+    if isinstance(params.get("evaluate"), dict) and "arms" in params["evaluate"]:
+        errors.append(f"{where('params', 'evaluate', 'arms')}: params.evaluate.arms: the evaluated framings come "
+                      "from the stage key prompts.eval_arms; set them there instead")
+    check_step_params(params, sources, errors)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
+    out["seed"] = stage.seed  # shared key; the stage schema validated it (an int)
+    params.update(step_params(stage))
+    evaluate = params.get("evaluate")
+    params["evaluate"] = {**(evaluate if isinstance(evaluate, dict) else {}), "arms": eval_arms(stage)}
     out["params"] = params
     return out
