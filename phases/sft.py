@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from phases.models.devices import DeviceError, resolve_placement
+from phases.models.loader import load_model
+from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
 from runner.errors import ConfigError, DataError
 
@@ -121,8 +123,6 @@ def model_ref(model_json: Path) -> str:
     ``model_profile``, ``model`` or ``model_id`` naming a known profile, then for an existing
     ``model_path``/``path`` folder (the data steps write ``{"request": {"model": ...}, "provenance": ...}``).
     """
-    from phases.models.registry import PROFILES
-
     data = _read_json(Path(model_json), "the model record (model.json)")
     scopes = [data] + [data[k] for k in ("request", "provenance", "model") if isinstance(data.get(k), dict)]
     for scope in scopes:
@@ -271,8 +271,6 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
-
-    from phases.models.loader import load_model
 
     dev, quant, grad_ckpt, tr = _resolve(params)
     if tr == "unsloth" and not _unsloth_available():

@@ -28,6 +28,7 @@ from typing import Any
 
 from phases.prompts import (DEFAULT_LIST_HEADER, END_MARKER, FRAMING_BUILDERS, INSTRUCTION_BUILDERS,
                             RESPONSE_BUILDERS)
+from phases.qc import QCThresholds
 from runner.config import ConfigDoc, load_yaml, read_yaml
 from runner.errors import ConfigError, DataError
 
@@ -134,8 +135,6 @@ class QCConfig:
     max_retries: int = _f(2, lo=0, hi=2)
 
     def thresholds(self) -> Any:
-        from phases.qc import QCThresholds
-
         return QCThresholds(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QCThresholds)})
 
 

@@ -27,7 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from runner.home import home_dir as _home
+from runner.lease import hostname, process_start_time
 from runner.review.secrets import SECRET_ENV_NAME_RE, scrub_obj, scrub_text, secret_env_values
+from runner.status import run_state
+from state.schema import Batch
+from state.store import DB_NAME, STATE_DIR, Store
 
 MAX_CHARS = 6000
 MAX_STR = 240
@@ -100,7 +105,6 @@ def _cmd(prefix: str, command: str) -> str:
 def _batch_progress(store, run_id: str, step: str, cache_key: str) -> Optional[dict]:
     from sqlalchemy import func
     from sqlmodel import select
-    from state.schema import Batch
     with store.db.read() as s:
         n, items, last = s.exec(select(func.count(), func.sum(Batch.n_items), func.max(Batch.created_at))
                                 .where(Batch.run_id == run_id, Batch.step == step,
@@ -112,7 +116,6 @@ def _batch_progress(store, run_id: str, step: str, cache_key: str) -> Optional[d
 
 def _supervisor(store, run_id: str) -> Optional[dict]:
     """The newest supervisor of this run that is still alive on this host, else None."""
-    from runner.lease import hostname, process_start_time
     stopped = set()
     for ev in reversed(store.events(run_id, limit=20, kinds=["supervisor_started", "supervisor_stopped"])):
         data = json.loads(ev.data_json or "{}")
@@ -142,11 +145,9 @@ def build_brief(home: Path, db_url: Optional[str] = None, run_id: Optional[str] 
     """The briefing as data (scrubbed, bounded). Never creates a database."""
     home = Path(home).resolve()
     if not db_url:
-        from state.store import DB_NAME, STATE_DIR
         if not (home / STATE_DIR / DB_NAME).exists():
             return scrub_data(_no_run(home, f"no state database in {home} (no .runner/runner.db)"),
                               secret_env_values())
-    from state.store import Store
     store = Store.open(home, db_url=db_url, create=False)
     try:
         return scrub_data(_brief_for_store(store, home, run_id), secret_env_values())
@@ -155,7 +156,6 @@ def build_brief(home: Path, db_url: Optional[str] = None, run_id: Optional[str] 
 
 
 def _brief_for_store(store, home: Path, run_id: Optional[str]) -> dict:
-    from runner.status import run_state
     runs = store.run_ids()
     if run_id is None:
         run_id = os.environ.get("RUNNER_RUN") or (runs[-1] if runs else None)
@@ -362,7 +362,6 @@ def briefing_text(home: Path, db_url: Optional[str] = None, run_id: Optional[str
 
 # ---- CLI ---------------------------------------------------------------------------------------
 def cmd_brief(args) -> int:  # noqa: ANN001
-    from runner.home import home_dir as _home
     b = build_brief(_home(args), args.db_url or os.environ.get("RUNNER_DB_URL"), args.run)
     if args.json:
         print(scrub(json.dumps(b, indent=1, sort_keys=True, default=str)))

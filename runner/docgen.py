@@ -12,6 +12,7 @@ import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from runner.cli import build_parser
 from runner.errors import EXIT_CODES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -26,7 +27,6 @@ def _help(parser: argparse.ArgumentParser) -> str:
 
 
 def render() -> str:
-    from runner.cli import build_parser
     parser = build_parser()
     parser.prog = "runner"
     out = ["# CLI reference", "",

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from runner.config import load_run_inputs
 from runner.context import GateContext
 from runner.gate_policy import effective_policy, reviewer_passes
+from runner.review import ReviewerConfig, ReviewRequest, memo_key, review
 from runner.errors import EXIT_DONE, EXIT_GATE, RunnerError
 from state.files import sha256_text
 from state.schema import Review
@@ -22,7 +24,6 @@ from state.store import Fence, Store, loads
 
 
 def reviewer_config(cfg: dict, gate: str):  # noqa: ANN201
-    from runner.review import ReviewerConfig
     merged = dict(cfg.get("reviewer") or {})
     merged.update(((cfg.get("gates") or {}).get(gate) or {}).get("reviewer") or {})
     return ReviewerConfig.from_mapping(merged)
@@ -35,7 +36,6 @@ def experiment_text(cfg: dict, pipeline: Any) -> str:  # noqa: ANN401
 
 def build_request(run_id: str, spec: Any, gctx: GateContext, cfg: dict, check: Optional[dict],  # noqa: ANN401
                   experiment: str = ""):
-    from runner.review import ReviewRequest
     gcfg = (cfg.get("gates") or {}).get(spec.name) or {}
     criteria = gcfg.get("criteria") or list(spec.criteria) or ["Is it sound to proceed past this gate?"]
     evidence: dict = {"automatic_check": check, "step_summaries": gctx.summaries}
@@ -66,7 +66,6 @@ def _record(store: Store, run_id: str, gate: str, gate_key: str, outcome: Any, m
 def ask(store: Store, run_id: str, spec: Any, gate_key: str, gctx: GateContext, cfg: dict,
         check: Optional[dict], fence: Optional[Fence], salt: str = "", experiment: str = "") -> Review:
     """Return the memoized review for these inputs, or ask the reviewer once and record it."""
-    from runner.review import memo_key, review
     rcfg = reviewer_config(cfg, spec.name)
     request = build_request(run_id, spec, gctx, cfg, check, experiment)
     memo = memo_key(request, rcfg)
@@ -97,7 +96,6 @@ def make_review_hook(store: Store, run_id: str, cfg: dict):  # noqa: ANN201
 
 def review_now(store: Store, run_id: str, gate: str) -> int:
     """`runner review GATE`: ask again explicitly for a gate that waits; apply its policy."""
-    from runner.config import load_run_inputs
     run = store.get_run(run_id)
     pipe, cfg = load_run_inputs(run.pipeline, run.config_path)
     if gate not in pipe.gates:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from runner.errors import RunnerError
+from state.store import Store
 
 
 def home_dir(args: argparse.Namespace) -> Path:
@@ -22,7 +23,6 @@ def home_dir(args: argparse.Namespace) -> Path:
 
 
 def open_store(args: argparse.Namespace, create: bool = False):
-    from state.store import Store  # lazy: sqlmodel/sqlalchemy cost ~0.3 s, and `runner --help` needs neither
     return Store.open(home_dir(args), db_url=args.db_url or os.environ.get("RUNNER_DB_URL"), create=create)
 
 

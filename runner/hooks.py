@@ -34,7 +34,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+from runner.brief import briefing_text, scrub
+from runner.home import home_dir as _home
 from state.files import atomic_write_text
+from state.store import DB_NAME, STATE_DIR, Store
 
 MARKER = "# cai-bootstrap-runner-hook"
 SESSION_SOURCES = ("startup", "resume", "clear", "compact")
@@ -193,7 +196,6 @@ def session_start(home: Path, db_url: Optional[str], run_id: Optional[str]) -> i
     """Print the SessionStart hook JSON with the briefing; never fails (exit 0)."""
     info = _read_stdin()
     try:
-        from runner.brief import briefing_text
         text = briefing_text(home, db_url, run_id)
         src = info.get("source")
         if src:
@@ -212,7 +214,6 @@ def session_start(home: Path, db_url: Optional[str], run_id: Optional[str]) -> i
 def record_note(home: Path, db_url: Optional[str], run_id: Optional[str], message: str,
                 data: Optional[dict] = None) -> Optional[str]:
     """Record an ``agent_note`` event in the run; returns the run id, or None when there is no run."""
-    from state.store import DB_NAME, STATE_DIR, Store
     if not db_url and not (Path(home) / STATE_DIR / DB_NAME).exists():
         return None
     store = Store.open(Path(home), db_url=db_url, create=False)
@@ -220,7 +221,6 @@ def record_note(home: Path, db_url: Optional[str], run_id: Optional[str], messag
         run_id = run_id or os.environ.get("RUNNER_RUN") or store.latest_run_id()
         if run_id is None:
             return None
-        from runner.brief import scrub
         store.event(run_id, "agent_note", scrub(message)[:500], data=data)
         return run_id
     finally:
@@ -243,7 +243,6 @@ def pre_compact(home: Path, db_url: Optional[str], run_id: Optional[str]) -> int
 
 # ---- CLI ---------------------------------------------------------------------------------------------
 def cmd_hooks(args) -> int:  # noqa: ANN001
-    from runner.home import home_dir as _home
     home = _home(args).resolve()
     db_url = args.db_url or os.environ.get("RUNNER_DB_URL")
     action = args.hooks_action

@@ -34,8 +34,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from runner.commands import find_or_init
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED,
                            EXIT_REJECTED, EXIT_USAGE)
+from runner.home import home_dir as _home, open_store, resolve_run
+from runner.lease import dead_reason, hostname, process_start_time
+from runner.status import run_state
 
 FINAL = {"done": EXIT_DONE, "waiting": EXIT_GATE, "rejected": EXIT_REJECTED, "dead_lettered": EXIT_FAILED}
 STOP_GRACE_S = 60.0
@@ -75,7 +79,6 @@ class Supervisor:
 
         Waits (up to the lease's expiry) for a lease held from another host name.
         """
-        from runner.lease import dead_reason, hostname
         announced = False
         while self.stopping is None:
             lease = self.store.get_lease(self.run_id)
@@ -130,8 +133,6 @@ class Supervisor:
             say(f"could not record {kind} ({e})")
 
     def run(self) -> int:
-        from runner.lease import hostname, process_start_time
-        from runner.status import run_state
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         me = {"host": hostname(), "pid": os.getpid(), "pid_start_time": process_start_time(os.getpid()) or 0.0}
         self._event("supervisor_started", f"{me['host']} pid {me['pid']}", **me)
@@ -216,10 +217,8 @@ class Supervisor:
 
 
 def cmd_supervise(args) -> int:  # noqa: ANN001
-    from runner.home import home_dir as _home, open_store, resolve_run
     home = _home(args).resolve()
     if args.config or args.pipeline or args.run_id:
-        from runner.commands import find_or_init
         store = open_store(args, create=True)
         run_id, created = find_or_init(store, args.pipeline, args.config, args.run_id or args.run)
         say(f"{'created' if created else 'continuing'} run {run_id}")

@@ -13,6 +13,8 @@ from typing import Callable
 
 from sqlalchemy.engine import Connection
 
+from state.schema import Review
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -28,8 +30,6 @@ def _initial(conn: Connection) -> None:
 
 def _add_reviews(conn: Connection) -> None:
     """v2: LLM reviewer verdicts become first-class audited records."""
-    from state.schema import Review
-
     Review.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 

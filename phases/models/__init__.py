@@ -14,7 +14,7 @@ __all__ = ["load_model", "LoadedModel", "ContaminationError"]
 def __getattr__(name: str):
     # Lazy so that `runner status`-style imports of phases.models.registry stay torch-free.
     if name in __all__:
-        from phases.models import loader
+        from phases.models import loader  # lazy: a package __getattr__; keeps `import phases.models` minimal
 
         return getattr(loader, name)
     raise AttributeError(name)

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from phases.models.registry import DEFAULT_PROFILE, PROFILES, ModelProfile, get_profile
+from phases.models.tiny import build_tiny_model
 from state.files import sha256_file
 
 MARKER = "cai_model.json"
@@ -209,8 +210,6 @@ def prepare(profile: ModelProfile | str, root: Path | None = None, *, force: boo
     final = cached_path(profile, root)
     if profile.built_offline:
         if force or not (final / MARKER).exists():
-            from phases.models.tiny import build_tiny_model
-
             build_tiny_model(final, seed=profile.extra.get("seed", 0))
         return final
     if not force and is_prepared(profile, root):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from phases.models import embedded
 from phases.models.backends.base import Backend, Generation, GenerationParams
+from phases.models.backends.vllm import VLLMBackend, vllm_available
 from phases.models.guard import (
     SENTINELS,
     ContaminationError,
@@ -254,8 +255,6 @@ def load_model(
     if backend not in ("auto", "hf", "vllm"):
         raise DeviceError(f"backend must be 'auto', 'hf' or 'vllm', got {backend!r}")
     if backend == "auto":
-        from phases.models.backends.vllm import vllm_available
-
         backend = "vllm" if device.startswith("cuda") and quantization is None and vllm_available() else "hf"
     if backend == "vllm" and not device.startswith("cuda"):
         raise DeviceError("backend='vllm' needs a CUDA device")
@@ -295,12 +294,10 @@ def load_model(
 
     model = None
     if backend == "vllm":
-        from phases.models.backends.vllm import VLLMBackend
-
         be: Backend = VLLMBackend(str(path), encode, decode, stop_token_ids=stop_ids, dtype=dtype_name)
         max_context = be.max_context
     else:
-        from phases.models.backends.hf import HFBackend
+        from phases.models.backends.hf import HFBackend  # lazy: imports torch and transformers
 
         kwargs: dict = {"dtype": torch_dtype}
         if quantization == "nf4":

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from phases.models.backends.base import GenerationParams
+from phases.models.embedded import ModelNotPreparedError
+from phases.models.loader import fingerprint, load_model
 from runner import step
 from runner.errors import DataError
 from state.files import atomic_write_json, canonical_json, read_jsonl, sha256_file, sha256_text, write_jsonl
@@ -71,8 +74,6 @@ def record_hash(rec: dict) -> str:
 
 def sampling(d: dict, batch_size: int | None = None):
     """A stage `SamplingParams` mapping -> `GenerationParams` (stop as a tuple)."""
-    from phases.models.backends.base import GenerationParams
-
     return GenerationParams(max_new_tokens=int(d["max_new_tokens"]), temperature=float(d["temperature"]),
                             top_p=float(d["top_p"]), repetition_penalty=float(d["repetition_penalty"]),
                             do_sample=bool(d["do_sample"]), stop=tuple(d.get("stop") or ()))
@@ -89,9 +90,6 @@ def _request(p: Any) -> dict:
       params={"model": DEFAULT_MODEL, "device": "auto", "dtype": "", "quantization": "", "backend": "auto"})
 def prepare_model(ctx):
     """Load the model through the canonical loader and record its provenance and sentinels."""
-    from phases.models.embedded import ModelNotPreparedError
-    from phases.models.loader import fingerprint, load_model
-
     req = _request(ctx.params)
     try:
         m = load_model(req["model"], device=req["device"], dtype=req["dtype"], quantization=req["quantization"],
@@ -118,8 +116,6 @@ def model_info(ctx) -> dict:
 
 def open_model(ctx, batch_size: int):
     """Load the recorded model once for this step (no sentinel re-run; fingerprint checked)."""
-    from phases.models.loader import load_model
-
     info = model_info(ctx)
     req = info["request"]
     m = load_model(req["model"], device=req["device"], dtype=req["dtype"], quantization=req["quantization"],

@@ -28,6 +28,7 @@ from runner import step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 
+from phases.ifeval.registry import validate_kwargs
 from phases.pieces import CRITIC_INSTRUCTION, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
 from phases.steps.common import (dump, open_model, record_hash, session_manifest, write_records)
 from phases.steps.generation import collect_instructions, judge_items
@@ -81,8 +82,6 @@ CONSTRAINTS = {"lowercase": _lowercase, "max_words": _max_words, "min_words": _m
 
 def draw_constraint(seed: int) -> dict:
     """One constraint, drawn deterministically from ``seed``; kwargs validated for IFEval."""
-    from phases.ifeval.registry import validate_kwargs
-
     rng = random.Random(seed)
     name = rng.choice(sorted(CONSTRAINTS))
     text, iid, kwargs = CONSTRAINTS[name](rng)

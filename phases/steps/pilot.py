@@ -35,6 +35,7 @@ from runner.pipeline import derive_seed
 from phases.pieces import (CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC,
                             builder_param)
 from phases.prompts import END_MARKER
+from phases.qc import QCThresholds, compute_qc, plan_retry
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
 
@@ -50,8 +51,6 @@ DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_build
 
 
 def qc_thresholds(qc: dict):
-    from phases.qc import QCThresholds
-
     return QCThresholds(**{k: v for k, v in qc.items() if k != "max_retries"})
 
 
@@ -85,8 +84,6 @@ def run_try(ctx, model, p: dict, gen: dict, heldout: list[dict], t: int) -> dict
       outputs=["records.jsonl", "kept.jsonl", "qc_summary.json", "final_params.json", "manifest.json"])
 def pilot(ctx):
     """Pilot: instructions, critics, responses, QC; up to 2 automatic retries."""
-    from phases.qc import compute_qc, plan_retry
-
     p = ctx.params
     if not p["families"]:
         raise DataError("step pilot has no families; run it with a stage config (e.g. phases/stages/demo.yaml)")

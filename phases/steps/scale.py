@@ -33,10 +33,12 @@ import math
 from runner import step
 from runner.errors import DataError
 
+from phases.dedup import dedup
+from phases.pieces import CLEANING, DEDUP, QC
 from phases.prompts import END_MARKER
+from phases.qc import compute_qc
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
-from phases.pieces import CLEANING, DEDUP, QC
 from phases.steps.pilot import DATA_PIECES, _leak_summary, qc_numbers, qc_thresholds
 
 SCALE_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
@@ -63,8 +65,6 @@ def plan_shards(final: dict, target_kept: int, shard_size: int, batch_size: int)
 def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, out_dir, info: dict,
               sentinels) -> dict:
     """Generate one shard into ``out_dir`` (records, kept, qc_summary, manifest); return its counts."""
-    from phases.qc import compute_qc
-
     k = shard["shard"]
     ikey = phash([gen["instructions"], p["families"], p["seeds"], p["instruction_generation"], p["list_header"]])
     reps: list[dict] = []
@@ -137,9 +137,6 @@ MERGE_DEFAULTS = {"target_kept": 15000, "include_pilot": True, "qc": {}, "leakag
       outputs=["sft.jsonl", "records.jsonl", "qc_summary.json", "manifest.json"])
 def merge(ctx):
     """Union of pilot + shards, cross-shard dedup, leakage re-check, QC over the union."""
-    from phases.dedup import dedup
-    from phases.qc import compute_qc
-
     p = ctx.params
     info = load_json(ctx.input("prepare_model") / "model.json")
     heldout = read_records(ctx.input("heldout") / "heldout.jsonl")

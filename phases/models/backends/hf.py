@@ -67,7 +67,7 @@ class HFBackend(Backend):
     def _use_fast(self) -> bool:
         if self.fast_paths is False or (self.fast_paths == "auto" and self.device.type != "cuda"):
             return False
-        from phases.models.backends.static_kv import unsupported_reason
+        from phases.models.backends.static_kv import unsupported_reason  # lazy: CUDA fast path, imports torch
 
         return unsupported_reason(self.model) is None
 
@@ -103,7 +103,7 @@ class HFBackend(Backend):
         if not prompts:
             return []
         if self._use_fast():
-            from phases.models import prefix_cache
+            from phases.models import prefix_cache  # lazy: CUDA fast path
 
             return prefix_cache.next_token_logprobs(self, prompts, candidate_tokens, truncation=truncation)
         cands = list(candidate_tokens)
@@ -130,7 +130,7 @@ class HFBackend(Backend):
         if not prompts:
             return []
         if self._use_fast():
-            from phases.models.backends import fastgen
+            from phases.models.backends import fastgen  # lazy: CUDA fast path
 
             return fastgen.generate(self, prompts, params, seeds, compile_step=self.fast_compile)
         rows = self.encode_rows(prompts, params.max_new_tokens, params.truncation)
