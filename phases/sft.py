@@ -38,6 +38,7 @@ from phases.models.loader import load_model
 from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
 from runner.errors import ConfigError, DataError
+from state.files import read_json
 
 __all__ = ["SFT_DEFAULTS", "REQUIRED_MANIFEST_FIELDS", "check_merge_inputs", "model_ref", "encode_example",
            "build_examples", "split_dev", "ResponseOnlyCollator", "make_trainer", "run_sft", "last_complete_checkpoint"]
@@ -78,15 +79,7 @@ STEP_DELAY_ENV = "CAI_SFT_STEP_DELAY_S"  # test knob: seconds slept after each o
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: {what} is missing; the merge step must write it (re-run merge)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: {what} is not valid JSON ({e}); re-run the step that wrote it") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
-    return data
+    return read_json(path, what, DataError, "re-run the step that writes it (the merge step for its outputs)")
 
 
 def check_merge_inputs(merge_dir: Path, require_qc_pass: bool = True) -> dict:

@@ -73,6 +73,26 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     return len(lines)
 
 
+def read_json(path: Path, what: str = "file", error: type[Exception] = ValueError, fix: str = "",
+              expect: type | None = dict) -> Any:
+    """Read one JSON document; a missing, malformed or wrongly shaped file raises ``error``
+    naming the file, what it is, and ``fix`` (what to do). ``expect=None`` accepts any JSON value.
+
+    The project's one JSON file reader (YAML: `runner.config.read_yaml`; JSONL: `read_jsonl`)."""
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise error(f"{path}: {what} is missing{tail}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}){tail}") from None
+    if expect is not None and not isinstance(data, expect):
+        raise error(f"{path}: {what} must be a JSON {'object' if expect is dict else expect.__name__}, "
+                    f"got {type(data).__name__}{tail}")
+    return data
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Read JSONL; a malformed line raises ValueError naming the file and line number."""
     out = []

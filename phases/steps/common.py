@@ -16,7 +16,6 @@ inside functions only, so `runner status` never pays for them.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -31,7 +30,7 @@ from phases.models.embedded import ModelNotPreparedError
 from phases.models.loader import fingerprint, load_model
 from runner import step
 from runner.errors import DataError
-from state.files import atomic_write_json, canonical_json, read_jsonl, sha256_file, sha256_text, write_jsonl
+from state.files import atomic_write_json, canonical_json, read_json, read_jsonl, sha256_file, sha256_text, write_jsonl
 
 # On a shared or oversubscribed CPU, OpenMP threads that spin while waiting made generation 8x
 # slower (SmolLM2, 2 cores, load 7: 31 s -> 4 s per batch with PASSIVE). Must be set before torch
@@ -47,12 +46,9 @@ def dump(path: Path, obj: Any) -> None:
 
 
 def load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(f"{path} is missing; re-run the step that writes it (`runner rerun <step>`)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON ({e}); re-run the step that writes it") from e
+    """A step output's JSON; missing or malformed is a `DataError` saying which step to re-run."""
+    return read_json(path, "this step output", DataError, "re-run the step that writes it (`runner rerun <step>`)",
+                     expect=None)
 
 
 def read_records(path: Path) -> list[dict]:

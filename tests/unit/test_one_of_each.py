@@ -53,3 +53,19 @@ def test_one_gate_policy_rule_for_engine_and_review():
     assert not reviewer_passes("review", "GO", False)          # a failed check is never waved through
     assert not reviewer_passes("review+human", "GO", True)     # a person decides
     assert not reviewer_passes("review", "MODIFY", True)
+
+
+def test_one_json_reader_with_clear_errors(tmp_path):
+    import pytest
+
+    from phases.sft import _read_json
+    from phases.steps.common import load_json
+    from runner.errors import DataError
+
+    bad = tmp_path / "qc_summary.json"
+    bad.write_text('{"a": 1,,}')
+    for read in (load_json, lambda p: _read_json(p, "the QC summary")):
+        with pytest.raises(DataError, match=r"qc_summary\.json: .*not valid JSON \(.* at line 1 column 9\); re-run"):
+            read(bad)
+        with pytest.raises(DataError, match=r"nope\.json: .*is missing; re-run"):
+            read(tmp_path / "nope.json")
