@@ -16,8 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from runner.config import read_yaml
 from runner.errors import ConfigError
 
 __all__ = ["CATEGORIES", "DEFAULT_PATH", "Principle", "Constitution", "load_constitution", "sample_principles"]
@@ -55,10 +54,7 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
     p = Path(path) if path is not None else DEFAULT_PATH
     if not p.is_file():
         raise ConfigError(f"{p}: constitution file not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    data = read_yaml(p, ConfigError, "constitution file")  # the one strict reader: duplicate keys refused
     if not isinstance(data, dict) or set(data) != {"version", "principles"}:
         raise ConfigError(f"{p}: expected a mapping with exactly the keys 'version' and 'principles', got {data!r:.200}")
     version, items = data["version"], data["principles"]
