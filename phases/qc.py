@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
 from phases.cleaning import is_runaway, marker_leaked, runaway_reason
@@ -60,21 +60,35 @@ MAX_RETRIES = 2
 RUNAWAY_STOP_STRINGS: tuple[str, ...] = ("\nInstruction:", "\nQ:", "\nUser:", "\nResponse:", "\nQuestion:")
 
 
+def _limit(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    # Ranges read by the stage config's validator (`phases.stage_config`): declared once, here.
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": False, "choices": None, "doc": ""})
+
+
 @dataclass(frozen=True)
 class QCThresholds:
     """Gate thresholds (METHOD.md defaults). Rates are fractions in [0, 1].
 
     Strict ``<`` for the maxima given as "< x" in METHOD.md (runaway, token limit, median);
     ``>=`` for acceptance; ``<=`` for marker leaks (default 0: none allowed).
+
+    The one declaration of these thresholds, their defaults and valid ranges: the stage's
+    ``qc:`` section is this class plus ``max_retries`` (`phases.stage_config.QCConfig`); step
+    params carry it as its JSON dict (a cache key needs JSON), read back by `from_params`.
     """
 
-    max_runaway_rate: float = 0.05
-    max_token_limit_rate: float = 0.10
-    max_marker_leaks_kept: int = 0
-    max_median_cleaned_tokens: float = 40.0
-    min_instruction_acceptance: float = 0.5
-    min_pair_acceptance: float = 0.5
-    require_sentinels: bool = True
+    max_runaway_rate: float = _limit(0.05, 0.0, 1.0)
+    max_token_limit_rate: float = _limit(0.10, 0.0, 1.0)
+    max_marker_leaks_kept: int = _limit(0, 0)
+    max_median_cleaned_tokens: float = _limit(40.0, 0.0)
+    min_instruction_acceptance: float = _limit(0.5, 0.0, 1.0)
+    min_pair_acceptance: float = _limit(0.5, 0.0, 1.0)
+    require_sentinels: bool = _limit(True)
+
+    @classmethod
+    def from_params(cls, qc: Mapping[str, Any]) -> "QCThresholds":
+        """From a stage ``qc`` dict (extra keys such as ``max_retries`` are not thresholds)."""
+        return cls(**{f.name: qc[f.name] for f in fields(cls) if f.name in qc})
 
 
 def _get(rec: Any, name: str, default: Any = None) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 
 from phases.prompts import (DEFAULT_LIST_HEADER, END_MARKER, FRAMING_BUILDERS, INSTRUCTION_BUILDERS,
                             RESPONSE_BUILDERS)
-from phases.qc import QCThresholds
+from phases.qc import MAX_RETRIES, QCThresholds
 from runner.config import ConfigDoc, load_yaml, read_yaml
 from runner.errors import ConfigError, DataError
 
@@ -121,21 +121,15 @@ class CriticConfig:
                                  "QC, but do not filter what is kept; records say not_enforced")
 
 
-@dataclass
-class QCConfig:
-    """`phases.qc.QCThresholds` fields plus the retry count; see `thresholds()`."""
+@dataclass(frozen=True)
+class QCConfig(QCThresholds):
+    """The stage's ``qc:`` section: `phases.qc.QCThresholds` (fields, defaults and ranges are
+    declared there, once) plus the number of automatic pilot retries."""
 
-    max_runaway_rate: float = _f(0.05, lo=0.0, hi=1.0)
-    max_token_limit_rate: float = _f(0.10, lo=0.0, hi=1.0)
-    max_marker_leaks_kept: int = _f(0, lo=0)
-    max_median_cleaned_tokens: float = _f(40.0, lo=0.0)
-    min_instruction_acceptance: float = _f(0.5, lo=0.0, hi=1.0)
-    min_pair_acceptance: float = _f(0.5, lo=0.0, hi=1.0)
-    require_sentinels: bool = _f(True)
-    max_retries: int = _f(2, lo=0, hi=2)
+    max_retries: int = _f(MAX_RETRIES, lo=0, hi=MAX_RETRIES)
 
-    def thresholds(self) -> Any:
-        return QCThresholds(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QCThresholds)})
+    def thresholds(self) -> QCThresholds:
+        return QCThresholds.from_params(dataclasses.asdict(self))
 
 
 @dataclass

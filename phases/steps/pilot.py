@@ -51,7 +51,7 @@ DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_build
 
 
 def qc_thresholds(qc: dict):
-    return QCThresholds(**{k: v for k, v in qc.items() if k != "max_retries"})
+    return QCThresholds.from_params(qc)
 
 
 def plant_heldout(cands: list[dict], heldout: list[dict]) -> list[dict]:
