@@ -11,8 +11,10 @@ A piece's version is the first 16 hex digits of the sha256 of its content: the r
 (`phases.critic.RUBRICS` entry) plus the source of the code that turns it into prompts and
 verdicts; a prompt builder's source plus the constants it formats; a module's source for rule
 sets (cleaning, instruction parsing, dedup, QC, IFEval checkers, statistics). Source is read
-from the file on disk (`inspect.getsource`), so any edit, including a comment or docstring in
-that code, is a new version: a false re-run costs compute, a missed one costs a wrong result.
+(`inspect.getsource`) once per process, when this module is imported, so a version describes
+the code the process runs even if the file is edited later; any edit, including a comment or
+docstring in that code, is a new version for the next process: a false re-run costs compute, a
+missed one costs a wrong result. Data parts (rubric entries, constants) are read live.
 
 Add a piece: a `Piece(name, content)` here (content: a zero-argument callable returning the
 parts to hash; functions, classes and modules are hashed by source, data by canonical JSON),
@@ -36,10 +38,23 @@ from phases.ifeval import checkers_content, checkers_format, registry, scorer
 VERSION_CHARS = 16
 
 
+# Source text per code object, read once per process: the version must describe the code this
+# process runs, not a file edited on disk after it was imported (that edit is a new version for
+# the next process). Values keep the object alive, so an id is never reused while cached.
+_SOURCES: dict[int, tuple[Any, str]] = {}
+
+
+def _source(x: Any) -> str:
+    hit = _SOURCES.get(id(x))
+    if hit is None or hit[0] is not x:
+        hit = _SOURCES[id(x)] = (x, inspect.getsource(x))
+    return hit[1]
+
+
 def _part(x: Any) -> Any:
     """One JSON-able, content-only rendering of a part (source for code, values for data)."""
     if isinstance(x, (types.FunctionType, types.ModuleType, type)):
-        return {"source": inspect.getsource(x)}
+        return {"source": _source(x)}
     if isinstance(x, re.Pattern):
         return {"regex": x.pattern, "flags": int(x.flags)}
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
@@ -142,3 +157,6 @@ PIECES.update({builder_piece(n).name: builder_piece(n) for n in _BUILDER_PARTS})
 def versions() -> dict[str, str]:
     """Every piece's current version (for manifests and `tests/unit/test_pieces.py`)."""
     return {name: p.version for name, p in sorted(PIECES.items())}
+
+
+versions()  # read every piece's source now, next to the import of the code it describes

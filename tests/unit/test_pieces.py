@@ -193,3 +193,15 @@ def test_newcomer_changes_a_rubric_line_and_exactly_its_dependents_rerun(tmp_pat
     assert _attempts(home) == {"source": 1, "judge_instructions": 1, "judge_pairs": 2, "report": 2}, out.stdout
     newest = sorted((home / "artifacts").glob("*/report/*/report.jsonl"), key=lambda p: p.stat().st_mtime)[-1]
     assert "rambles on" in newest.read_text()
+
+
+def test_a_piece_describes_the_code_this_process_runs(tmp_path, monkeypatch):
+    """Editing a source file after import must not change the version inside this process
+    (the running code is still the old one); data parts are read live."""
+    import linecache
+
+    before = pieces.CLEANING.version
+    real = linecache.getlines
+    monkeypatch.setattr(linecache, "getlines", lambda *a, **k: ["# edited on disk\n"] + real(*a, **k))
+    linecache.clearcache()
+    assert pieces.CLEANING.version == before
