@@ -24,8 +24,9 @@ Loading rules (`load_yaml`, also used for stage data by `phases.stage_config`):
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import yaml
 
@@ -190,6 +191,17 @@ def load_yaml(path: Path | str, ignore_keys: Iterable[str] = ()) -> ConfigDoc:
     return doc
 
 
+_LOCATED = re.compile(r"^(.*?):(\d+): ")
+
+
+def in_file_order(errors: Iterable[str]) -> list[str]:
+    """Error lines sorted by the ``file:line`` they start with (unlocated ones last, in order)."""
+    def key(item: tuple[int, str]) -> tuple:
+        m = _LOCATED.match(item[1])
+        return (0, m.group(1), int(m.group(2)), item[0]) if m else (1, "", 0, item[0])
+    return [e for _, e in sorted(enumerate(errors), key=key)]
+
+
 def _type_ok(default: Any, value: Any) -> bool:
     if default is None or value is None:
         return True
@@ -264,7 +276,7 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         err(("reviewer",), "'reviewer' must be a mapping (see docs/review.md)")
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(in_file_order(errors)))
     out["params"], out["gates"] = params, gates
     return out
 
@@ -299,7 +311,7 @@ def load_config(path: Path | None, pipeline: Pipeline, overrides: dict | None = 
         try:
             validate(runner_part, pipeline, source)
         except ConfigError as e2:
-            raise ConfigError(f"{e}\n{e2}") from e
+            raise ConfigError("\n".join(in_file_order(f"{e}\n{e2}".splitlines()))) from e
         raise
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{path}: {e}") from e

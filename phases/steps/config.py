@@ -31,7 +31,7 @@ from phases.evaluate import BASE_ARMS
 from phases.prompts import canonical_builder_name
 from phases.stage_config import StageConfig, load_stage, stage_from_doc
 from phases.step_params import check_step_params
-from runner.config import TOP_KEYS, source_of
+from runner.config import TOP_KEYS, in_file_order, source_of
 from runner.errors import ConfigError
 
 # The runner's keys; `stage` is left out because it is also a stage key (the stage's name).
@@ -102,13 +102,14 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
 
     errors: list[str] = []
     skeys = stage_keys()
-    for key in sorted(set(raw) - skeys - RUNNER_KEYS - {"include"}, key=str):
+    unknown = set(raw) - skeys - RUNNER_KEYS - {"include"}
+    for key in sorted(unknown, key=str):
         errors.append(f"{where(key)}: unknown top-level key {key}; runner keys: {', '.join(sorted(RUNNER_KEYS))}; "
                       f"stage keys: {', '.join(sorted(skeys))}")
     stage = None
     try:
         if sources:  # the runner's loader already read and merged the chain: validate that, read once
-            stage = stage_from_doc(raw, ignore_keys=RUNNER_KEYS - {"seed"})
+            stage = stage_from_doc(raw, ignore_keys=(RUNNER_KEYS - {"seed"}) | unknown)  # unknown: reported above
         else:
             stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
     except ConfigError as e:
@@ -127,7 +128,7 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
                       "from the stage key prompts.eval_arms; set them there instead")
     check_step_params(params, sources, errors)
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(in_file_order("\n".join(errors).splitlines())))
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
     out["seed"] = stage.seed  # shared key; the stage schema validated it (an int)
     params.update(step_params(stage))
