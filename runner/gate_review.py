@@ -4,7 +4,9 @@ A review is memoized by ``memo_key`` (inputs hash + prompt hash + backend + mode
 a resume finds the recorded verdict and never calls the reviewer again, so it can neither
 re-bill nor flip a decision. ``runner review GATE`` asks again on purpose (a new memo key
 salted with the ask number). Failures (no key, network, garbage) are recorded too and fail
-closed: the gate waits for a human, with the reason in `status`.
+closed: the gate waits for a human, with the reason in `status`. A failure is *not* memoized
+(it decided nothing): its row is stored under a key of its own (``failed:<n>:<memo>``), so the
+next plain resume asks the reviewer again.
 """
 from __future__ import annotations
 
@@ -65,11 +67,13 @@ def ask(store: Store, run_id: str, spec: Any, gate_key: str, gctx: GateContext, 
     if salt:
         memo = sha256_text(memo + salt)
     old = store.review_by_memo(run_id, memo)
-    if old is not None:
+    if old is not None:  # only verdicts hold the memo key (see the module docstring)
         return old
     audit = store.home / "artifacts" / run_id / "reviews"
     audit.mkdir(parents=True, exist_ok=True)
     outcome = review(request, rcfg, audit, reuse_audit=not salt)
+    if not outcome.ok:  # recorded for the audit, but never served again as the memo
+        memo = f"failed:{len(store.reviews(run_id))}:{memo}"
     return _record(store, run_id, spec.name, gate_key, outcome, memo, fence)
 
 
