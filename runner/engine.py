@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from runner.config import effective_params
 from runner.context import GateContext, StepContext
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED,
-                           EXIT_REJECTED)
+                           EXIT_REJECTED, EXIT_USAGE)
 from runner.lease import DEFAULT_TTL_S, Heartbeat, dead_reason, this_owner
 from runner.pipeline import GateCheck, GateSpec, Pipeline, StepSpec, cache_key
 from state.files import canonical_json, fsync_tree, hash_tree, replace_dir, sha256_text, tree_digest
@@ -225,6 +225,18 @@ class Engine:
         return None
 
     # ---- gates ---------------------------------------------------------------------------
+    def _refuse_policy_edit(self, gate: str, frozen: str, edited: str) -> Outcome:
+        """A waiting gate's policy is frozen when it is requested: an edit in the YAML does not
+        decide it (else editing `human` to `auto` would pass it with no decision). Recorded."""
+        msg = (f"gate {gate} waits under policy {frozen!r}, frozen when it was requested; the config now "
+               f"says {edited!r}. An edited policy does not decide a waiting gate: put the config back, or "
+               f"have a person adopt the edit with `runner regate {gate}` (then resume)")
+        self.store.event(self.run_id, "gate_policy_edit_refused", msg, fence=self.fence, gate=gate,
+                         data={"frozen_policy": frozen, "config_policy": edited})
+        self._set_status("waiting", gate)
+        self.echo(f"  ! gate {gate}: {msg}")
+        return Outcome(EXIT_USAGE, msg, f"runner regate {gate}   # a person, at a terminal")
+
     def _do_gate(self, spec: GateSpec, outputs: dict, summaries: dict) -> Optional[Outcome]:
         gate_key = sha256_text(canonical_json({"gate": spec.name,
                                                "evidence": {s: h for s, (_p, h) in outputs.items()}}))
@@ -239,6 +251,8 @@ class Engine:
                            "the step that feeds it.", "runner status")
         gcfg = (self.config.get("gates") or {}).get(spec.name, {})
         policy = gcfg.get("policy", spec.policy)
+        if row is not None and row.status == "pending" and row.policy != policy:
+            return self._refuse_policy_edit(spec.name, row.policy, policy)
         gctx = GateContext(self.run_id, spec.name, {s: p for s, (p, _h) in outputs.items()}, dict(summaries),
                            self.config, self.run.seed)
         check = None

@@ -116,7 +116,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
     n_before = len(store.reviews(run_id, gate))
     r = ask(store, run_id, pipe.gates[gate], g.gate_key, gctx, cfg, loads(g.check_json), None,
             salt=f"reask-{n_before}")
-    policy = ((cfg.get("gates") or {}).get(gate) or {}).get("policy", pipe.gates[gate].policy)
+    policy = g.policy  # frozen when the gate was requested (an edit needs `runner regate`)
     check_ok = not g.check_json or (loads(g.check_json) or {}).get("passed", True)
     if not r.ok:
         print(f"review failed closed: {r.error}")
@@ -125,8 +125,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
         return EXIT_GATE
     print(f"reviewer {r.model}: {r.decision}: {(loads(r.verdict_json) or {}).get('summary', '')}")
     if policy == "review" and r.decision == "GO" and check_ok:
-        store.decide_gate(g.id, "approve", "reviewer", "GO (re-asked)", "reviewer")
-        store.update_run(None, run_id, status="ready", status_detail=f"gate {gate} approved by reviewer")
+        store.decide_pending_gate(run_id, gate, g.id, g.policy, "approve", "reviewer", "GO (re-asked)", "reviewer")
         print("next: runner resume --detach")
         return EXIT_DONE
     print(f"next: runner show {gate}    # then approve or reject it")

@@ -427,8 +427,8 @@ class Store:
                 s.add(g)
                 s.flush()
                 self.add_event(s, fence.run_id, "gate_requested", wait_reason, gate=name)
-            elif g.status == "pending":
-                g.wait_reason, g.policy = wait_reason, policy
+            elif g.status == "pending":  # the policy stays as frozen at the request (see engine)
+                g.wait_reason = wait_reason
                 g.check_json = dumps(check) if check is not None else g.check_json
                 s.add(g)
             return g
@@ -448,6 +448,66 @@ class Store:
             return g
         with self._tx(fence) as s:
             return apply(s)
+
+    def decide_pending_gate(self, run_id: str, name: str, gate_id: int, policy: str, decision: str, who: str,
+                            note: str | None, source: str, data: dict | None = None) -> tuple[Gate, bool]:
+        """Decide gate ``name``'s newest instance in one ``BEGIN IMMEDIATE`` transaction.
+
+        The check (it is still instance ``gate_id``, still ``pending``, still under ``policy``) and
+        the write (gate row, decision row, event, run status) share one transaction, so of any
+        number of racing approves and rejects exactly one is recorded. Returns (gate, True) when
+        this call decided it, (gate, False) when it already carried this same decision. Raises
+        ``StateError`` when it carries the other decision or changed since the caller read it.
+        """
+        assert decision in ("approve", "reject")
+        want = "approved" if decision == "approve" else "rejected"
+        with self.db.write() as s:
+            g = s.exec(select(Gate).where(Gate.run_id == run_id, Gate.name == name)
+                       .order_by(Gate.id.desc())).first()  # type: ignore[attr-defined]
+            if g is None or g.id != gate_id:
+                raise StateError(f"gate {name!r} of run {run_id} changed while this decision was being made "
+                                 "(a new instance was requested); run the command again")
+            if g.status == want:
+                return g, False
+            if g.status != "pending":
+                raise StateError(f"gate {name!r} was already {g.status} by {g.decided_by}"
+                                 + (f" ({g.note})" if g.note else "") + "; a decided gate is final for this "
+                                 "evidence. To revisit it, change the config and `runner rerun` the step that feeds it.")
+            if g.policy != policy:
+                raise StateError(f"gate {name!r}'s policy changed from {policy!r} to {g.policy!r} while this "
+                                 "decision was being made; run the command again")
+            t = now()
+            g.status, g.decided_at, g.decided_by, g.note = want, t, who, note
+            s.add(g)
+            s.add(GateDecision(gate_id=g.id, run_id=run_id, source=source, decision=decision, who=who,
+                               note=note, created_at=t))
+            self.add_event(s, run_id, f"gate_{want}", f"by {who} ({source})" + (f": {note}" if note else ""),
+                           gate=name, data=data)
+            run = s.get(Run, run_id)
+            if decision == "reject":
+                run.status, run.status_detail = "rejected", name
+            elif run.status in ("waiting", "rejected"):
+                run.status, run.status_detail = "ready", f"gate {name} approved"
+            run.updated_at = t
+            s.add(run)
+            return g, True
+
+    def regate(self, run_id: str, name: str, gate_id: int, old_policy: str, new_policy: str, who: str,
+               data: dict | None = None) -> Gate:
+        """Change a pending gate's frozen policy (``runner regate``), recorded as an event."""
+        with self.db.write() as s:
+            g = s.get(Gate, gate_id)
+            if g is None or g.run_id != run_id or g.status != "pending" or g.policy != old_policy:
+                raise StateError(f"gate {name!r} of run {run_id} is no longer pending under policy "
+                                 f"{old_policy!r}; run `runner status` and try again")
+            g.policy = new_policy
+            g.wait_reason = f"policy changed from {old_policy!r} to {new_policy!r} by {who}; resume applies it"
+            s.add(g)
+            s.add(GateDecision(gate_id=g.id, run_id=run_id, source=(data or {}).get("source", "human"),
+                               decision="regate", who=who, note=f"{old_policy} -> {new_policy}", created_at=now()))
+            self.add_event(s, run_id, "gate_policy_changed", f"{name}: {old_policy} -> {new_policy} by {who}",
+                           gate=name, data={**(data or {}), "old_policy": old_policy, "new_policy": new_policy})
+            return g
 
     def record_gate_note(self, gate_id: int, source: str, decision: str, who: str, note: str | None,
                          fence: Fence | None = None) -> None:
