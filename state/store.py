@@ -23,6 +23,7 @@ from state.schema import (Artifact, Attempt, Batch, Cost, Event, Gate, GateDecis
                           Review, Run)
 
 STATE_DIR = ".runner"
+PROGRESS_EVENT = "step_progress"  # a step's durable progress marker (see counting_failures)
 DB_NAME = "runner.db"
 
 
@@ -268,19 +269,27 @@ class Store:
                 Attempt.status == "succeeded", Attempt.invalidated_at.is_(None))).first()  # type: ignore[union-attr]
 
     def counting_failures(self, run_id: str, step: str, cache_key: str) -> list[Attempt]:
-        """Failed or interrupted attempts that count toward dead-lettering (not invalidated).
+        """Attempts that count toward dead-lettering (not invalidated), oldest first.
 
-        An *interrupted* attempt that committed at least one batch made progress: it was killed
-        from outside (pod restart, SIGKILL), not by its own poison pill, so it does not count.
-        Otherwise a long step killed N times would be dead-lettered although every resume
-        moved it forward. Failed attempts (the step raised) always count.
+        Progress is progress: an *interrupted* attempt (killed from outside: pod restart,
+        SIGKILL, SIGTERM) that advanced its step, i.e. committed a ledger batch or reported a
+        durable progress marker (``ctx.progress``, event kind ``PROGRESS_EVENT``, e.g. a
+        complete trainer checkpoint), never counts, and it clears the interrupted attempts before
+        it: only interruptions *since the last progress* count, so a long step killed any number
+        of times still finishes as long as its attempts keep moving it forward, while one that
+        dies N times in a row without progress (a crash loop at load) is dead-lettered. Failed
+        attempts (the step raised: a poison pill) always count.
         """
         with self.db.read() as s:
             progressed = set(s.exec(select(Batch.attempt_id).where(
                 Batch.run_id == run_id, Batch.step == step, Batch.cache_key == cache_key)).all())
-        return [a for a in self.attempts(run_id, step, cache_key)
-                if a.status in ("failed", "interrupted", "dead_lettered") and a.invalidated_at is None
-                and not (a.status == "interrupted" and a.id in progressed)]
+            progressed |= set(s.exec(select(Event.attempt_id).where(
+                Event.run_id == run_id, Event.step == step, Event.kind == PROGRESS_EVENT)).all())
+        rows = [a for a in self.attempts(run_id, step, cache_key)
+                if a.status in ("failed", "interrupted", "dead_lettered") and a.invalidated_at is None]
+        last_progress = max((a.id for a in self.attempts(run_id, step, cache_key) if a.id in progressed), default=0)
+        return [a for a in rows
+                if a.status != "interrupted" or (a.id not in progressed and a.id > last_progress)]
 
     def mark_orphans_interrupted(self, fence: Fence) -> list[Attempt]:
         """Attempts left ``running`` by an earlier owner become ``interrupted``."""
