@@ -225,6 +225,12 @@ class Engine:
         return None
 
     # ---- gates ---------------------------------------------------------------------------
+    def _rejected_meanwhile(self, gate: str) -> Outcome:
+        """A person rejected the gate while this runner was deciding it: their decision stands."""
+        self._set_status("rejected", gate)
+        return Outcome(EXIT_REJECTED, f"gate {gate} was rejected while the runner was deciding it; "
+                       "the rejection stands", "runner status")
+
     def _refuse_policy_edit(self, gate: str, frozen: str, edited: str) -> Outcome:
         """A waiting gate's policy is frozen when it is requested: an edit in the YAML does not
         decide it (else editing `human` to `auto` would pass it with no decision). Recorded."""
@@ -276,14 +282,19 @@ class Engine:
             g = self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, "policy 'approve'")
             note = "approved automatically by policy 'approve' (demo profile; no decision was taken)" + (
                 "" if check_ok else f" although the {check_txt}")
-            self.store.decide_gate(g.id, "approve", "policy:approve", note, "auto", fence=self.fence)
+            decided = self.store.decide_gate(g.id, "approve", "policy:approve", note, "auto", fence=self.fence)
+            if decided.status == "rejected":
+                return self._rejected_meanwhile(spec.name)
             self.echo(f"  ! gate {spec.name}: {note}")
             return None
         if policy == "auto":
             if not check_ok:
                 return wait(check_txt + " (a human decides)")
             g = self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, "automatic check passed")
-            self.store.decide_gate(g.id, "approve", "auto-check", "automatic check passed", "auto", fence=self.fence)
+            decided = self.store.decide_gate(g.id, "approve", "auto-check", "automatic check passed", "auto",
+                                             fence=self.fence)
+            if decided.status == "rejected":
+                return self._rejected_meanwhile(spec.name)
             self.echo(f"  ✓ gate {spec.name}: automatic check passed")
             return None
         if policy == "human":
@@ -299,7 +310,9 @@ class Engine:
         if not check_ok:
             return wait(f"{check_txt}; reviewer said {decision}")
         if policy == "review" and decision == "GO":
-            self.store.decide_gate(g.id, "approve", "reviewer", f"GO: {why}", "reviewer", fence=self.fence)
+            decided = self.store.decide_gate(g.id, "approve", "reviewer", f"GO: {why}", "reviewer", fence=self.fence)
+            if decided.status == "rejected":
+                return self._rejected_meanwhile(spec.name)
             self.echo(f"  ✓ gate {spec.name}: reviewer said GO")
             return None
         if policy == "review":

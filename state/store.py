@@ -444,10 +444,13 @@ class Store:
 
     def decide_gate(self, gate_id: int, decision: str, who: str, note: str | None, source: str,
                     fence: Fence | None = None) -> Gate:
-        """Record a decision (approve/reject). Human decisions need no fence (no live runner)."""
+        """Record a decision (approve/reject) if the gate is still pending, in one transaction; a
+        gate decided meanwhile (a racing `runner reject`) is returned unchanged: the first wins."""
         assert decision in ("approve", "reject")
         def apply(s: Session) -> Gate:
             g = s.get(Gate, gate_id)
+            if g.status != "pending":
+                return g
             g.status = "approved" if decision == "approve" else "rejected"
             g.decided_at, g.decided_by, g.note = now(), who, note
             s.add(g)
@@ -481,7 +484,8 @@ class Store:
             if g.status != "pending":
                 raise StateError(f"gate {name!r} was already {g.status} by {g.decided_by}"
                                  + (f" ({g.note})" if g.note else "") + "; a decided gate is final for this "
-                                 "evidence. To revisit it, change the config and `runner rerun` the step that feeds it.")
+                                 "evidence. To revisit it, change the config and `runner rerun` the step that "
+                                 "feeds it.")
             if g.policy != policy:
                 raise StateError(f"gate {name!r}'s policy changed from {policy!r} to {g.policy!r} while this "
                                  "decision was being made; run the command again")
