@@ -291,6 +291,12 @@ class Store:
         return [a for a in rows
                 if a.status != "interrupted" or (a.id not in progressed and a.id > last_progress)]
 
+    def progress_markers(self, run_id: str) -> int:
+        """How many durable progress markers (``ctx.progress``) the run's steps reported."""
+        with self.db.read() as s:
+            return s.exec(select(func.count()).select_from(Event).where(
+                Event.run_id == run_id, Event.kind == PROGRESS_EVENT)).one()
+
     def mark_orphans_interrupted(self, fence: Fence) -> list[Attempt]:
         """Attempts left ``running`` by an earlier owner become ``interrupted``."""
         with self.fenced(fence) as s:
