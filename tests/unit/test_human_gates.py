@@ -62,7 +62,7 @@ def test_a_non_terminal_cannot_approve_a_human_gate(at_human_gate):
     home, _ = at_human_gate
     r = cli(home, "approve", "approve_items")
     assert r.returncode == 2 and "interactive terminal" in r.stderr, r.stdout + r.stderr
-    assert f"--run t approve approve_items" in r.stderr
+    assert "--run t approve approve_items" in r.stderr
     assert gate_state(home) == ([("pending", "human")], [])
 
 
