@@ -146,3 +146,20 @@ def test_racing_approves_and_rejects_record_exactly_one_decision(at_human_gate, 
     assert len(events) == 1
     run_status = rows(home, "SELECT status FROM runs")[0][0]
     assert run_status == ("ready" if status == "approved" else "rejected")
+
+
+def test_the_runners_own_decision_yields_to_a_racing_rejection(tmp_path):
+    """The runner requested the gate; a person rejects it before the runner's auto-approval is
+    written: the rejection stands and the runner's write is a no-op."""
+    from runner.lease import dead_reason, this_owner
+    store = Store.open(tmp_path / "h")
+    try:
+        store.create_run("t", "x:y", None, {}, [{"kind": "gate", "name": "g"}], 0)
+        fence, _, _ = store.acquire_lease("t", this_owner(), 60, dead_reason)
+        g = store.request_gate(fence, "g", "k", "auto", None, "automatic check passed")
+        store.decide_pending_gate("t", "g", g.id, "auto", "reject", "alice", "no", "human")
+        decided = store.decide_gate(g.id, "approve", "auto-check", "automatic check passed", "auto", fence=fence)
+        assert decided.status == "rejected" and decided.decided_by == "alice"
+        assert [(d.source, d.decision) for d in store.gate_decisions(g.id)] == [("human", "reject")]
+    finally:
+        store.close()
