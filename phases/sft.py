@@ -18,6 +18,8 @@ Contracts:
 - Checkpoints go to ``<work_dir>/trainer/checkpoint-N`` every ``save_steps`` optimizer steps; a
   callback writes ``.complete`` into a checkpoint once the Trainer has saved all of it, and only
   complete checkpoints are resumed from (a kill during a save leaves a torn one, which is deleted).
+  Each complete checkpoint is then reported as the step's durable progress (an event of kind
+  ``step_progress``), so attempts killed after a checkpoint never count toward ``max_attempts``.
 - Device: CUDA -> 4-bit nf4 base with bf16 compute (QLoRA, bitsandbytes), gradient checkpointing;
   CPU -> fp32 base, plain LoRA. ``trainer="unsloth"`` uses Unsloth when it imports, else falls back
   to TRL with a logged warning.
@@ -37,6 +39,7 @@ from phases.models.devices import DeviceError, resolve_placement
 from phases.models.loader import load_model
 from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
+from runner.context import PROGRESS_EVENT
 from runner.errors import ConfigError, DataError
 from state.files import read_json
 
@@ -201,16 +204,19 @@ def last_complete_checkpoint(trainer_dir: Path) -> tuple[Path | None, int]:
     return best, max(best_step, 0)
 
 
-def _callbacks(early_stop: int, has_dev: bool):
+def _callbacks(early_stop: int, has_dev: bool, on_checkpoint: Callable[[str, int], None] | None = None):
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class MarkComplete(TrainerCallback):
-        """Written after the Trainer saved model, optimizer, scheduler, RNG and state."""
+        """Written after the Trainer saved model, optimizer, scheduler, RNG and state; then the
+        checkpoint is reported as the step's durable progress (``on_checkpoint(name, step)``)."""
 
         def on_save(self, args, state, control, **kw):
             d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if d.is_dir():
                 (d / COMPLETE).write_text(json.dumps({"step": state.global_step, "time": time.time()}))
+                if on_checkpoint is not None:
+                    on_checkpoint(d.name, state.global_step)
 
     class Throttle(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -327,7 +333,8 @@ def _trl_available() -> bool:
 
 
 def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
-                 seed: int, device: str, grad_ckpt: bool, use_trl: bool = True):
+                 seed: int, device: str, grad_ckpt: bool, use_trl: bool = True,
+                 on_checkpoint: Callable[[str, int], None] | None = None):
     """TRL's ``SFTTrainer`` over the pre-tokenized examples with ``ResponseOnlyCollator``.
 
     Without ``trl``/``datasets`` (e.g. a GPU image where they cannot be installed) the plain
@@ -354,7 +361,7 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
     # pad with the profile's eos, never the tokenizer's pad (SmolLM2's is the chat token <|im_end|>);
     # padding is masked either way, but no control token ever enters a training batch
     collator = ResponseOnlyCollator(loaded.eos_token_id)
-    cbs = _callbacks(params["early_stopping_patience"], has_dev)
+    cbs = _callbacks(params["early_stopping_patience"], has_dev, on_checkpoint)
     if use_trl:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -394,7 +401,12 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
         log("trl/datasets not importable here: training with transformers.Trainer and the same collator",
             kind="sft_trainer_fallback")
         trainer_name = "transformers.Trainer (trl missing)"
-    trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl)
+    def checkpoint_done(name: str, global_step: int) -> None:  # durable progress: see runner/context.py
+        log(f"{name} complete (global step {global_step})", kind=PROGRESS_EVENT, marker=name,
+            global_step=global_step)
+
+    trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl,
+                           on_checkpoint=checkpoint_done)
     ckpt, step = last_complete_checkpoint(trainer_dir)
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0",

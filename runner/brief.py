@@ -50,7 +50,9 @@ DO_NOT = [
     "owns the run; watch it with `runner wait` instead.",
     "Use `runner wait --timeout 540` (repeat while it exits 6) rather than sleep loops.",
     "Do not approve or reject a human gate on your own unless the operator authorised it in writing; "
-    "otherwise report the evidence (`runner show GATE`) and stop.",
+    "otherwise report the evidence (`runner show GATE`) and stop. `runner approve` of a human gate is "
+    "refused from an agent session: never try to get around that (no scrubbed environment, no fake "
+    "terminal, no `runner regate`, no editing the gate's policy); ask a person to run the command it names.",
     "Do not delete or edit `.runner/` (the state database) or files under `artifacts/`.",
 ]
 
@@ -240,7 +242,8 @@ def _brief_for_store(store, home: Path, run_id: Optional[str]) -> dict:
         g = st["detail"]
         nexts = [cmd(f"runner show {g}") + "    # read the evidence",
                  cmd(f"runner approve {g} --note \"...\"") + "    # ONLY if the operator authorised it in writing; "
-                 "otherwise report and stop",
+                 "a human gate takes it only from a person at their own terminal (refused from an agent "
+                 "session): otherwise report and stop",
                  cmd("runner resume --detach") + "    # after an approval"]
     elif state == "failed":
         nexts = [cmd("runner log --errors --limit 20") + "    # read the error",

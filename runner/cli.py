@@ -84,6 +84,12 @@ def cmd_reject(args: argparse.Namespace) -> int:
     return decide(store, resolve_run(store, args), args.gate, "reject", args.reason, args.who)
 
 
+def cmd_regate(args: argparse.Namespace) -> int:
+    from runner.commands import regate
+    store = open_store(args)
+    return regate(store, resolve_run(store, args), args.gate, args.who)
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     from runner.commands import retry_step
     store = open_store(args)
@@ -173,17 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
              "runner status --json | jq .next_action")
     sp.add_argument("--json", action="store_true", help="machine-readable, with next_action")
 
-    sp = add("approve", cmd_approve, "Approve a waiting gate (no live runner needed).",
+    sp = add("approve", cmd_approve, "Approve a waiting gate (no live runner needed). A gate that needs a person "
+             "(policy human or review+human, or a review that failed closed) takes it only from a terminal "
+             "outside an agent session, confirmed by typing the gate's name.",
              'runner approve qc_pilot --note "QC numbers look right"')
     sp.add_argument("gate")
     sp.add_argument("--note", default=None)
-    sp.add_argument("--who", default=None, help="who decides (default: $USER)")
+    sp.add_argument("--who", default=None, help="who decides (default: the OS account running the command)")
 
     sp = add("reject", cmd_reject, "Reject a waiting gate; the run stops there.",
              'runner reject qc_pilot --reason "runaway rate too high"')
     sp.add_argument("gate")
     sp.add_argument("--reason", required=True)
     sp.add_argument("--who", default=None)
+
+    sp = add("regate", cmd_regate, "Adopt the config's edited policy for a waiting gate (its policy is frozen "
+             "when requested; a plain resume refuses the edit). A person's act, confirmed at a terminal.",
+             "runner regate sft_gate && runner resume --detach")
+    sp.add_argument("gate")
+    sp.add_argument("--who", default=None, help="who decides (default: the OS account running the command)")
 
     sp = add("retry", cmd_retry, "Clear a step's failure count (e.g. after dead-lettering) so resume tries again.",
              "runner retry process && runner resume --detach")

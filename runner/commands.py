@@ -134,7 +134,7 @@ def wait_run(store: Store, run_id: str, timeout: float, as_json: bool) -> int:
     return st["exit_code"]
 
 
-def decide(store: Store, run_id: str, gate: str, decision: str, note: Optional[str], who: Optional[str]) -> int:
+def _pending_gate(store: Store, run_id: str, gate: str):
     run = store.get_run(run_id)
     names = [n["name"] for n in json.loads(run.plan_json) if n["kind"] == "gate"]
     if gate not in names:
@@ -143,7 +143,21 @@ def decide(store: Store, run_id: str, gate: str, decision: str, note: Optional[s
     if not rows:
         raise RunnerError(f"gate {gate!r} has not been reached yet in run {run_id}; nothing to decide. "
                           "Resume the run until it stops there (`runner status` shows where it is).")
-    g = rows[-1]
+    return run, rows[-1]
+
+
+def _human_cmd(store: Store, run_id: str, gate: str, action: str) -> str:
+    from runner.approval import human_command
+    return human_command(f" --home {store.home}", run_id, gate, action)
+
+
+def decide(store: Store, run_id: str, gate: str, decision: str, note: Optional[str], who: Optional[str]) -> int:
+    """`runner approve` / `runner reject`: check and write in one transaction (exactly one
+    decision per gate instance under any race); gates that need a person need a person
+    (runner/approval.py)."""
+    from runner.approval import verify
+    from state.db import StateError
+    _run, g = _pending_gate(store, run_id, gate)
     want = "approved" if decision == "approve" else "rejected"
     if g.status == want:
         print(f"gate {gate} is already {want} (by {g.decided_by}); nothing to do")
@@ -152,17 +166,44 @@ def decide(store: Store, run_id: str, gate: str, decision: str, note: Optional[s
         raise RunnerError(f"gate {gate!r} was already {g.status} by {g.decided_by}"
                           + (f" ({g.note})" if g.note else "") + "; a decided gate is final for this evidence. "
                           "To revisit it, change the config and `runner rerun` the step that feeds it.")
-    who = who or os.environ.get("USER") or "human"
-    store.decide_gate(g.id, decision, who, note, "human")
+    prov = verify(gate, run_id, g.policy, g.wait_reason, who, decision, _human_cmd(store, run_id, gate, "approve"))
+    try:
+        g, applied = store.decide_pending_gate(run_id, gate, g.id, g.policy, decision, prov.who, note,
+                                               prov.source, data=prov.as_dict())
+    except StateError as e:
+        raise RunnerError(str(e)) from e
+    if not applied:
+        print(f"gate {gate} is already {want} (by {g.decided_by}); nothing to do")
+        return EXIT_DONE
     if decision == "approve":
-        if run.status in ("waiting", "rejected"):
-            store.update_run(None, run_id, status="ready", status_detail=f"gate {gate} approved")
-        print(f"gate {gate} approved by {who}")
+        print(f"gate {gate} approved by {prov.who} ({prov.how})")
         print("next: runner resume --detach    # continues past the gate")
     else:
-        store.update_run(None, run_id, status="rejected", status_detail=gate)
-        print(f"gate {gate} rejected by {who}: {note}")
+        print(f"gate {gate} rejected by {prov.who} ({prov.how}): {note}")
         print("next: edit the config as needed, then `runner rerun STEP` for the step that feeds the gate")
+    return EXIT_DONE
+
+
+def regate(store: Store, run_id: str, gate: str, who: Optional[str]) -> int:
+    """`runner regate GATE`: adopt the config's current policy for a waiting gate whose policy
+    was frozen when it was requested. A person's act (runner/approval.py), recorded as an event."""
+    from runner.approval import verify
+    from state.db import StateError
+    run, g = _pending_gate(store, run_id, gate)
+    if g.status != "pending":
+        raise RunnerError(f"gate {gate!r} is {g.status}; only a waiting gate's policy can be changed")
+    pipe, cfg = load_run_inputs(run.pipeline, run.config_path)
+    new = ((cfg.get("gates") or {}).get(gate) or {}).get("policy", pipe.gates[gate].policy)
+    if new == g.policy:
+        print(f"gate {gate}: the config's policy is {new!r}, the same as the frozen one; nothing to do")
+        return EXIT_DONE
+    prov = verify(gate, run_id, g.policy, g.wait_reason, who, "regate", _human_cmd(store, run_id, gate, "regate"))
+    try:
+        store.regate(run_id, gate, g.id, g.policy, new, prov.who, data={**prov.as_dict(), "source": prov.source})
+    except StateError as e:
+        raise RunnerError(str(e)) from e
+    print(f"gate {gate}: policy {g.policy!r} -> {new!r} (by {prov.who}, {prov.how})")
+    print("next: runner resume --detach    # the gate is decided under its new policy")
     return EXIT_DONE
 
 

@@ -6,6 +6,9 @@ Contract for step authors:
   half-written output behind.
 - ``ctx.work_dir`` survives interrupted attempts of the same cache key (trainer checkpoints,
   ledger batches) and is deleted after the step succeeds.
+- A step that advances in other durable units (trainer checkpoints) reports each one with
+  ``ctx.progress(marker)`` once it is on disk: interrupted attempts that made progress are not
+  counted toward dead-lettering.
 - Long steps go through ``ctx.ledger(name).run(items, batch_size, fn)``: each finished batch is
   written durably and recorded, so a resumed attempt redoes only unfinished batches, and every
   batch's seed depends only on (run seed, step, ledger, batch index).
@@ -22,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 from runner.pipeline import derive_seed
 from state.files import atomic_write_bytes, sha256_file
 from state.schema import Attempt
-from state.store import Fence, Store
+from state.store import PROGRESS_EVENT, Fence, Store
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,13 @@ class StepContext:
         print(f"[{self.step}] {message}", flush=True)
         self.store.event(self.run_id, kind, message, fence=self.fence, step=self.step,
                          attempt_id=self.attempt.id, data=data or None)
+
+    def progress(self, marker: str, message: str = "", **data: Any) -> None:
+        """Report durable progress: call it only *after* what ``marker`` names is safely on disk
+        (a complete trainer checkpoint, a finished shard) so that a resumed attempt continues from
+        it. An interrupted attempt that reported progress (or committed a ledger batch) never
+        counts toward ``max_attempts`` (state/store.py ``counting_failures``)."""
+        self.log(message or f"progress: {marker}", kind=PROGRESS_EVENT, marker=marker, **data)
 
     def add_cost(self, kind: str, amount: float) -> None:
         """Add to the cost ledger (``gpu_s``, ``llm_tokens_in``, ``llm_tokens_out``, ``usd``)."""

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from runner.config import effective_params
 from runner.context import GateContext, StepContext
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED,
-                           EXIT_REJECTED)
+                           EXIT_REJECTED, EXIT_USAGE)
 from runner.gate_policy import effective_policy, reviewer_passes
 from runner.lease import DEFAULT_TTL_S, Heartbeat, dead_reason, this_owner
 from runner.pipeline import GateCheck, GateSpec, Pipeline, StepSpec, cache_key
@@ -226,6 +226,24 @@ class Engine:
         return None
 
     # ---- gates ---------------------------------------------------------------------------
+    def _rejected_meanwhile(self, gate: str) -> Outcome:
+        """A person rejected the gate while this runner was deciding it: their decision stands."""
+        self._set_status("rejected", gate)
+        return Outcome(EXIT_REJECTED, f"gate {gate} was rejected while the runner was deciding it; "
+                       "the rejection stands", "runner status")
+
+    def _refuse_policy_edit(self, gate: str, frozen: str, edited: str) -> Outcome:
+        """A waiting gate's policy is frozen when it is requested: an edit in the YAML does not
+        decide it (else editing `human` to `auto` would pass it with no decision). Recorded."""
+        msg = (f"gate {gate} waits under policy {frozen!r}, frozen when it was requested; the config now "
+               f"says {edited!r}. An edited policy does not decide a waiting gate: put the config back, or "
+               f"have a person adopt the edit with `runner regate {gate}` (then resume)")
+        self.store.event(self.run_id, "gate_policy_edit_refused", msg, fence=self.fence, gate=gate,
+                         data={"frozen_policy": frozen, "config_policy": edited})
+        self._set_status("waiting", gate)
+        self.echo(f"  ! gate {gate}: {msg}")
+        return Outcome(EXIT_USAGE, msg, f"runner regate {gate}   # a person, at a terminal")
+
     def _do_gate(self, spec: GateSpec, outputs: dict, summaries: dict) -> Optional[Outcome]:
         gate_key = sha256_text(canonical_json({"gate": spec.name,
                                                "evidence": {s: h for s, (_p, h) in outputs.items()}}))
@@ -239,6 +257,8 @@ class Engine:
                            + (f": {row.note}" if row.note else "") + ". Change the config, then rerun "
                            "the step that feeds it.", "runner status")
         policy = effective_policy(spec, self.config)
+        if row is not None and row.status == "pending" and row.policy != policy:
+            return self._refuse_policy_edit(spec.name, row.policy, policy)
         gctx = GateContext(self.run_id, spec.name, {s: p for s, (p, _h) in outputs.items()}, dict(summaries),
                            self.config, self.run.seed)
         check = None
@@ -262,14 +282,19 @@ class Engine:
             g = self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, "policy 'approve'")
             note = "approved automatically by policy 'approve' (demo profile; no decision was taken)" + (
                 "" if check_ok else f" although the {check_txt}")
-            self.store.decide_gate(g.id, "approve", "policy:approve", note, "auto", fence=self.fence)
+            decided = self.store.decide_gate(g.id, "approve", "policy:approve", note, "auto", fence=self.fence)
+            if decided.status == "rejected":
+                return self._rejected_meanwhile(spec.name)
             self.echo(f"  ! gate {spec.name}: {note}")
             return None
         if policy == "auto":
             if not check_ok:
                 return wait(check_txt + " (a human decides)")
             g = self.store.request_gate(self.fence, spec.name, gate_key, policy, check_d, "automatic check passed")
-            self.store.decide_gate(g.id, "approve", "auto-check", "automatic check passed", "auto", fence=self.fence)
+            decided = self.store.decide_gate(g.id, "approve", "auto-check", "automatic check passed", "auto",
+                                             fence=self.fence)
+            if decided.status == "rejected":
+                return self._rejected_meanwhile(spec.name)
             self.echo(f"  ✓ gate {spec.name}: automatic check passed")
             return None
         if policy == "human":
@@ -283,7 +308,9 @@ class Engine:
         if decision is None:
             return wait(f"review failed closed: {why}; a human decides")
         if reviewer_passes(policy, decision, check_ok):
-            self.store.decide_gate(g.id, "approve", "reviewer", f"GO: {why}", "reviewer", fence=self.fence)
+            decided = self.store.decide_gate(g.id, "approve", "reviewer", f"GO: {why}", "reviewer", fence=self.fence)
+            if decided.status == "rejected":
+                return self._rejected_meanwhile(spec.name)
             self.echo(f"  ✓ gate {spec.name}: reviewer said GO")
             return None
         if not check_ok:

@@ -4,7 +4,9 @@ A review is memoized by ``memo_key`` (inputs hash + prompt hash + backend + mode
 a resume finds the recorded verdict and never calls the reviewer again, so it can neither
 re-bill nor flip a decision. ``runner review GATE`` asks again on purpose (a new memo key
 salted with the ask number). Failures (no key, network, garbage) are recorded too and fail
-closed: the gate waits for a human, with the reason in `status`.
+closed: the gate waits for a human, with the reason in `status`. A failure is *not* memoized
+(it decided nothing): its row is stored under a key of its own (``failed:<n>:<memo>``), so the
+next plain resume asks the reviewer again.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any, Optional
 
 from runner.config import load_run_inputs
 from runner.context import GateContext
-from runner.gate_policy import effective_policy, reviewer_passes
+from runner.gate_policy import reviewer_passes
 from runner.review import ReviewerConfig, ReviewRequest, memo_key, review
 from runner.errors import EXIT_DONE, EXIT_GATE, RunnerError
 from state.files import sha256_text
@@ -72,11 +74,13 @@ def ask(store: Store, run_id: str, spec: Any, gate_key: str, gctx: GateContext, 
     if salt:
         memo = sha256_text(memo + salt)
     old = store.review_by_memo(run_id, memo)
-    if old is not None:
+    if old is not None:  # only verdicts hold the memo key (see the module docstring)
         return old
     audit = store.home / "artifacts" / run_id / "reviews"
     audit.mkdir(parents=True, exist_ok=True)
     outcome = review(request, rcfg, audit, reuse_audit=not salt)
+    if not outcome.ok:  # recorded for the audit, but never served again as the memo
+        memo = f"failed:{len(store.reviews(run_id))}:{memo}"
     return _record(store, run_id, spec.name, gate_key, outcome, memo, fence)
 
 
@@ -119,7 +123,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
     n_before = len(store.reviews(run_id, gate))
     r = ask(store, run_id, pipe.gates[gate], g.gate_key, gctx, cfg, loads(g.check_json), None,
             salt=f"reask-{n_before}", experiment=experiment_text(cfg, pipe))
-    policy = effective_policy(pipe.gates[gate], cfg)
+    policy = g.policy  # frozen when the gate was requested (an edit needs `runner regate`)
     check_ok = not g.check_json or (loads(g.check_json) or {}).get("passed", True)
     if not r.ok:
         print(f"review failed closed: {r.error}")
@@ -128,8 +132,7 @@ def review_now(store: Store, run_id: str, gate: str) -> int:
         return EXIT_GATE
     print(f"reviewer {r.model}: {r.decision}: {(loads(r.verdict_json) or {}).get('summary', '')}")
     if reviewer_passes(policy, r.decision, check_ok):
-        store.decide_gate(g.id, "approve", "reviewer", "GO (re-asked)", "reviewer")
-        store.update_run(None, run_id, status="ready", status_detail=f"gate {gate} approved by reviewer")
+        store.decide_pending_gate(run_id, gate, g.id, g.policy, "approve", "reviewer", "GO (re-asked)", "reviewer")
         print("next: runner resume --detach")
         return EXIT_DONE
     print(f"next: runner show {gate}    # then approve or reject it")

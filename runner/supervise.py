@@ -16,7 +16,8 @@ Contract:
   failed step (resume retries it; the engine dead-letters after ``max_attempts``), it records a
   ``supervisor_restart`` event and starts a new child after a capped exponential backoff
   (1 s, 2 s, 4 s, ... up to ``--backoff-max``). After ``--max-restarts`` consecutive restarts
-  without progress (no new finished step or committed batch) it records ``supervisor_gave_up``
+  without progress (no new finished step, committed batch or ``ctx.progress`` marker such as a
+  trainer checkpoint) it records ``supervisor_gave_up``
   and exits 1. Exit 2 from the child (usage/config error) is returned at once: restarting
   cannot fix it.
 - SIGTERM/SIGINT are forwarded to the child (which marks its attempt interrupted and releases
@@ -118,7 +119,8 @@ class Supervisor:
     # ---- the loop ----------------------------------------------------------------------------
     def _progress(self) -> int:
         done = sum(1 for a in self.store.attempts(self.run_id) if a.status == "succeeded")
-        return done + sum(self.store.batch_progress(self.run_id).values())
+        return (done + sum(self.store.batch_progress(self.run_id).values())
+                + self.store.progress_markers(self.run_id))
 
     def _child_cmd(self) -> list[str]:
         cmd = [sys.executable, "-m", "runner", "--home", str(self.home)]

@@ -146,8 +146,8 @@ class GateDecision(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     gate_id: int = Field(index=True)
     run_id: str
-    source: str  # auto, reviewer, human
-    decision: str  # approve, reject, wait, GO, NO-GO, MODIFY
+    source: str  # auto, reviewer, human (confirmed at a terminal), cli (unverified), agent
+    decision: str  # approve, reject, regate, wait, GO, NO-GO, MODIFY
     who: str
     note: Optional[str] = None
     created_at: float

@@ -23,6 +23,7 @@ from state.schema import (Artifact, Attempt, Batch, Cost, Event, Gate, GateDecis
                           Review, Run)
 
 STATE_DIR = ".runner"
+PROGRESS_EVENT = "step_progress"  # a step's durable progress marker (see counting_failures)
 DB_NAME = "runner.db"
 
 
@@ -268,19 +269,33 @@ class Store:
                 Attempt.status == "succeeded", Attempt.invalidated_at.is_(None))).first()  # type: ignore[union-attr]
 
     def counting_failures(self, run_id: str, step: str, cache_key: str) -> list[Attempt]:
-        """Failed or interrupted attempts that count toward dead-lettering (not invalidated).
+        """Attempts that count toward dead-lettering (not invalidated), oldest first.
 
-        An *interrupted* attempt that committed at least one batch made progress: it was killed
-        from outside (pod restart, SIGKILL), not by its own poison pill, so it does not count.
-        Otherwise a long step killed N times would be dead-lettered although every resume
-        moved it forward. Failed attempts (the step raised) always count.
+        Progress is progress: an *interrupted* attempt (killed from outside: pod restart,
+        SIGKILL, SIGTERM) that advanced its step, i.e. committed a ledger batch or reported a
+        durable progress marker (``ctx.progress``, event kind ``PROGRESS_EVENT``, e.g. a
+        complete trainer checkpoint), never counts, and it clears the interrupted attempts before
+        it: only interruptions *since the last progress* count, so a long step killed any number
+        of times still finishes as long as its attempts keep moving it forward, while one that
+        dies N times in a row without progress (a crash loop at load) is dead-lettered. Failed
+        attempts (the step raised: a poison pill) always count.
         """
         with self.db.read() as s:
             progressed = set(s.exec(select(Batch.attempt_id).where(
                 Batch.run_id == run_id, Batch.step == step, Batch.cache_key == cache_key)).all())
-        return [a for a in self.attempts(run_id, step, cache_key)
-                if a.status in ("failed", "interrupted", "dead_lettered") and a.invalidated_at is None
-                and not (a.status == "interrupted" and a.id in progressed)]
+            progressed |= set(s.exec(select(Event.attempt_id).where(
+                Event.run_id == run_id, Event.step == step, Event.kind == PROGRESS_EVENT)).all())
+        rows = [a for a in self.attempts(run_id, step, cache_key)
+                if a.status in ("failed", "interrupted", "dead_lettered") and a.invalidated_at is None]
+        last_progress = max((a.id for a in self.attempts(run_id, step, cache_key) if a.id in progressed), default=0)
+        return [a for a in rows
+                if a.status != "interrupted" or (a.id not in progressed and a.id > last_progress)]
+
+    def progress_markers(self, run_id: str) -> int:
+        """How many durable progress markers (``ctx.progress``) the run's steps reported."""
+        with self.db.read() as s:
+            return s.exec(select(func.count()).select_from(Event).where(
+                Event.run_id == run_id, Event.kind == PROGRESS_EVENT)).one()
 
     def mark_orphans_interrupted(self, fence: Fence) -> list[Attempt]:
         """Attempts left ``running`` by an earlier owner become ``interrupted``."""
@@ -427,18 +442,21 @@ class Store:
                 s.add(g)
                 s.flush()
                 self.add_event(s, fence.run_id, "gate_requested", wait_reason, gate=name)
-            elif g.status == "pending":
-                g.wait_reason, g.policy = wait_reason, policy
+            elif g.status == "pending":  # the policy stays as frozen at the request (see engine)
+                g.wait_reason = wait_reason
                 g.check_json = dumps(check) if check is not None else g.check_json
                 s.add(g)
             return g
 
     def decide_gate(self, gate_id: int, decision: str, who: str, note: str | None, source: str,
                     fence: Fence | None = None) -> Gate:
-        """Record a decision (approve/reject). Human decisions need no fence (no live runner)."""
+        """Record a decision (approve/reject) if the gate is still pending, in one transaction; a
+        gate decided meanwhile (a racing `runner reject`) is returned unchanged: the first wins."""
         assert decision in ("approve", "reject")
         def apply(s: Session) -> Gate:
             g = s.get(Gate, gate_id)
+            if g.status != "pending":
+                return g
             g.status = "approved" if decision == "approve" else "rejected"
             g.decided_at, g.decided_by, g.note = now(), who, note
             s.add(g)
@@ -448,6 +466,67 @@ class Store:
             return g
         with self._tx(fence) as s:
             return apply(s)
+
+    def decide_pending_gate(self, run_id: str, name: str, gate_id: int, policy: str, decision: str, who: str,
+                            note: str | None, source: str, data: dict | None = None) -> tuple[Gate, bool]:
+        """Decide gate ``name``'s newest instance in one ``BEGIN IMMEDIATE`` transaction.
+
+        The check (it is still instance ``gate_id``, still ``pending``, still under ``policy``) and
+        the write (gate row, decision row, event, run status) share one transaction, so of any
+        number of racing approves and rejects exactly one is recorded. Returns (gate, True) when
+        this call decided it, (gate, False) when it already carried this same decision. Raises
+        ``StateError`` when it carries the other decision or changed since the caller read it.
+        """
+        assert decision in ("approve", "reject")
+        want = "approved" if decision == "approve" else "rejected"
+        with self.db.write() as s:
+            g = s.exec(select(Gate).where(Gate.run_id == run_id, Gate.name == name)
+                       .order_by(Gate.id.desc())).first()  # type: ignore[attr-defined]
+            if g is None or g.id != gate_id:
+                raise StateError(f"gate {name!r} of run {run_id} changed while this decision was being made "
+                                 "(a new instance was requested); run the command again")
+            if g.status == want:
+                return g, False
+            if g.status != "pending":
+                raise StateError(f"gate {name!r} was already {g.status} by {g.decided_by}"
+                                 + (f" ({g.note})" if g.note else "") + "; a decided gate is final for this "
+                                 "evidence. To revisit it, change the config and `runner rerun` the step that "
+                                 "feeds it.")
+            if g.policy != policy:
+                raise StateError(f"gate {name!r}'s policy changed from {policy!r} to {g.policy!r} while this "
+                                 "decision was being made; run the command again")
+            t = now()
+            g.status, g.decided_at, g.decided_by, g.note = want, t, who, note
+            s.add(g)
+            s.add(GateDecision(gate_id=g.id, run_id=run_id, source=source, decision=decision, who=who,
+                               note=note, created_at=t))
+            self.add_event(s, run_id, f"gate_{want}", f"by {who} ({source})" + (f": {note}" if note else ""),
+                           gate=name, data=data)
+            run = s.get(Run, run_id)
+            if decision == "reject":
+                run.status, run.status_detail = "rejected", name
+            elif run.status in ("waiting", "rejected"):
+                run.status, run.status_detail = "ready", f"gate {name} approved"
+            run.updated_at = t
+            s.add(run)
+            return g, True
+
+    def regate(self, run_id: str, name: str, gate_id: int, old_policy: str, new_policy: str, who: str,
+               data: dict | None = None) -> Gate:
+        """Change a pending gate's frozen policy (``runner regate``), recorded as an event."""
+        with self.db.write() as s:
+            g = s.get(Gate, gate_id)
+            if g is None or g.run_id != run_id or g.status != "pending" or g.policy != old_policy:
+                raise StateError(f"gate {name!r} of run {run_id} is no longer pending under policy "
+                                 f"{old_policy!r}; run `runner status` and try again")
+            g.policy = new_policy
+            g.wait_reason = f"policy changed from {old_policy!r} to {new_policy!r} by {who}; resume applies it"
+            s.add(g)
+            s.add(GateDecision(gate_id=g.id, run_id=run_id, source=(data or {}).get("source", "human"),
+                               decision="regate", who=who, note=f"{old_policy} -> {new_policy}", created_at=now()))
+            self.add_event(s, run_id, "gate_policy_changed", f"{name}: {old_policy} -> {new_policy} by {who}",
+                           gate=name, data={**(data or {}), "old_policy": old_policy, "new_policy": new_policy})
+            return g
 
     def record_gate_note(self, gate_id: int, source: str, decision: str, who: str, note: str | None,
                          fence: Fence | None = None) -> None:

@@ -60,6 +60,42 @@ def cli(home: Path, *args: str, timeout: float = 60, check: Optional[int] = None
     return p
 
 
+def cli_at_terminal(home: Path, *args: str, typed: str = "", timeout: float = 60,
+                    **env_extra: Any) -> tuple[int, str]:
+    """Run the CLI with a real pseudo-terminal as stdin/stdout (a person at a terminal) who
+    types ``typed`` (plus a newline) when prompted. Returns (exit code, everything printed)."""
+    import pty
+    import select
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cli_cmd(home, *args), stdin=slave, stdout=slave, stderr=slave, env=env(**env_extra),
+                         start_new_session=True)
+    os.close(slave)
+    out, sent, deadline = b"", False, time.time() + timeout
+    try:
+        while time.time() < deadline:
+            r, _, _ = select.select([master], [], [], 0.2)
+            if r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if not sent and b"type the gate's name" in out:
+                    os.write(master, typed.encode() + b"\n")
+                    sent = True
+            elif p.poll() is not None:
+                break
+        code = p.wait(timeout=max(1.0, deadline - time.time()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return code, out.decode(errors="replace")
+
+
 def spawn(home: Path, *args: str, **env_extra: Any) -> subprocess.Popen:
     """Start the CLI in the background (its own process group, so a SIGKILL hits only it)."""
     return subprocess.Popen(cli_cmd(home, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -19,11 +19,15 @@ Contract:
   ``<profile>-<sha12>/``, written to a temp dir beside it and renamed atomically, with a
   ``cai_model.json`` marker (profile, source hashes, sha256 of each file of the folder, versions).
   A folder without a marker is never used. ``prepare`` of a cached profile is a no-op.
+  Concurrent ``prepare`` calls for one profile serialise on ``.<folder>.lock`` (``flock``) in
+  the cache, so a folder is built once; a replaced folder is renamed aside before the new one
+  takes its name and deleted only after, never while its name still points at it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.metadata as md
 import json
@@ -203,10 +207,55 @@ def prepare(profile: ModelProfile | str, root: Path | None = None, *, force: boo
     """Make sure ``profile`` has a converted folder in the cache; return its path.
 
     Idempotent (a valid cached folder is returned as is unless ``force``). Raises
-    ``ModelPackageError`` / ``ModelHashError`` (nothing cached) on bad sources.
+    ``ModelPackageError`` / ``ModelHashError`` (nothing cached) on bad sources. Concurrent
+    callers (several runners or test jobs sharing one cache) serialise on a lock file beside the
+    folder, so it is built once, and a published folder is never deleted before its
+    replacement is in place (``_publish``).
     """
     profile = get_profile(profile) if isinstance(profile, str) else profile
     root = Path(root) if root else cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:  # unwritable: only an already prepared folder can be used (checked below)
+        pass
+    with _cache_lock(root / f".{profile.cache_name}.lock"):
+        return _prepare_locked(profile, root, force)
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path):
+    """An exclusive advisory lock (``flock``) held for the block; a no-op where there is none."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (one process per cache there)
+        yield
+        return
+    try:
+        f = open(path, "a+")
+    except OSError:  # a read-only cache (prepared elsewhere): nothing will be built here
+        yield
+        return
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _publish(built: Path, final: Path) -> None:
+    """Rename ``built`` to ``final``; an old ``final`` is renamed aside first and deleted only
+    after, so the name never points at a half-deleted folder (open files stay readable)."""
+    aside = None
+    if final.exists():
+        aside = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, aside)
+    os.replace(built, final)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _prepare_locked(profile: ModelProfile, root: Path, force: bool) -> Path:
     final = cached_path(profile, root)
     if profile.built_offline:
         if force or not (final / MARKER).exists():
@@ -248,9 +297,7 @@ def prepare(profile: ModelProfile | str, root: Path | None = None, *, force: boo
         (out / MARKER).write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n")
         _fsync_dir(out)
         os.chmod(out, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(out, final)
+        _publish(out, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

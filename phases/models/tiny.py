@@ -123,9 +123,14 @@ def build_tiny_model(
         }
         (tmp / "cai_model.json").write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if out.exists():
-            shutil.rmtree(out)
+        aside = None
+        if out.exists():  # rename the old folder aside first: the name never points at a torn one
+            aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(out, aside)
         os.replace(tmp, out)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from helpers_runner import (REPO, attempt_counts, batches_done, cli, count_events, env, init_run, kill9,
-                            rows, spawn, status_json, toy_config, wait_for)
+from helpers_runner import (REPO, attempt_counts, batches_done, cli, cli_at_terminal, count_events, env,  # noqa: E402
+                            init_run, kill9, rows, spawn, status_json, toy_config, wait_for)
 
 pytestmark = pytest.mark.crash
 
@@ -95,7 +95,9 @@ def test_gate_approved_while_no_runner_is_alive(tmp_path):
     assert st["state"] == "waiting" and st["exit_code"] == 3
     assert st["next_action"]["command"] == "runner show approve_items"
     assert not st["lease"]["live"]
-    cli(home, "approve", "approve_items", "--note", "fine", "--who", "tester", check=0)
+    code, out = cli_at_terminal(home, "approve", "approve_items", "--note", "fine", "--who", "tester",
+                                typed="approve_items")
+    assert code == 0, out
     assert status_json(home)["state"] == "ready"
     cli(home, "resume", check=0)
     assert count_events(home, "gate_approved") == 1
@@ -160,7 +162,8 @@ def test_detach_returns_at_once_and_wait_reports_the_outcome(tmp_path):
     w = cli(home, "wait", "--timeout", "60", timeout=90)
     assert w.returncode == 3, w.stdout + w.stderr
     assert "approve_items" in w.stdout
-    cli(home, "approve", "approve_items", check=0)
+    code, out = cli_at_terminal(home, "approve", "approve_items", typed="approve_items")
+    assert code == 0, out
     t = time.time()
     cli(home, "resume", "--detach", check=0)
     assert time.time() - t < 10

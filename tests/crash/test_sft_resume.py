@@ -39,7 +39,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 
     try:
         assert wait_for(lambda: complete_checkpoint() or p.poll() is not None, timeout=180, every=0.1)
-        assert p.poll() is None, "the runner ended before a checkpoint could be observed"
+        assert p.poll() is None, ("the runner ended (exit %s) before a checkpoint could be observed:\n%s"
+                                  % (p.returncode, p.stdout.read() if p.stdout else ""))
         time.sleep(0.3)
         done = complete_checkpoint()
     finally:

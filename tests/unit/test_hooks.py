@@ -159,7 +159,10 @@ def test_installed_hook_briefs_each_state(project, tmp_path):
     text = briefing(cmd, project)
     assert "is **waiting**" in text and f"`runner --home {h} show approve_items`" in text
 
-    assert cli(home, "approve", "approve_items", "--note", "ok", "--who", "test") == 0
+    from helpers_runner import cli_at_terminal  # a person approves the human gate at a terminal
+    code, out = cli_at_terminal(home, "approve", "approve_items", "--note", "ok", "--who", "test",
+                                typed="approve_items")
+    assert code == 0, out
     cfg.write_text(cfg.read_text().replace("fail_on_item: -1", "fail_on_item: 6"))
     assert cli(home, "resume") == 1  # failed
     text = briefing(cmd, project)

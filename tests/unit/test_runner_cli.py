@@ -61,7 +61,7 @@ def test_status_json_parses_and_names_the_next_command(at_gate, capsys):
     assert code == 0 and "approve_items" in out and "next:" in out
 
 
-def test_approve_twice_is_a_no_op(at_gate, capsys):
+def test_approve_twice_is_a_no_op(at_gate, capsys, person_at_terminal):
     code, out, _ = run_cli(capsys, at_gate, "approve", "approve_items", "--note", "ok")
     assert code == 0 and "approved" in out
     code, out, _ = run_cli(capsys, at_gate, "approve", "approve_items")
