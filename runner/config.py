@@ -26,7 +26,7 @@ from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage"}
+            "include", "stage", "budget", "prices"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -124,6 +124,11 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
                               f"allowed: {', '.join(sorted(GATE_KEYS))}")
         if "policy" in g and g["policy"] not in POLICIES:
             raise ConfigError(f"{source}: gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
+    from runner.costs import BUDGET_GATE, validate_cost_keys
+    validate_cost_keys(cfg, source)
+    if cfg.get("budget") is not None and BUDGET_GATE in pipeline.gates:
+        raise ConfigError(f"{source}: 'budget' adds a gate named {BUDGET_GATE!r}, but pipeline "
+                          f"{pipeline.name!r} already has one; rename that gate")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         raise ConfigError(f"{source}: 'reviewer' must be a mapping (see docs/review.md)")
     out["params"], out["gates"] = params, gates

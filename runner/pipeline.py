@@ -36,18 +36,25 @@ class StepSpec:
     params: dict
     description: str
     max_attempts: Optional[int] = None
+    gpu: bool = False  # holds the accelerator: GPU-seconds are recorded, the budget is checked first
+    size: Optional[Callable[..., Any]] = None  # (inputs: {step: dir}, params) -> work units, for projections
 
 
 def step(name: str | None = None, *, version: str = "1", inputs: Sequence[str] = (),
          outputs: Sequence[str] = (), params: dict | None = None, description: str | None = None,
-         max_attempts: int | None = None) -> Callable[[Callable], Callable]:
+         max_attempts: int | None = None, gpu: bool = False,
+         size: Callable[..., Any] | None = None) -> Callable[[Callable], Callable]:
     """Declare a step. ``inputs`` name earlier steps; ``outputs`` are files the step must write
     under ``ctx.out_dir``; ``params`` are the defaults (config overrides them, type-checked);
-    bump ``version`` when the code changes what it produces."""
+    bump ``version`` when the code changes what it produces. ``gpu=True``: the step holds the
+    accelerator (its GPU-seconds are costed and the budget is checked before it runs);
+    ``size(inputs, params)`` returns its work units (items, examples) so its cost can be projected
+    from measured rates (runner/costs.py). Neither enters the cache key."""
     def deco(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         fn.__step__ = StepSpec(name or fn.__name__, fn, str(version), tuple(inputs), tuple(outputs),
-                               dict(params or {}), description or (doc[0] if doc else ""), max_attempts)
+                               dict(params or {}), description or (doc[0] if doc else ""), max_attempts,
+                               bool(gpu), size)
         return fn
     return deco
 
@@ -134,6 +141,8 @@ class Pipeline:
             if isinstance(n, StepSpec):
                 out.append({"kind": "step", "name": n.name, "version": n.version, "inputs": list(n.inputs),
                             "outputs": list(n.outputs), "description": n.description})
+                if n.gpu:
+                    out[-1]["gpu"] = True
             else:
                 out.append({"kind": "gate", "name": n.name, "policy": n.policy, "criteria": list(n.criteria),
                             "description": n.description})
