@@ -32,6 +32,7 @@ from runner import GateCheck, step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 
+from phases.steps import sizes
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
 
@@ -73,7 +74,7 @@ def run_try(ctx, model, p: dict, gen: dict, heldout: list[dict], t: int) -> dict
             "prompts_used": len(got["lists"])}
 
 
-@step(inputs=["prepare_model", "heldout"], version="1", params=PILOT_DEFAULTS,
+@step(inputs=["prepare_model", "heldout"], version="1", params=PILOT_DEFAULTS, gpu=True, size=sizes.pilot_items,
       outputs=["records.jsonl", "kept.jsonl", "qc_summary.json", "final_params.json", "manifest.json"])
 def pilot(ctx):
     """Pilot: instructions, critics, responses, QC; up to 2 automatic retries."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from phases.evaluate import EVAL_DEFAULTS
 from phases.sft import SFT_DEFAULTS
+from phases.steps import sizes
 from runner import gate, step
 from runner.errors import ConfigError
 from runner.pipeline import GateCheck
@@ -46,7 +47,7 @@ def _tree_sha256(root: Path) -> str:
 
 @step(inputs=["prepare_model", "merge"],
       outputs=["adapter", "TRAINING_SUCCESS", "training_manifest.json", "loss.png"],
-      params=dict(SFT_DEFAULTS), version="1")
+      params=dict(SFT_DEFAULTS), version="1", gpu=True, size=sizes.sft_examples)
 def sft(ctx):
     """SFT (QLoRA on CUDA, LoRA on CPU) on the merged, QC-passed data; resumes from checkpoints."""
     from phases.plots import plot_loss
@@ -113,7 +114,7 @@ def _arms(params) -> list[str]:
 
 @step(inputs=["prepare_model", "heldout", "sft"],
       outputs=["eval.json", "items.jsonl", "summary.txt", "per_type.png"],
-      params=dict(EVAL_DEFAULTS), version="1")
+      params=dict(EVAL_DEFAULTS), version="1", gpu=True, size=sizes.eval_items)
 def evaluate(ctx):
     """Paired evaluation of the best base framing vs the trained adapter (checkers + critic + IFEval)."""
     import torch
