@@ -174,3 +174,22 @@ def test_rich_bar_on_a_terminal(monkeypatch):
     bar.advance(8)
     bar.close()
     assert "gen/main" in buf.getvalue() and "8/8" in buf.getvalue()
+
+
+def test_status_with_ledger_and_progress_imports_nothing_heavy(tmp_path, capsys):
+    import subprocess
+    home, cfg = tmp_path / "home", tmp_path / "toy.yaml"
+    home.mkdir()
+    _cfg(cfg, items=4, delay=0.0, budget=100.0)
+    assert main(["--home", str(home), "run", "--config", str(cfg), "--run-id", "b"]) == EXIT_DONE
+    for args in (["status"], ["status", "--json"]):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "--home", str(home), *args],
+                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+        assert p.returncode == 0, p.stderr[-2000:]
+        modules = {line.split("|")[-1].strip().split(".")[0] for line in p.stderr.splitlines()
+                   if line.startswith("import time:")}
+        assert "runner" in modules
+        heavy = modules & {"matplotlib", "jinja2", "tensorboard", "torch", "numpy", "PIL"}
+        assert not heavy, f"`runner {' '.join(args)}` imports {sorted(heavy)}"
+        if args == ["status"]:
+            assert "spent $" in p.stdout and "of $100.00 budget" in p.stdout
