@@ -85,6 +85,8 @@ def render(data: dict) -> str:
     env.filters["when"] = _when
     env.filters["j"] = lambda o: json.dumps(o, sort_keys=True, default=str, ensure_ascii=False, indent=1)
     env.filters["num"] = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v))
+    env.filters["ci"] = lambda v: ("[" + ", ".join(f"{x:.3g}" for x in v) + "]" if isinstance(v, (list, tuple))
+                                   and all(isinstance(x, (int, float)) for x in v) else str(v))
     return env.get_template(TEMPLATE).render(d=data, plots=plots, training=training, evaluation=evaluation,
                                             dur=_dur, generated=_when(now))
 
