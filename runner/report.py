@@ -57,13 +57,14 @@ def render(data: dict) -> str:
             continue
         f["plots"] = []
         for q in f["qc"]:
-            q["plots"] = [_uri(P.binned(h, f"margins: {t}")) for t, h in q["histograms"].items()]
+            q["plots"] = [_uri(P.bars(q["acceptance"], f"{q['file']}: acceptance rate", "rate"))] if q["acceptance"] else []
+            q["plots"] += [_uri(P.binned(h, f"margins: {t}")) for t, h in q["histograms"].items()]
         for r in f["records"]:
             r["plots"] = []
             for field, parts in r["lengths"].items():
                 r["plots"].append(_uri(P.histogram(parts, f"{r['file']}: {field}", field)))
-            for name, vals in r["margins"].items():
-                r["plots"].append(_uri(P.histogram({"all": vals}, f"{r['file']}: {name} margin", "margin")))
+            for name, by_label in r["margins"].items():
+                r["plots"].append(_uri(P.histogram(by_label, f"{r['file']}: {name} margin", "margin")))
         for lc in f["loss"]:
             uri = _uri(P.loss(lc["curve"], f"{s['name']}: {lc['file']}"))
             if uri:

@@ -13,9 +13,10 @@ changes:
 - a JSON document with ``comparison.per_type`` (eval/v1, specs/sft-evaluation.md): the forest
   plot of per-type lifts with their CIs, the arms side by side (rate, CI, truncation, tokens);
 - a JSONL of records: histograms of its numeric length fields (``*tokens``, ``*_len``, ``*length``,
-  ``*words``) and of every nested critic verdict's ``margin`` grouped by critic field and label
-  (and label order when the record says it), split kept/rejected when rows carry a kept flag,
-  plus a sample of kept and rejected records;
+  ``*words``; split kept/rejected when rows carry a kept flag) and of every critic verdict's
+  ``margin``, one plot per critic field and label order (the combined verdict and each nested
+  per-order verdict such as ``ab``/``ba``), one series per label; a sample of kept and rejected
+  records;
 - PNG files: embedded as they are; a ``tensorboard/`` folder: named with its command;
 - provenance keys (``git_sha``, ``model_id``, ``model_revision``, ``seed``, ...) in any manifest.
 
@@ -84,7 +85,7 @@ def _num(v: Any) -> Optional[float]:
 def records_findings(rows: list[dict]) -> dict:
     """Length and margin distributions (split kept/rejected when known) and a sample."""
     lengths: dict[str, dict[str, list[float]]] = {}
-    margins: dict[str, list[float]] = {}
+    margins: dict[str, dict[str, list[float]]] = {}
     kept_rows, rejected_rows = [], []
     for r in rows:
         flag = _kept_flag(r)
@@ -98,14 +99,25 @@ def records_findings(rows: list[dict]) -> dict:
             if x is not None and LENGTH_FIELD.search(k):
                 lengths.setdefault(k, {}).setdefault(part, []).append(x)
             if isinstance(v, dict) and _num(v.get("margin")) is not None:
-                order = next((f"{o}={v[o]}" for o in ORDER_FIELDS if o in v and not isinstance(v[o], (dict, list))), "")
-                name = f"{k} label {v.get('label', '?')}" + (f" ({order})" if order else "")
-                margins.setdefault(name, []).append(float(v["margin"]))
+                _margins(k, v, margins)
     return {"n": len(rows), "lengths": lengths, "margins": dict(sorted(margins.items())),
             "n_kept": len(kept_rows), "n_rejected": len(rejected_rows),
             "sample_kept": [_shorten(r) for r in kept_rows[:SAMPLE]],
             "sample_rejected": [_shorten(r) for r in rejected_rows[:SAMPLE]],
             "sample": [] if kept_rows or rejected_rows else [_shorten(r) for r in rows[:SAMPLE]]}
+
+
+def _margins(field: str, v: dict, out: dict) -> None:
+    """A critic verdict's margin, one series per label, one plot per critic field and label order:
+    the combined verdict, and each nested per-order verdict (``ab``/``ba`` in phases/critic.py),
+    or the order a flat verdict names in ``order``/``swapped``."""
+    order = next((f"{o}={v[o]}" for o in ORDER_FIELDS if o in v and not isinstance(v[o], (dict, list))), "")
+    name = f"{field}" + (f" ({order})" if order else "")
+    out.setdefault(name, {}).setdefault(f"label {v.get('label', '?')}", []).append(float(v["margin"]))
+    for sub, sv in v.items():
+        if isinstance(sv, dict) and _num(sv.get("margin")) is not None:
+            out.setdefault(f"{field}, order {sub}", {}).setdefault(f"label {sv.get('label', '?')}", []).append(
+                float(sv["margin"]))
 
 
 def _shorten(obj: Any, n: int = 300) -> Any:
@@ -145,6 +157,12 @@ def _qc_histograms(doc: dict) -> dict[str, dict]:
     return out
 
 
+def _acceptance(doc: dict) -> dict[str, float]:
+    """{critic: acceptance rate} from a QC summary's ``acceptance`` block (None rates left out)."""
+    return {k: float(v["rate"]) for k, v in (doc.get("acceptance") or {}).items()
+            if isinstance(v, dict) and _num(v.get("rate")) is not None}
+
+
 def _provenance(doc: Any, found: dict, where: str, depth: int = 2) -> None:
     if not isinstance(doc, dict) or depth < 0:
         return
@@ -181,7 +199,8 @@ def scan_output(root: Path, rel_root: str, provenance: dict) -> dict:
                     continue
                 _provenance(doc, provenance, f"{rel_root}/{rel}")
                 if isinstance(doc.get("acceptance"), dict) or ("counts" in doc and "rates" in doc):
-                    out["qc"].append({"file": rel, "numbers": _flat_scalars(doc), "histograms": _qc_histograms(doc)})
+                    out["qc"].append({"file": rel, "numbers": _flat_scalars(doc), "histograms": _qc_histograms(doc),
+                                      "acceptance": _acceptance(doc)})
                 if isinstance(doc.get("loss_curve"), dict):
                     out["loss"].append({"file": rel, "curve": doc["loss_curve"]})
                 comp = doc.get("comparison")

@@ -73,6 +73,15 @@ def binned(hist: dict, title: str) -> bytes:
     return _png(fig)
 
 
+def bars(values: dict[str, float], title: str, ylabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(4.6, 2.8))
+    ax.bar(list(values), list(values.values()), color="#26a69a")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    return _png(fig)
+
+
 def loss(curve: dict, title: str) -> Optional[bytes]:
     train = curve.get("train") or []
     dev = curve.get("eval") or []

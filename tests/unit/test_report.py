@@ -86,3 +86,20 @@ def test_report_while_the_runner_writes(tmp_path):
         kill9(p)
     assert status_json(home)["state"] == "done"
     assert "processed.jsonl: 60 records" in _report(home, tmp_path / "final")
+
+
+def test_records_findings_group_margins_by_critic_and_label_order():
+    from runner.report_data import records_findings
+    rows = [{"kept": True, "cleaned_tokens": 5, "pair_verdict": {"label": "A", "margin": 1.0,
+                                                                 "ab": {"label": "A", "margin": 2.0},
+                                                                 "ba": {"label": "B", "margin": 0.5}}},
+            {"kept": False, "cleaned_tokens": 9, "pair_verdict": {"label": "B", "margin": 0.2,
+                                                                  "ab": {"label": "B", "margin": 0.1},
+                                                                  "ba": {"label": "B", "margin": 0.3}}}]
+    f = records_findings(rows)
+    assert f["margins"] == {"pair_verdict": {"label A": [1.0], "label B": [0.2]},
+                            "pair_verdict, order ab": {"label A": [2.0], "label B": [0.1]},
+                            "pair_verdict, order ba": {"label B": [0.5, 0.3]}}
+    assert f["lengths"] == {"cleaned_tokens": {"kept": [5.0], "rejected": [9.0]}}
+    assert (f["n_kept"], f["n_rejected"]) == (1, 1)
+    assert f["sample_kept"][0]["cleaned_tokens"] == 5 and f["sample_rejected"][0]["cleaned_tokens"] == 9
