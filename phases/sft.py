@@ -224,7 +224,25 @@ def _callbacks(early_stop: int, has_dev: bool):
             if delay > 0:
                 time.sleep(delay)
 
-    cbs = [MarkComplete(), Throttle()]
+    class ShowProgress(TrainerCallback):
+        """Optimizer steps as a rich bar on a terminal, plain periodic lines in a log (runner/progress.py);
+        the trainer's own tqdm stays off (disable_tqdm) so a detached log gets lines, not bar redraws."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            from runner.progress import Progress
+            self.bar = Progress("sft/optimizer-steps", state.max_steps, done=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.advance(state.global_step - self.bar.done)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    cbs = [MarkComplete(), Throttle(), ShowProgress()]
     if has_dev and early_stop > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=early_stop))
     return cbs

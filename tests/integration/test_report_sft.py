@@ -45,7 +45,14 @@ def trained(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("report-sft")
     p = cli(home, "run", "--config", _cfg(home / "cfg.yaml"), "--run-id", "t", timeout=600, PYTHONPATH=PYPATH)
     assert p.returncode in (0, 3), p.stdout[-3000:] + p.stderr[-3000:]  # done, or NO-GO at the sft gate
+    (home / "run.log").write_text(p.stdout + p.stderr)
     return home
+
+
+def test_training_and_evaluation_show_plain_progress_lines(trained):
+    log = (trained / "run.log").read_text()  # not a terminal: plain lines, never bar redraws
+    assert "[progress] sft/optimizer-steps: 0/3 items" in log and "[progress] sft/optimizer-steps: 3/3 items" in log
+    assert "[progress] evaluate/" in log
 
 
 def test_report_of_a_training_run(trained, tmp_path):
