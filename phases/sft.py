@@ -224,7 +224,25 @@ def _callbacks(early_stop: int, has_dev: bool, on_checkpoint: Callable[[str, int
             if delay > 0:
                 time.sleep(delay)
 
-    cbs = [MarkComplete(), Throttle()]
+    class ShowProgress(TrainerCallback):
+        """Optimizer steps as a rich bar on a terminal, plain periodic lines in a log (runner/progress.py);
+        the trainer's own tqdm stays off (disable_tqdm) so a detached log gets lines, not bar redraws."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            from runner.progress import Progress
+            self.bar = Progress("sft/optimizer-steps", state.max_steps, done=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.advance(state.global_step - self.bar.done)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    cbs = [MarkComplete(), Throttle(), ShowProgress()]
     if has_dev and early_stop > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=early_stop))
     return cbs
@@ -332,6 +350,25 @@ def _trl_available() -> bool:
         return False
 
 
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_callback(log_dir: Path):
+    """TensorBoard logging (train loss, dev loss, learning rate) into ``log_dir``, or None when
+    ``tensorboard`` is not installed (the ``report`` extra). The same callback ``report_to=
+    "tensorboard"`` would add, made here so the event files land in the step's work folder
+    (kept across resumed attempts, copied into the outputs) rather than ``output_dir/runs/<date>``,
+    without a process-wide ``TENSORBOARD_LOGGING_DIR``."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:
+        return None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
+
+
 def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
                  seed: int, device: str, grad_ckpt: bool, use_trl: bool = True,
                  on_checkpoint: Callable[[str, int], None] | None = None):
@@ -362,6 +399,9 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
     # padding is masked either way, but no control token ever enters a training batch
     collator = ResponseOnlyCollator(loaded.eos_token_id)
     cbs = _callbacks(params["early_stopping_patience"], has_dev, on_checkpoint)
+    tb = tensorboard_callback(Path(out_dir).parent / TENSORBOARD_DIR)
+    if tb is not None:
+        cbs.append(tb)
     if use_trl:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -420,6 +460,13 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     final_eval = trainer.evaluate() if dev_ex else {}
     adapter_dir = Path(out_dir) / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
+    tb_dir = Path(work_dir) / TENSORBOARD_DIR
+    if tb_dir.is_dir() and any(tb_dir.iterdir()):  # the event files of every attempt, for TensorBoard
+        import shutil
+        for cb in trainer.callback_handler.callbacks:
+            if getattr(cb, "tb_writer", None) is not None:
+                cb.tb_writer.flush()
+        shutil.copytree(tb_dir, Path(out_dir) / TENSORBOARD_DIR, dirs_exist_ok=True)
     # PEFT writes target_modules from a set (order varies with hash seeding): sort it so the
     # same training gives the same bytes
     acfg_path = adapter_dir / "adapter_config.json"

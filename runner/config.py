@@ -30,11 +30,12 @@ from typing import Any, Iterable
 
 import yaml
 
+from runner.costs import BUDGET_GATE, validate_cost_keys
 from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline, load_pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage"}
+            "include", "stage", "budget", "prices"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -273,6 +274,13 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
                                                   f"allowed: {', '.join(sorted(GATE_KEYS))}")
         if "policy" in g and g["policy"] not in POLICIES:
             err(("gates", gname, "policy"), f"gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
+    try:
+        validate_cost_keys(cfg, source)
+    except ConfigError as e:
+        err(("budget",), str(e).removeprefix(f"{source}: "))
+    if cfg.get("budget") is not None and BUDGET_GATE in pipeline.gates:
+        err(("budget",), f"'budget' adds a gate named {BUDGET_GATE!r}, but pipeline "
+                         f"{pipeline.name!r} already has one; rename that gate")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         err(("reviewer",), "'reviewer' must be a mapping (see docs/review.md)")
     if errors:

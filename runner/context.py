@@ -73,23 +73,35 @@ class BatchLedger:
         done = self.committed()
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = sum(1 for i in done if i < n_batches)
+        self.ctx.store.event(self.ctx.run_id, "ledger_started", f"ledger {self.name}: {n_batches} batches, "
+                             f"{len(items)} items ({resumed} done)", fence=self.ctx.fence, step=self.ctx.step,
+                             attempt_id=self.ctx.attempt.id,
+                             data={"ledger": self.name, "n_batches": n_batches, "items": len(items),
+                                   "batch_size": batch_size})
+        from runner.progress import Progress
+        bar = Progress(f"{self.ctx.step}/{self.name}", len(items),
+                       done=sum(min(batch_size, len(items) - i * batch_size) for i in done if i < n_batches))
         if resumed:
             self.ctx.log(f"ledger {self.name}: {resumed}/{n_batches} batches already done; resuming",
                          kind="ledger_resumed")
-        for i in range(n_batches):
-            if i in done:
-                continue
-            start = i * batch_size
-            info = BatchInfo(i, start, derive_seed(self.ctx.run_seed, self.ctx.step, self.name, i), n_batches)
-            results = fn(list(items[start:start + batch_size]), info)
-            if not isinstance(results, list):
-                raise TypeError(f"ledger {self.name}: batch function must return a list, got {type(results).__name__}")
-            payload = json.dumps({"index": i, "results": results}, sort_keys=True, ensure_ascii=False).encode()
-            path = self._file(i)
-            atomic_write_bytes(path, payload)
-            self.ctx.store.commit_batch(self.ctx.fence, self.ctx.step, self.ctx.cache_key, self.name, i,
-                                        len(results), str(path.relative_to(self.ctx.store.home)),
-                                        sha256_file(path), self.ctx.attempt.id)
+        try:
+            for i in range(n_batches):
+                if i in done:
+                    continue
+                start = i * batch_size
+                info = BatchInfo(i, start, derive_seed(self.ctx.run_seed, self.ctx.step, self.name, i), n_batches)
+                results = fn(list(items[start:start + batch_size]), info)
+                if not isinstance(results, list):
+                    raise TypeError(f"ledger {self.name}: batch function must return a list, got {type(results).__name__}")
+                payload = json.dumps({"index": i, "results": results}, sort_keys=True, ensure_ascii=False).encode()
+                path = self._file(i)
+                atomic_write_bytes(path, payload)
+                self.ctx.store.commit_batch(self.ctx.fence, self.ctx.step, self.ctx.cache_key, self.name, i,
+                                            len(results), str(path.relative_to(self.ctx.store.home)),
+                                            sha256_file(path), self.ctx.attempt.id)
+                bar.advance(len(items[start:start + batch_size]))
+        finally:
+            bar.close()
         out: list = []
         for i in range(n_batches):
             out.extend(json.loads(self._file(i).read_text(encoding="utf-8"))["results"])

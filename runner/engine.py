@@ -62,6 +62,9 @@ class Engine:
         self.fence: Optional[Fence] = None
         self._attempt: Optional[Attempt] = None
         self._plan = self.pipeline.plan()  # stored in the run, with each step's resolved key
+        from runner.costs import budget_plan_node
+        if budget_plan_node(config) is not None:
+            self._plan.append(budget_plan_node(config))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def resume(self) -> Outcome:
@@ -157,7 +160,33 @@ class Engine:
             return Outcome(EXIT_FAILED, f"step {spec.name} is dead-lettered after {len(failures)} failed or "
                            "interrupted attempts; fix the cause, then retry it",
                            f"runner retry {spec.name}")
+        stop = self._budget_check(spec, key, params, outputs)
+        if stop is not None:
+            return stop
         return self._run_attempt(spec, key, params, input_hashes, outputs, summaries)
+
+    def _budget_check(self, spec: StepSpec, key: str, params: dict, outputs: dict) -> Optional[Outcome]:
+        """Before a GPU step: stop at the ``budget`` gate if spent + projected > budget (runner/costs.py)."""
+        from runner.costs import BUDGET_GATE, check_budget
+        res = check_budget(self, spec, key, params, {i: outputs[i][0] for i in spec.inputs})
+        if res is None:
+            return None
+        verdict, message, _numbers = res
+        if verdict == "approved":
+            self.echo(f"  = gate {BUDGET_GATE}: {message}")
+            return None
+        if verdict == "rejected":
+            self._set_status("rejected", BUDGET_GATE)
+            return Outcome(EXIT_REJECTED, message, "runner status")
+        self._set_status("waiting", BUDGET_GATE)
+        self.echo(f"  ? gate {BUDGET_GATE}: waiting ({message})")
+        return Outcome(EXIT_GATE, f"waiting at gate {BUDGET_GATE} (human): {message}",
+                       f"runner show {BUDGET_GATE}   # then: runner approve {BUDGET_GATE} --note \"...\"  "
+                       "or raise 'budget' in the config and `runner resume`")
+
+    def _record_gpu(self, spec: StepSpec, attempt: Attempt, ctx: StepContext) -> None:
+        from runner.costs import record_gpu_time, step_units
+        record_gpu_time(self.store, self.fence, attempt, spec, step_units(spec, ctx.inputs, ctx.params))
 
     def _note_key(self, step: str, key: str) -> None:
         """Record the key the current config resolves ``step`` to, so `status` shows that
@@ -205,6 +234,7 @@ class Engine:
             raise
         except Exception as e:  # the step failed: record it, stop with exit 1
             tb = traceback.format_exc()
+            self._record_gpu(spec, attempt, ctx)
             self.store.fail_attempt(self.fence, attempt, tb)
             self._attempt = None
             self._set_status("failed", spec.name)
@@ -217,6 +247,7 @@ class Engine:
         replace_dir(staging, final_dir)
         _fault("after_rename", spec.name)
         rel = final_dir.relative_to(self.store.home).as_posix()
+        self._record_gpu(spec, attempt, ctx)
         self.store.succeed_attempt(self.fence, attempt, rel, digest, entries, summary)
         self._attempt = None
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-MODULES: list[str] = ["runner.brief", "runner.hooks", "runner.supervise"]
+MODULES: list[str] = ["runner.brief", "runner.hooks", "runner.supervise", "runner.report"]
 
 
 def register(sub, add: Callable) -> None:  # noqa: ANN001

@@ -44,15 +44,21 @@ class StepSpec:
     description: str
     max_attempts: Optional[int] = None
     uses: tuple = ()
+    gpu: bool = False  # holds the accelerator: GPU-seconds are recorded, the budget is checked first
+    size: Optional[Callable[..., Any]] = None  # (inputs: {step: dir}, params) -> work units, for projections
 
 
 def step(name: str | None = None, *, version: str = "1", inputs: Sequence[str] = (),
          outputs: Sequence[str] = (), params: dict | None = None, description: str | None = None,
-         max_attempts: int | None = None, uses: Sequence[Any] = ()) -> Callable[[Callable], Callable]:
+         max_attempts: int | None = None, uses: Sequence[Any] = (), gpu: bool = False,
+         size: Callable[..., Any] | None = None) -> Callable[[Callable], Callable]:
     """Declare a step. ``inputs`` name earlier steps; ``outputs`` are files the step must write
     under ``ctx.out_dir``; ``params`` are the defaults (config overrides them, type-checked);
     ``uses`` lists the shared pieces whose versions enter the cache key (see the module
-    docstring); bump ``version`` when the step's own code changes what it produces."""
+    docstring); bump ``version`` when the step's own code changes what it produces.
+    ``gpu=True``: the step holds the accelerator (its GPU-seconds are costed and the budget is
+    checked before it runs); ``size(inputs, params)`` returns its work units (items, examples) so
+    its cost can be projected from measured rates (runner/costs.py). Neither enters the cache key."""
     for u in uses:
         if not (callable(u) or (hasattr(u, "name") and hasattr(u, "version"))):
             raise ConfigError(f"step {name or '?'}: uses entry {u!r} is neither a piece (with .name and "
@@ -62,7 +68,7 @@ def step(name: str | None = None, *, version: str = "1", inputs: Sequence[str] =
         doc = (fn.__doc__ or "").strip().splitlines()
         fn.__step__ = StepSpec(name or fn.__name__, fn, str(version), tuple(inputs), tuple(outputs),
                                dict(params or {}), description or (doc[0] if doc else ""), max_attempts,
-                               tuple(uses))
+                               tuple(uses), bool(gpu), size)
         return fn
     return deco
 
@@ -173,6 +179,8 @@ class Pipeline:
             if isinstance(n, StepSpec):
                 out.append({"kind": "step", "name": n.name, "version": n.version, "inputs": list(n.inputs),
                             "outputs": list(n.outputs), "description": n.description})
+                if n.gpu:
+                    out[-1]["gpu"] = True
             else:
                 out.append({"kind": "gate", "name": n.name, "policy": n.policy, "criteria": list(n.criteria),
                             "description": n.description})

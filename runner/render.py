@@ -55,8 +55,9 @@ def print_status(st: dict) -> None:
     for col in ("", "step", "status", "attempts", "batches", "summary / error"):
         t.add_column(col)
     for s in st["steps"]:
-        t.add_row(ICON.get(s["status"], "?"), s["name"], s["status"], str(s["attempts"]),
-                  str(s["batches_done"] or ""), _short(s["error"]) if s["error"] else _summary_text(s["summary"]))
+        pr = s.get("progress")
+        batches = (f"{pr['batches_done']}/{pr['n_batches']}" if pr else str(s["batches_done"] or ""))
+        t.add_row(ICON.get(s["status"], "?"), s["name"], s["status"], str(s["attempts"]), batches, _short(s["error"]) if s["error"] else _summary_text(s["summary"]))
     console.print(t)
     if st["gates"]:
         g = Table(show_header=True, header_style="bold")
@@ -73,6 +74,14 @@ def print_status(st: dict) -> None:
         total = sum(v.get("wall_s", 0) for v in costs.values())
         extra = {k: sum(v.get(k, 0) for v in costs.values()) for k in ("gpu_s", "llm_tokens_in", "llm_tokens_out", "usd")}
         console.print("cost: wall %.1fs" % total + "".join(f", {k} {v:g}" for k, v in extra.items() if v))
+    led = st.get("ledger")
+    if led:
+        spent = f"spent ${led['spent_usd']:.2f}"
+        spent += (f" of ${led['budget_usd']:.2f} budget (${led['remaining_usd']:.2f} left)"
+                  if led["budget_usd"] is not None else " (no budget set)")
+        console.print(f"{spent}; GPU {led['gpu_hours']:.3f} h at ${led['prices']['gpu_usd_per_hour']:g}/h; "
+                      f"reviews {led['reviews']['n']} ({led['reviews']['tokens_in']}+{led['reviews']['tokens_out']} "
+                      f"tokens, ${led['reviews']['usd']:.4f})")
     na = st["next_action"]
     if na["command"]:
         console.print(f"[bold]next:[/bold] {na['command']}    # {na['why']}")

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_REJECTED,
                            EXIT_STILL_RUNNING)
 from runner.lease import owner_alive
+from runner.costs import cost_ledger
 from state.store import Store, loads
 
 STATE_EXIT = {"done": EXIT_DONE, "failed": EXIT_FAILED, "dead_lettered": EXIT_FAILED, "waiting": EXIT_GATE,
@@ -87,10 +88,32 @@ def run_state(store: Store, run_id: str) -> dict[str, Any]:
                                               "expires_in_s": round(lease.expires_at - t, 1)},
         "steps": steps, "gates": gates, "errors": errors,
         "costs": store.cost_totals(run_id), "events": store.event_count(run_id),
+        "ledger": cost_ledger(store, run_id, loads(run.config_json) or {}),
     }
+    _add_progress(store, run_id, steps)
     out["next_action"] = next_action(out)
     out["exit_code"] = STATE_EXIT.get(state, EXIT_FAILED)
     return out
+
+
+def _add_progress(store: Store, run_id: str, steps: list[dict]) -> None:
+    """The running step's progress from its batch ledger: the newest ``ledger_started`` event of
+    its attempt gives the batch count; committed batch rows give what is done."""
+    running = [s for s in steps if s["status"] == "running"]
+    if not running:
+        return
+    ev = store.events(run_id, limit=1, kinds=["ledger_started"])
+    if not ev or ev[-1].step != running[0]["name"]:
+        return
+    d = loads(ev[-1].data_json) or {}
+    a = [x for x in store.attempts(run_id, running[0]["name"]) if x.id == ev[-1].attempt_id]
+    if not a:
+        return
+    done = len(store.batches(run_id, a[0].step, a[0].cache_key, d.get("ledger", "main")))
+    n = int(d.get("n_batches") or 0)
+    running[0]["progress"] = {"ledger": d.get("ledger"), "batches_done": done, "n_batches": n,
+                              "items": d.get("items"), "fraction": round(done / n, 4) if n else None,
+                              "since": ev[-1].ts}
 
 
 def next_action(st: dict) -> dict[str, str]:

@@ -82,7 +82,7 @@ def _request(p: Any) -> dict:
             "quantization": p["quantization"] or None, "backend": p["backend"]}
 
 
-@step(outputs=["model.json"], version="1",
+@step(outputs=["model.json"], version="1", gpu=True,
       params={"model": DEFAULT_MODEL, "device": "auto", "dtype": "", "quantization": "", "backend": "auto"})
 def prepare_model(ctx):
     """Load the model through the canonical loader and record its provenance and sentinels."""

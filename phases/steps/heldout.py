@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 
+from phases.steps import sizes
 from runner import step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
@@ -119,7 +120,8 @@ HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction
 
 
 @step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="1", params=HELDOUT_DEFAULTS,
-      uses=[CRITIC_INSTRUCTION, builder_param("instruction_builder"), INSTRUCTION_PARSING, DEDUP, IFEVAL])
+      uses=[CRITIC_INSTRUCTION, builder_param("instruction_builder"), INSTRUCTION_PARSING, DEDUP, IFEVAL],
+      gpu=True, size=sizes.heldout_items)
 def heldout(ctx):
     """Generate the held-out evaluation set first, with its own seed, typed by family."""
     p = ctx.params

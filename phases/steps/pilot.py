@@ -36,6 +36,7 @@ from phases.pieces import (CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INS
                             builder_param)
 from phases.prompts import END_MARKER
 from phases.qc import QCThresholds, compute_qc, plan_retry
+from phases.steps import sizes
 from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
 from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
 
@@ -81,6 +82,7 @@ def run_try(ctx, model, p: dict, gen: dict, heldout: list[dict], t: int) -> dict
 
 
 @step(inputs=["prepare_model", "heldout"], version="1", params=PILOT_DEFAULTS, uses=DATA_PIECES,
+      gpu=True, size=sizes.pilot_items,
       outputs=["records.jsonl", "kept.jsonl", "qc_summary.json", "final_params.json", "manifest.json"])
 def pilot(ctx):
     """Pilot: instructions, critics, responses, QC; up to 2 automatic retries."""

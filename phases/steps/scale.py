@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+from phases.steps import sizes
 from runner import step
 from runner.errors import DataError
 
@@ -94,6 +95,7 @@ def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, 
 
 
 @step(inputs=["prepare_model", "heldout", "pilot"], outputs=["plan.json", "manifest.json"], version="1",
+      gpu=True, size=sizes.scale_items,
       params=SCALE_DEFAULTS, uses=DATA_PIECES)
 def scale(ctx):
     """Sharded generation with the pilot's final params (one manifest per shard)."""

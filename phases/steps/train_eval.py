@@ -26,6 +26,7 @@ from phases.evaluate import EVAL_DEFAULTS
 from phases.models.devices import DeviceError, resolve_placement
 from phases.pieces import CRITIC_PAIR, IFEVAL, STATS, builder_param, builder_piece
 from phases.sft import SFT_DEFAULTS
+from phases.steps import sizes
 from runner import gate, step
 from runner.errors import ConfigError
 from runner.pipeline import GateCheck
@@ -48,7 +49,8 @@ def _tree_sha256(root: Path) -> str:
 
 @step(inputs=["prepare_model", "merge"],
       outputs=["adapter", "TRAINING_SUCCESS", "training_manifest.json", "loss.png"],
-      params=dict(SFT_DEFAULTS), version="1", uses=[builder_piece("instruction_response")])
+      params=dict(SFT_DEFAULTS), version="1", uses=[builder_piece("instruction_response")],
+      gpu=True, size=sizes.sft_examples)
 def sft(ctx):
     """SFT (QLoRA on CUDA, LoRA on CPU) on the merged, QC-passed data; resumes from checkpoints."""
     from phases.plots import plot_loss
@@ -116,7 +118,8 @@ def _arms(params) -> list[str]:
 @step(inputs=["prepare_model", "heldout", "sft"],
       outputs=["eval.json", "items.jsonl", "summary.txt", "per_type.png"],
       params=dict(EVAL_DEFAULTS), version="1", uses=[builder_param("arms"), builder_piece("instruction_response"),
-                                                     CRITIC_PAIR, IFEVAL, STATS])
+                                                     CRITIC_PAIR, IFEVAL, STATS],
+      gpu=True, size=sizes.eval_items)
 def evaluate(ctx):
     """Paired evaluation of the best base framing vs the trained adapter (checkers + critic + IFEval)."""
     from phases import evaluate as ev

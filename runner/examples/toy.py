@@ -7,7 +7,8 @@
 Steps: ``make_items`` writes N items; gate ``approve_items`` (human); ``process`` handles the
 items in batches through the batch ledger, sleeping ``delay`` seconds per item, with a seeded
 random number per item (so a resumed run must reproduce it byte for byte); ``summarize``
-writes totals. ``crash_on_item``/``fail_on_item`` are fault-injection knobs for tests.
+writes totals. ``process`` is declared ``gpu=True`` (a pretend accelerator step) so the cost
+ledger and the budget gate have something to measure. ``crash_on_item``/``fail_on_item`` are fault-injection knobs for tests.
 """
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def make_items(ctx):
     return {"items": n}
 
 
-@step(inputs=["make_items"], outputs=["processed.jsonl"],
+def _n_items(inputs, params):
+    """The process step's size in items (for cost projections)."""
+    return len(read_jsonl(inputs["make_items"] / "items.jsonl"))
+
+
+@step(inputs=["make_items"], outputs=["processed.jsonl"], gpu=True, size=_n_items,
       params={"delay": 0.05, "batch_size": 4, "crash_on_item": -1, "fail_on_item": -1})
 def process(ctx):
     """Process the items in batches (resumable inside)."""
