@@ -98,5 +98,12 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
             raise ConfigError(f"{path}: params.{name}: this step's params come from the stage keys "
                               f"(generation, pilot, scale, qc, ...); set them there instead")
         params[name] = derived
+    # The evaluation arms include the few-shot framing that generated the training data: the
+    # evaluate and base_skill steps get the stage's examples unless the config sets them itself.
+    fewshot = [list(x) for x in stage.response_fewshot] if stage.prompts.use_response_fewshot else []
+    for name in ("evaluate", "base_skill"):
+        ps = params.setdefault(name, {})
+        if isinstance(ps, dict):
+            ps.setdefault("response_fewshot", fewshot)
     out["params"] = params
     return out
