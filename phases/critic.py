@@ -15,6 +15,7 @@ Contract (METHOD.md "Prompt and label contracts"):
   calibrated on tests/data/task_calibration.jsonl); ``refusal`` asks "does the response decline
   the request?" (A = declines, the evaluation's safety score on ``refusal_expected`` items; see
   `phases.refusal`).
+- Item fields have ``<|`` replaced by ``< |`` (chat-control token text in a response stays text).
 - Order ``"AB"``: A = good, B = bad. Order ``"BA"`` is the swapped rubric: B = good, A = bad,
   and "If unsure, choose A" (the unsure rule always points at the bad label).
 - Scores: next-token log-probs (natural log) of ``A``/``" A"`` and ``B``/``" B"``; the better
@@ -146,7 +147,11 @@ def _item_fields(rubric: Rubric, item: str | Mapping[str, str]) -> dict[str, str
     missing = [f for f in rubric.fields if not isinstance(item.get(f), str)]
     if missing:
         raise ValueError(f"rubric {rubric.name!r}: item lacks str field(s) {missing}: {dict(item)!r:.200}")
-    return {f: item[f] for f in rubric.fields}
+    # Item text is data: a generated response may contain chat-control token text such as
+    # "<|im_end|>" (a runaway base model, or a random test model); re-encoded verbatim it would be
+    # a real control token and the contamination guard would (rightly) abort the judge's forward
+    # pass. "<|" becomes "< |" so the judge sees the text, never the token.
+    return {f: item[f].replace("<|", "< |") for f in rubric.fields}
 
 
 def build_critic_prompt(rubric: str | Rubric, item: str | Mapping[str, str], order: str = "AB") -> str:

@@ -25,7 +25,10 @@ PYPATH = os.pathsep.join([str(HERE), str(HERE.parents[1])])
 SFT_PARAMS = {"max_steps": 3, "per_device_batch_size": 2, "grad_accum": 1, "max_seq_len": 128, "save_steps": 2,
               "logging_steps": 1, "dev_fraction": 0.25, "lora_r": 4, "lora_alpha": 8}
 EVAL_PARAMS = {"max_new_tokens": 8, "batch_size": 4, "n_boot": 200, "arms": ["raw", "instruction"], "critic": False,
-               "ifeval_limit": 0, "task_calibration_limit": 8}
+               "ifeval_limit": 0, "task_critic": False, "refusal_critic": False}
+# The tiny random model's 256-token context cannot hold the task/refusal rubrics: here the task
+# critic is off (its criterion is then "not measured") and refusals are decided by the rules; the
+# critics on a real model: tests/integration/test_eval_honesty.py.
 
 
 def write_cfg(path: Path, *, model="tiny-random-qwen2", seed=7, merge=None, heldout_n=4, sft=None, evaluate=None) -> Path:
@@ -148,14 +151,15 @@ def test_eval_outputs_and_status(done_run):
             assert (o["failure_reason"] is None) == o["both"]
             assert (o["refused"] is not None) == it["refusal_expected"]
     # the new columns: task completion, safety, length control, truncation per arm, criteria
-    assert rep["task_calibration"]["n"] == 8 and "accuracy" in rep["task_calibration"]
+    assert rep["task_calibration"] is None
+    assert next(c for c in rep["gate"]["criteria"] if c["id"] == "task_judge")["verdict"] == "not measured"
     assert rep["safety"]["n"] == 1 and "lower" in rep["safety"]
     assert set(rep["length"]) >= {"neutral", "matched", "by_direction", "distributions"}
     assert "training_data" in rep["length"]["distributions"]
     assert set(rep["truncation"]) == {"raw", "instruction", "trained"}
     assert [c["id"] for c in rep["gate"]["criteria"]][:4] == ["improvement", "ci_width", "protected_types", "safety"]
     text = (d / "summary.txt").read_text()
-    assert "Task critic calibration: " in text and "Gate criteria:" in text and "Length control:" in text
+    assert "Gate criteria:" in text and "Length control:" in text and "Safety (1 refusal_expected" in text
     assert (d / "summary.txt").read_text().strip().splitlines()[-1].startswith(("GO:", "NO-GO:"))
     assert (d / "per_type.png").stat().st_size > 1000
     st = cli(done_run, "status", "--json", check=0, PYTHONPATH=PYPATH)
