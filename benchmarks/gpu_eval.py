@@ -78,11 +78,17 @@ def main() -> int:
     if not cuda and not a.smoke:
         print("no CUDA device: run with --smoke for the CPU plumbing check", file=sys.stderr)
         return 2
-    evaluate = {"device": "cuda" if cuda else "cpu", "quantization": "auto", "batch_size": 64 if cuda else 4,
+    try:  # nf4 (as QLoRA training) needs bitsandbytes; without it the evaluation runs unquantized
+        import bitsandbytes  # noqa: F401
+
+        quant = "auto"
+    except ImportError:
+        quant = "none"
+    evaluate = {"device": "cuda" if cuda else "cpu", "quantization": quant, "batch_size": 64 if cuda else 4,
                 "arms": ["raw", "instruction", "fewshot", "urial"], "response_fewshot": _fewshot(),
                 "max_new_tokens": 256, "ifeval_limit": -1, "ifeval_max_new_tokens": 1280, "n_boot": 2000,
                 "critic": True, "task_critic": True, "refusal_critic": True, "bf16_base_arm": True}
-    sft = {"max_steps": 20, "per_device_batch_size": 4, "grad_accum": 1, "max_seq_len": 256, "save_steps": 10,
+    sft = {"quantization": quant, "max_steps": 20, "per_device_batch_size": 4, "grad_accum": 1, "max_seq_len": 256, "save_steps": 10,
            "logging_steps": 5, "dev_fraction": 0.25, "lora_r": 8, "lora_alpha": 16}
     items = a.items
     if a.smoke:
