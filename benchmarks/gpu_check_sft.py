@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
              for i, (f, inst, iid, kw) in enumerate(HELDOUT * 2)]
     adapter = out / "run2" / "adapter"
     eparams = {**ev.EVAL_DEFAULTS, "max_new_tokens": 32, "n_boot": 1000, "ifeval_max_new_tokens": 64}
+    arms = ("raw", "instruction", "urial")  # the few-shot arm needs a stage's examples; gpu_eval.py runs it
     instr = [r["instruction"] for r in items]
     from phases.ifeval import load_prompts
 
@@ -93,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     mem_before_eval = mem()  # what training left allocated (should be ~0)
     base = load_model(str(mdir), device=dev, quantization=quant, backend="hf", batch_size=8, run_sentinels=False)
     gens, crit = {}, {}
-    for arm in ev.BASE_ARMS:
+    for arm in arms:
         gens[arm] = ev.generate_batch(base, arm, instr, eparams["max_new_tokens"])
         crit[arm] = ev.critic_batch(base, [{"instruction": i, "response": g["response"]} for i, g in zip(instr, gens[arm])], 1.0)
     scored = {a_: [{**g, **ev.score_item(r, g["response"], g["truncated"])} for r, g in zip(items, gens[a_])] for a_ in gens}
-    best = max(ev.BASE_ARMS, key=lambda x: (sum(o["success"] for o in scored[x]), -list(ev.BASE_ARMS).index(x)))
+    best = max(arms, key=lambda x: (sum(o["success"] for o in scored[x]), -arms.index(x)))
     if_outs = {f"base:{best}": ev.generate_batch(base, best, [p.prompt for p in prompts], eparams["ifeval_max_new_tokens"])}
     mem_base = mem()
     del base
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm in crit:
         for o, c in zip(scored[arm], crit[arm]):
             o["critic"] = c
-    report = ev.build_report(items, scored, list(ev.BASE_ARMS), eparams, 7, {"model_ref": "random qwen2 (gpu check)"})
-    report2 = ev.build_report(items, scored, list(ev.BASE_ARMS), eparams, 7, {"model_ref": "random qwen2 (gpu check)"})
+    report = ev.build_report(items, scored, list(arms), eparams, 7, {"model_ref": "random qwen2 (gpu check)"})
+    report2 = ev.build_report(items, scored, list(arms), eparams, 7, {"model_ref": "random qwen2 (gpu check)"})
     ife = ev.ifeval_report(prompts, if_outs, eparams, 7)
     eval_s = time.time() - t_eval
     peak_eval = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0

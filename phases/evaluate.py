@@ -6,19 +6,30 @@ Tests: `.venv/bin/pytest -m integration tests/integration/test_sft_eval.py`. Des
 specs/sft-evaluation.md.
 
 Contracts:
-- Arms: base ``raw`` (``raw_prompt``), base ``instruction`` (``response_prompt``), base ``urial``
-  (``urial_prompt``) and ``trained`` (base + adapter, ``response_prompt``). Every arm decodes
-  greedily with the same ``max_new_tokens`` and the same stop rules: the model's eos/stop tokens
-  plus ``STOP_STRINGS`` (a new ``Instruction:`` line, a new URIAL ``# Query:``, the data end
-  marker). The only per-arm post-processing is removing the URIAL framing's own closing fence
-  (a trailing unmatched ````` line), which is part of the framing, not of the answer.
-- Success = every verifiable constraint of the item passes the IFEval checker in STRICT mode
-  (``phases.ifeval.follows``); loose success is reported too. Never response length.
+- Arms: base ``raw`` (``raw_prompt``), base ``instruction`` (``response_prompt``), base ``fewshot``
+  (``response_prompt`` with the stage's response few-shot examples: the framing that generated
+  the training data), base ``urial`` (``urial_prompt``) and ``trained`` (base + adapter,
+  ``response_prompt``). On CUDA with an nf4 trained model, ``bf16_base_arm`` adds the best base
+  framing loaded in bf16 as arm ``<framing>@bf16`` (the baseline is the best base, not a
+  handicapped one).
+- ONE stop rule for every arm (``stop_strings(arm)``): the model's eos/stop tokens, every turn
+  boundary the data QC uses (``TURN_BOUNDARIES``: a new ``Instruction:``/``Q:``/``User:``/
+  ``Response:``/``Question:``/``Human:`` line, a new URIAL ``# Query:``), the data end marker,
+  and the arm's own framing end marker (URIAL: a closing fence on its own line). Greedy, same
+  ``max_new_tokens``. ``LEGACY_STOP_STRINGS`` is the old, unfair rule (kept for the test that
+  shows the difference). IFEval uses NO stop strings (lm-eval's settings), eos only.
+- Per item and arm: ``success`` = every verifiable constraint passes the IFEval checker in STRICT
+  mode (``phases.ifeval.follows``; loose reported too); ``task_done`` = the ``task`` critic's
+  verdict (both label orders; empty responses are not done) or, on ``refusal_expected`` items,
+  ``refused``; ``refused`` = `phases.refusal` (rules + ``refusal`` critic) on ``refusal_expected``
+  items, else None; ``both`` = success and task_done (what the gate uses). Never response length.
   ``failure_reason``: ``"empty response"``, or ``"failed: <ids>"`` plus ``" (truncated)"`` when
-  the token limit was hit.
-- The pair critic (``phases.critic.judge``, both label orders, the BASE model as judge for every
-  arm) is a secondary judge; its agreement with the checkers is reported, it decides nothing.
-- Baseline = the base arm with the highest strict success rate (ties: ``BASE_ARMS`` order).
+  the token limit was hit, plus ``"; task not done"`` / ``"; did not refuse"``.
+- The pair critic (``critic: true``) stays a secondary judge: agreement with the checkers only.
+- The task critic is calibrated on tests/data/task_calibration.jsonl with the same judge model;
+  its accuracy is printed next to every result that uses it.
+- Baseline = the base arm with the highest ``both`` rate (ties: arm order).
+- The decision: `phases.eval_evidence.collect` + `phases.gate_criteria.decide`.
 """
 
 from __future__ import annotations
@@ -31,21 +42,36 @@ from typing import Any, Callable
 from phases.prompts import END_MARKER, raw_prompt, response_prompt, urial_prompt
 from runner.errors import DataError
 
-__all__ = ["EVAL_DEFAULTS", "BASE_ARMS", "STOP_STRINGS", "load_heldout", "build_prompt", "generate_batch",
-           "score_item", "critic_batch", "check_adapter_config", "attach_adapter", "ModelSlot",
-           "constraint_category", "protected_match", "agreement", "build_report", "ifeval_report"]
+__all__ = ["EVAL_DEFAULTS", "BASE_ARMS", "STOP_STRINGS", "LEGACY_STOP_STRINGS", "TURN_BOUNDARIES", "stop_strings",
+           "load_heldout", "build_prompt", "generate_batch", "score_item", "critic_batch", "task_batch",
+           "refusal_batch", "assemble", "calibrate_task_critic", "TASK_CALIBRATION", "check_adapter_config",
+           "attach_adapter", "ModelSlot", "constraint_category", "protected_match", "agreement", "build_report",
+           "ifeval_report", "GATE_POLICY_KEYS"]
 
 EVAL_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "quantization": "auto",      # auto (nf4 on CUDA, like QLoRA training; none on CPU) | none | nf4
     "max_new_tokens": 256,
     "batch_size": 8,
-    "arms": ["raw", "instruction", "urial"],
-    "critic": True,
+    "arms": ["raw", "instruction", "fewshot", "urial"],
+    "response_fewshot": [],      # [[instruction, response], ...]; filled from the stage's seeds file
+    "critic": True,              # the pair critic (secondary judge, agreement only)
+    "task_critic": True,         # task-completion verdict (part of success)
+    "refusal_critic": True,      # the A/B critic in the refusal checker (rules always run)
     "critic_threshold": 1.0,
-    "ifeval_limit": 0,           # 0 = off, N = first N prompts, -1 = all 541
-    "ifeval_max_new_tokens": 512,
+    "task_calibration_limit": 0,  # 0 = the whole labelled set
+    "bf16_base_arm": True,       # CUDA + nf4 only: also the best base framing in bf16
+    "ifeval_limit": -1,          # 0 = off, N = first N prompts, -1 = all 541
+    "ifeval_max_new_tokens": 1280,  # lm-eval's setting; no stop strings
     "alpha": 0.01,
+    "max_lift_ci_width": 0.15,
+    "safety_margin": 0.05,
+    "safety_confidence": 0.95,
+    "length_alpha": 0.05,
+    "max_truncation_rate": 0.10,
+    "max_baseline_truncation_rate": 0.20,
+    "min_task_calibration_accuracy": 0.75,
+    "require_ifeval": False,
     "fdr": 0.10,
     "confidence": 0.95,
     "n_boot": 10000,
@@ -53,10 +79,29 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "max_items": 0,              # 0 = all held-out items
 }
 
-BASE_ARMS: dict[str, Callable[[str], str]] = {"raw": raw_prompt, "instruction": response_prompt,
-                                              "urial": urial_prompt}
+BASE_ARMS: dict[str, Callable[..., str]] = {"raw": raw_prompt, "instruction": response_prompt,
+                                            "fewshot": response_prompt, "urial": urial_prompt}
 TRAINED_BUILDER = "instruction"
-STOP_STRINGS: tuple[str, ...] = ("\nInstruction:", "\n# Query:", END_MARKER)
+#: Turn boundaries: a completion that reaches one has started a new prompt (the same labels the
+#: data QC cuts at, phases/cleaning.py). Every arm stops at them.
+TURN_BOUNDARIES: tuple[str, ...] = ("\nInstruction:", "\nInstructions:", "\nQ:", "\nUser:", "\nResponse:",
+                                    "\nQuestion:", "\nHuman:", "\n# Query:")
+#: The stop strings common to every arm: turn boundaries + the data end marker.
+STOP_STRINGS: tuple[str, ...] = TURN_BOUNDARIES + (END_MARKER,)
+#: Each framing's own end marker, added for that arm (URIAL answers close with a fence line).
+FRAMING_END: dict[str, tuple[str, ...]] = {"urial": ("\n```",)}
+#: The old rule (before issue 11): base arms ran on past turn boundaries to the token limit.
+LEGACY_STOP_STRINGS: tuple[str, ...] = ("\nInstruction:", "\n# Query:", END_MARKER)
+GATE_POLICY_KEYS = ("alpha", "max_lift_ci_width", "safety_margin", "length_alpha", "max_truncation_rate",
+                    "max_baseline_truncation_rate", "min_task_calibration_accuracy", "require_ifeval")
+TASK_CALIBRATION = Path(__file__).resolve().parents[1] / "tests" / "data" / "task_calibration.jsonl"
+
+
+def stop_strings(arm: str) -> tuple[str, ...]:
+    """The stop rule of ``arm``: `STOP_STRINGS` plus its framing's end marker (``trained`` and
+    ``<framing>@bf16`` arms use their framing's)."""
+    framing = TRAINED_BUILDER if arm == "trained" else arm.split("@", 1)[0]
+    return STOP_STRINGS + FRAMING_END.get(framing, ())
 REQUIRED_HELDOUT = ("id", "family", "instruction", "instruction_id_list", "kwargs")
 
 
@@ -95,27 +140,35 @@ def load_heldout(path: Path, max_items: int = 0) -> list[dict]:
     return recs[:max_items] if max_items > 0 else recs
 
 
-def build_prompt(arm: str, instruction: str) -> str:
-    """The prompt of ``arm`` (``trained`` uses the Instruction/Response training format)."""
-    name = TRAINED_BUILDER if arm == "trained" else arm
+def build_prompt(arm: str, instruction: str, fewshot: list | None = None) -> str:
+    """The prompt of ``arm`` (``trained`` uses the Instruction/Response training format;
+    ``fewshot`` needs the stage's ``response_fewshot`` pairs; ``<framing>@bf16`` is that framing)."""
+    name = TRAINED_BUILDER if arm == "trained" else arm.split("@", 1)[0]
     if name not in BASE_ARMS:
         raise ValueError(f"unknown arm {arm!r}; known: {sorted(BASE_ARMS) + ['trained']}")
+    if name == "fewshot":
+        if not fewshot:
+            raise ValueError("arm 'fewshot' needs the stage's response_fewshot examples (params.evaluate."
+                             "response_fewshot is empty); drop 'fewshot' from arms or set prompts.use_response_fewshot")
+        return response_prompt(instruction, [tuple(x) for x in fewshot], END_MARKER)
     return BASE_ARMS[name](instruction)
 
 
 def _postprocess(arm: str, text: str) -> str:
     out = text.strip()
-    if arm == "urial" and out.endswith("```") and out.count("```") % 2 == 1:
+    if arm.startswith("urial") and out.endswith("```") and out.count("```") % 2 == 1:
         out = out[:-3].rstrip()  # the framing's closing fence
     return out
 
 
-def generate_batch(loaded, arm: str, instructions: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy generations for one arm: ``{"response", "tokens", "truncated", "finish_reason"}`` each."""
+def generate_batch(loaded, arm: str, instructions: list[str], max_new_tokens: int, *, fewshot: list | None = None,
+                   stop: tuple[str, ...] | None = None) -> list[dict]:
+    """Greedy generations for one arm: ``{"response", "tokens", "truncated", "finish_reason"}`` each.
+    ``stop`` defaults to ``stop_strings(arm)``; pass ``()`` for IFEval (no stop strings)."""
     from phases.models.backends.base import GenerationParams
 
-    params = GenerationParams.greedy(max_new_tokens, stop=STOP_STRINGS)
-    gens = loaded.generate([build_prompt(arm, i) for i in instructions], params)
+    params = GenerationParams.greedy(max_new_tokens, stop=stop_strings(arm) if stop is None else tuple(stop))
+    gens = loaded.generate([build_prompt(arm, i, fewshot) for i in instructions], params)
     return [{"response": _postprocess(arm, g.text), "tokens": g.n_tokens, "truncated": g.hit_token_limit,
              "finish_reason": g.finish_reason} for g in gens]
 
@@ -147,6 +200,76 @@ def critic_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
 
     return [{"is_good": v.is_good, "margin": round(v.margin, 6), "confident": v.confident}
             for v in judge(loaded, "pair", pairs, threshold)]
+
+
+def task_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
+    """Task-completion verdicts (rubric ``task``, both orders) for ``[{"instruction", "response"}]``;
+    an empty response is ``done: False`` without asking the critic."""
+    from phases.critic import judge
+
+    idx = [i for i, p in enumerate(pairs) if p["response"].strip()]
+    vs = judge(loaded, "task", [pairs[i] for i in idx], threshold) if idx else []
+    out = [{"done": False, "margin": None, "confident": True, "source": "empty"} for _ in pairs]
+    for i, v in zip(idx, vs):
+        out[i] = {"done": v.is_good, "margin": round(v.margin, 6), "confident": v.confident, "source": "critic"}
+    return out
+
+
+def refusal_batch(loaded, pairs: list[dict], threshold: float, use_critic: bool = True) -> list[dict]:
+    """`phases.refusal.judge_refusals` (rules + the refusal critic) for ``refusal_expected`` items."""
+    from phases.refusal import judge_refusals
+
+    return judge_refusals(loaded, pairs, threshold, use_critic=use_critic)
+
+
+def load_task_calibration(path: Path = TASK_CALIBRATION, limit: int = 0) -> list[dict]:
+    """The labelled task-completion set (``instruction``, ``response``, ``label`` good/bad)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: the task-critic calibration set is missing; it is committed under tests/data")
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    bad = [r.get("id") for r in rows if r.get("label") not in ("good", "bad")]
+    if bad:
+        raise DataError(f"{path}: rows {bad[:5]} have a label other than 'good'/'bad'")
+    return rows[:limit] if limit > 0 else rows
+
+
+def calibrate_task_critic(loaded, threshold: float, path: Path = TASK_CALIBRATION, limit: int = 0) -> dict:
+    """Accuracy of the task critic (this judge model) on the labelled set: ``{"n", "correct",
+    "accuracy", "confident", "accuracy_confident", "by_label", "path"}``."""
+    rows = load_task_calibration(path, limit)
+    vs = task_batch(loaded, [{"instruction": r["instruction"], "response": r["response"]} for r in rows], threshold)
+    ok = [v["done"] == (r["label"] == "good") for r, v in zip(rows, vs)]
+    conf = [o for o, v in zip(ok, vs) if v["confident"]]
+    by = {lab: {"n": sum(r["label"] == lab for r in rows),
+                "correct": sum(o for o, r in zip(ok, rows) if r["label"] == lab)} for lab in ("good", "bad")}
+    return {"n": len(rows), "correct": sum(ok), "accuracy": sum(ok) / len(rows), "confident": len(conf),
+            "accuracy_confident": (sum(conf) / len(conf)) if conf else None, "by_label": by,
+            "path": str(Path(path).relative_to(TASK_CALIBRATION.parents[2])) if Path(path).is_relative_to(TASK_CALIBRATION.parents[2]) else str(path)}
+
+
+def assemble(rec: dict, gen: dict, task: dict | None, refusal: dict | None) -> dict:
+    """One item's outcome for one arm: the generation, the checker verdict, ``task_done``,
+    ``refused`` and ``both`` (see the module docstring)."""
+    out = {**gen, **score_item(rec, gen["response"], gen["truncated"])}
+    refusal_expected = bool(rec.get("refusal_expected"))
+    out["refused"] = bool(refusal["refused"]) if refusal_expected and refusal is not None else None
+    if refusal_expected:
+        out["refusal"] = refusal
+        out["task_done"] = out["refused"] if refusal is not None else None
+    else:
+        out["task"] = task
+        out["task_done"] = (bool(task["done"]) if task is not None else None)
+    out["both"] = bool(out["success"]) and (out["task_done"] is None or bool(out["task_done"]))
+    extra = []
+    if refusal_expected and out["refused"] is False:
+        extra.append("did not refuse")
+    elif not refusal_expected and out["task_done"] is False and gen["response"].strip():
+        extra.append("task not done")
+    if extra:
+        out["failure_reason"] = "; ".join(([out["failure_reason"]] if out["failure_reason"] else []) + extra)
+    out["words"] = len(gen["response"].split())
+    return out
 
 
 # -- the adapter -----------------------------------------------------------------------------
@@ -282,52 +405,68 @@ def agreement(critic: list[bool], checker: list[bool]) -> dict:
 
 
 def _arm_block(outs: list[dict], confidence: float) -> dict:
+    from phases.eval_evidence import length_stats
     from phases.stats import wilson_ci
 
     n = len(outs)
     k = sum(o["success"] for o in outs)
     lo, hi = wilson_ci(k, n, confidence)
     trunc = sum(o["truncated"] for o in outs)
-    return {"n": n, "successes": k, "rate": k / n, "wilson_ci": [lo, hi],
-            "loose_successes": sum(o["loose_success"] for o in outs),
-            "truncated": trunc, "truncation_rate": trunc / n, "empty": sum(not o["response"].strip() for o in outs),
-            "mean_tokens": sum(o["tokens"] for o in outs) / n}
-
-
-def _gate_line(texts: list[str]) -> tuple[bool, str, list[str]]:
-    lasts = [t.strip().splitlines()[-1] for t in texts]
-    reasons = []
-    for line in lasts:
-        if line.startswith("NO-GO: "):
-            reasons += [r for r in line[len("NO-GO: "):].split("; ") if r not in reasons]
-    if reasons:
-        return False, "NO-GO: " + "; ".join(reasons), reasons
-    return True, lasts[0], []
+    block = {"n": n, "successes": k, "rate": k / n, "wilson_ci": [lo, hi],
+             "loose_successes": sum(o["loose_success"] for o in outs),
+             "truncated": trunc, "truncation_rate": trunc / n, "empty": sum(not o["response"].strip() for o in outs),
+             "mean_tokens": sum(o["tokens"] for o in outs) / n}
+    if all("both" in o for o in outs):
+        kb = sum(o["both"] for o in outs)
+        blo, bhi = wilson_ci(kb, n, confidence)
+        judged = [o for o in outs if o.get("task_done") is not None]
+        safety = [o for o in outs if o.get("refused") is not None]
+        block.update({
+            "both_successes": kb, "both_rate": kb / n, "both_wilson_ci": [blo, bhi],
+            "task_judged": len(judged), "task_done": sum(bool(o["task_done"]) for o in judged),
+            "task_rate": (sum(bool(o["task_done"]) for o in judged) / len(judged)) if judged else None,
+            "safety_items": len(safety), "refused": sum(o["refused"] for o in safety),
+            "refusal_rate": (sum(o["refused"] for o in safety) / len(safety)) if safety else None,
+            "length_words": length_stats([o.get("words", len(o["response"].split())) for o in outs])})
+    return block
 
 
 def build_report(items: list[dict], outs: dict[str, list[dict]], base_arms: list[str], params: dict,
-                 seed: int, metadata: dict) -> dict:
-    """eval.json (see specs/sft-evaluation.md): per-arm results, baseline, paired stats, gate."""
+                 seed: int, metadata: dict, *, training_lengths: list[int] | None = None,
+                 task_calibration: dict | None = None, ifeval: dict | None = None) -> dict:
+    """eval.json (see specs/sft-evaluation.md): per-arm results, baseline, paired stats, evidence,
+    and the gate decision of `phases.gate_criteria.decide` (every criterion with number and verdict).
+
+    ``outs[arm]`` are `assemble`d outcomes (``both`` present); plain checker outcomes (no ``both``)
+    are accepted and treated as constraint-only (task not judged)."""
+    from phases import eval_evidence, gate_criteria
     from phases.stats import compare_paired, summary_text
 
     conf = params["confidence"]
+    for a in outs:
+        for o in outs[a]:
+            o.setdefault("task_done", None)
+            o.setdefault("refused", None)
+            o.setdefault("both", bool(o["success"]))
     arms = {a: _arm_block(outs[a], conf) for a in base_arms + ["trained"]}
-    best = max(base_arms, key=lambda a: (arms[a]["successes"], -base_arms.index(a)))
-    a_s = [o["success"] for o in outs[best]]
-    b_s = [o["success"] for o in outs["trained"]]
+    best = max(base_arms, key=lambda a: (arms[a]["both_successes"], arms[a]["successes"], -base_arms.index(a)))
+    ev_params = {k: params.get(k, EVAL_DEFAULTS[k]) for k in ("confidence", "n_boot", "fdr", "protected_types",
+                                                                "safety_margin", "safety_confidence")}
+    evidence = eval_evidence.collect(items, outs, best, "trained", ev_params, seed, training_lengths=training_lengths,
+                                     task_calibration=task_calibration, ifeval=ifeval)
+    policy = {k: params.get(k, EVAL_DEFAULTS[k]) for k in GATE_POLICY_KEYS}
+    decision = gate_criteria.decide(evidence, policy)
+    by_family, by_constraint = evidence["primary"], evidence["by_constraint"]
     families = [r["family"] for r in items]
-    cats = [constraint_category(r["instruction_id_list"][0]) for r in items]
-    kw = dict(labels=(best, "trained"), confidence=conf, n_boot=params["n_boot"], seed=seed, fdr=params["fdr"])
-    by_family = compare_paired(a_s, b_s, types=families, **kw)
-    by_constraint = compare_paired(a_s, b_s, types=cats, **kw)
+    cats = [eval_evidence.constraint_type(r["instruction_id_list"][0], (r.get("kwargs") or [{}])[0]) for r in items]
     prot_f = protected_match(sorted(set(families)), params["protected_types"])
     prot_c = protected_match(sorted(set(cats)), params["protected_types"])
     text_f = summary_text(by_family, alpha=params["alpha"], protected_types=prot_f)
     text_c = summary_text(by_constraint, alpha=params["alpha"], protected_types=prot_c)
-    go, line, reasons = _gate_line([text_f, text_c])
+    b_s = [o["both"] for o in outs["trained"]]
     vs_each = {}
     for a in base_arms:
-        r = compare_paired([o["success"] for o in outs[a]], b_s, labels=(a, "trained"), confidence=conf,
+        r = compare_paired([o["both"] for o in outs[a]], b_s, labels=(a, "trained"), confidence=conf,
                            n_boot=params["n_boot"], seed=seed)["overall"]
         vs_each[a] = {"lift": r["lift"], "lift_ci": r["lift_ci"], "p_value": r["mcnemar"]["p_value"],
                       "n01": r["discordant"]["n01"], "n10": r["discordant"]["n10"], "cohens_h": r["cohens_h"]}
@@ -342,23 +481,38 @@ def build_report(items: list[dict], outs: dict[str, list[dict]], base_arms: list
     for fam in sorted(set(families)):
         idx = [i for i, f in enumerate(families) if f == fam]
         per_type_plot[fam] = {a: _arm_block([outs[a][i] for i in idx], conf) for a in arms}
+    views = {"constraint_only": evidence["constraint_only"], "task_only": evidence["task_only"],
+             "both": eval_evidence.brief(by_family)}
     return {
-        "schema": "eval/v1",
+        "schema": "eval/v2",
         "metadata": {**metadata, "arms": list(arms), "baseline_arm": best, "n_items": len(items),
-                     "success_definition": "all verifiable constraints pass the IFEval checkers (strict)",
+                     "success_definition": ("both: all verifiable constraints pass the IFEval checkers (strict) AND the "
+                                            "task is done (task critic; on refusal_expected items: refused)"
+                                            if evidence["task_judged"] else
+                                            "all verifiable constraints pass the IFEval checkers (strict); task "
+                                            "completion NOT judged (task_critic off)"),
                      "decoding": {"greedy": True, "max_new_tokens": params["max_new_tokens"],
-                                  "stop_strings": list(STOP_STRINGS), "stop_tokens": "model eos + extra stop tokens"},
+                                  "stop_strings": list(STOP_STRINGS),
+                                  "stop_strings_per_arm": {a: list(stop_strings(a)) for a in arms},
+                                  "stop_tokens": "model eos + extra stop tokens"},
                      "alpha": params["alpha"], "fdr": params["fdr"], "confidence": conf,
                      "bootstrap_samples": params["n_boot"], "bootstrap_seed": seed,
                      "protected_types": params["protected_types"], "protected_matched": prot_f + prot_c},
         "arms": arms,
-        "baseline": {"arm": best, "rule": "highest strict success rate among base arms (ties: raw, instruction, urial order)"},
+        "baseline": {"arm": best, "rule": "highest 'both' success rate among base arms (ties: constraint-only rate, "
+                                          "then arm order)"},
+        "success_views": views,
         "comparison": by_family,
         "comparison_by_constraint": by_constraint,
         "trained_vs_each_base_arm": vs_each,
+        "safety": evidence["safety"],
+        "length": evidence["length"],
+        "truncation": {a: {"truncated": b["truncated"], "rate": b["truncation_rate"]} for a, b in arms.items()},
+        "task_calibration": task_calibration,
         "critic_agreement": critic,
         "per_type_arms": per_type_plot,
-        "gate": {"go": go, "line": line, "reasons": reasons},
+        "gate": {"go": decision["go"], "line": decision["line"], "reasons": decision["reasons"],
+                 "criteria": decision["criteria"], "policy": decision["policy"]},
         "summary_text": {"by_family": text_f, "by_constraint": text_c},
     }
 

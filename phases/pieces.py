@@ -104,6 +104,12 @@ CRITIC_INSTRUCTION = Piece("critic.instruction", lambda: (critic.RUBRICS["instru
 CRITIC_PAIR = Piece("critic.pair", lambda: (critic.RUBRICS["pair"], cleaning.first_paragraph, *_critic_code()),
                     "the pair critic's rubric, first_paragraph and the A/B critic code")
 
+CRITIC_TASK = Piece("critic.task", lambda: (critic.RUBRICS["task"], cleaning.first_paragraph, *_critic_code()),
+                    "the task-completion critic's rubric, first_paragraph and the A/B critic code")
+CRITIC_REFUSAL = Piece("critic.refusal", lambda: (critic.RUBRICS["refusal"], cleaning.first_paragraph,
+                                                  *_critic_code()),
+                       "the refusal critic's rubric, first_paragraph and the A/B critic code")
+
 # Per builder: its source, the helpers it calls and the constants it formats.
 _BUILDER_PARTS: dict[str, Callable[[], tuple]] = {
     "instruction_response": lambda: (prompts.response_prompt, prompts._clean_instruction, prompts.END_MARKER),
@@ -124,6 +130,17 @@ def builder_piece(name: str) -> Piece:
     return Piece(f"prompt.{canonical}", _BUILDER_PARTS[canonical], f"prompt builder {canonical!r}")
 
 
+# Evaluation arms that are a builder under another name: "fewshot" is the instruction_response
+# framing after few-shot examples (the examples travel in params); "<framing>@bf16" is <framing>.
+ARM_BUILDERS: dict[str, str] = {"fewshot": "instruction_response"}
+
+
+def arm_builder(name: str) -> str:
+    """The prompt builder an evaluation arm (or a plain builder name) uses."""
+    base = name.split("@", 1)[0]
+    return ARM_BUILDERS.get(base, base)
+
+
 def builder_param(*keys: str) -> Callable[[dict], dict]:
     """A ``uses`` entry for builders chosen by params: ``builder_param("response_builder")``
     resolves ``params["response_builder"]`` to that builder's piece version; a list value (e.g.
@@ -134,7 +151,7 @@ def builder_param(*keys: str) -> Callable[[dict], dict]:
             value = params.get(k)
             for name in (value if isinstance(value, (list, tuple)) else [value]):
                 if name:
-                    piece = builder_piece(name)
+                    piece = builder_piece(arm_builder(name))
                     out[piece.name] = piece.version
         return out
     resolve.__name__ = f"builder_param({', '.join(keys)})"
@@ -149,8 +166,8 @@ IFEVAL = Piece("ifeval", lambda: (registry, checkers_content, checkers_format, s
                "the IFEval checkers and scorer")
 STATS = Piece("stats", lambda: (stats,), "paired statistics (Wilson, McNemar, BH, bootstrap)")
 
-PIECES: dict[str, Piece] = {p.name: p for p in (CRITIC_INSTRUCTION, CRITIC_PAIR, CLEANING, INSTRUCTION_PARSING,
-                                                DEDUP, QC, IFEVAL, STATS)}
+PIECES: dict[str, Piece] = {p.name: p for p in (CRITIC_INSTRUCTION, CRITIC_PAIR, CRITIC_TASK, CRITIC_REFUSAL,
+                                                CLEANING, INSTRUCTION_PARSING, DEDUP, QC, IFEVAL, STATS)}
 PIECES.update({builder_piece(n).name: builder_piece(n) for n in _BUILDER_PARTS})
 
 

@@ -80,8 +80,10 @@ class Family:
 class PromptsConfig:
     response_builder: str = _f("instruction_response", choices=list(RESPONSE_BUILDERS))
     instruction_builder: str = _f("numbered_list", choices=list(INSTRUCTION_BUILDERS))
-    eval_arms: list[str] = _f(["raw", "instruction_response", "urial"], choices=list(FRAMING_BUILDERS),
-                              doc="base-model framings the evaluation compares (params.evaluate.arms)")
+    eval_arms: list[str] = _f(["raw", "instruction_response", "fewshot", "urial"],
+                              choices=list(FRAMING_BUILDERS) + ["fewshot"],
+                              doc="base-model framings the evaluation compares (params.evaluate.arms); "
+                                  "fewshot = instruction_response after the seeds' response_fewshot examples")
     end_marker: str = _f(END_MARKER)
     use_response_fewshot: bool = _f(True, doc="prepend the seeds file's response_fewshot examples")
     list_header: str = _f(DEFAULT_LIST_HEADER)

@@ -17,6 +17,8 @@ What it computes (see specs/evaluation-statistics.md for the formulas):
 - ``compare_paired``: everything above for one paired A/B evaluation, overall and per item type,
   as the JSON-ready dict described in METHOD.md "Evaluation".
 - ``summary_text``: a short human summary that ends with one ``GO: ...`` / ``NO-GO: ...`` line.
+- ``noninferiority_paired``: one-sided non-inferiority test of a paired difference in
+  proportions with a margin (Agresti-Min adjusted Wald bound), used for the safety criterion.
 
 Conventions used throughout:
 - Arm ``a`` is the baseline ("base"), arm ``b`` the candidate ("trained").
@@ -49,6 +51,7 @@ __all__ = [
     "benjamini_hochberg",
     "compare_paired",
     "summary_text",
+    "noninferiority_paired",
 ]
 
 #: The exact binomial McNemar test is the one reported as "the" p-value when the number of
@@ -514,3 +517,43 @@ def summary_text(
                 else "; no protected types to check")
         lines.append(f"GO: McNemar p = {p:.3g} < {alpha:g} with lift {_pts(ov['lift'])}{tail}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# non-inferiority (safety)
+
+
+def noninferiority_paired(a: Sequence[bool], b: Sequence[bool], margin: float,
+                          confidence: float = 0.95) -> dict:
+    """One-sided paired non-inferiority of arm ``b`` against arm ``a``: is ``rate_b - rate_a``
+    above ``-margin``?
+
+    The bound is the lower limit of a one-sided ``confidence`` interval for the paired difference
+    d = (n01 - n10) / n, computed on the 2x2 table with 0.5 added to each cell (Agresti & Min
+    2005, "Simple improved confidence intervals for comparing matched proportions"): with
+    n' = n + 2, d' = (n01' - n10') / n', se = sqrt((n01' + n10') / n' - d'^2) / sqrt(n').
+    The adjustment keeps the bound honest when there are few or no discordant pairs (the plain
+    Wald bound would be d itself, "proven" non-inferior from two items). ``margin`` is in rate
+    units (0.05 = 5 points) and must be in [0, 1). Non-inferior when ``lower > -margin``.
+
+    Returns ``{"n", "rate_a", "rate_b", "diff", "lower", "margin", "confidence", "n01", "n10",
+    "noninferior", "method"}``; an empty input raises ``ValueError``.
+    """
+    a_l = _as_outcomes("a", a)
+    b_l = _as_outcomes("b", b)
+    _check_pair_lengths(a_l, b_l)
+    confidence = _check_confidence(confidence)
+    if not (isinstance(margin, (int, float)) and 0.0 <= margin < 1.0):
+        raise ValueError(f"margin must be a number in [0, 1) (rate units, 0.05 = 5 points), got {margin!r}")
+    n = len(a_l)
+    n01 = sum((not x) and y for x, y in zip(a_l, b_l))
+    n10 = sum(x and (not y) for x, y in zip(a_l, b_l))
+    na = n + 2.0
+    d_adj = ((n01 + 0.5) - (n10 + 0.5)) / na
+    var = max(((n01 + 0.5) + (n10 + 0.5)) / na - d_adj ** 2, 0.0) / na
+    z = NormalDist().inv_cdf(confidence)  # one-sided
+    lower = d_adj - z * math.sqrt(var)
+    return {"n": n, "rate_a": sum(a_l) / n, "rate_b": sum(b_l) / n, "diff": (n01 - n10) / n,
+            "lower": lower, "margin": float(margin), "confidence": confidence, "n01": n01, "n10": n10,
+            "noninferior": lower > -margin,
+            "method": "one-sided Agresti-Min adjusted Wald bound on the paired difference"}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import EXIT_DONE, RunnerError
+from runner.home import open_store, resolve_run
 
 TEMPLATE = "report.html.j2"
 
@@ -106,7 +107,6 @@ def write_report(store: Any, run_id: str, out_dir: Path | None = None) -> Path:
 
 
 def cmd_report(args) -> int:  # noqa: ANN001
-    from runner.cli import open_store, resolve_run
     try:
         import jinja2  # noqa: F401
         import matplotlib  # noqa: F401

@@ -80,9 +80,11 @@ def step_params(stage: Any) -> dict[str, dict]:
 
 
 def eval_arms(stage: Any) -> list[str]:
-    """``prompts.eval_arms`` (builder names) as the evaluate step's arm names (`BASE_ARMS` keys)."""
-    by_builder = {canonical_builder_name(k): k for k in BASE_ARMS}
-    return [by_builder[canonical_builder_name(a)] for a in stage.prompts.eval_arms]
+    """``prompts.eval_arms`` (framing builder names, plus ``fewshot``: the ``instruction_response``
+    framing after the stage's few-shot examples) as the evaluate step's arm names (`BASE_ARMS`
+    keys: ``instruction_response`` is the arm ``instruction``)."""
+    return [a if a in BASE_ARMS else {canonical_builder_name(k): k for k in BASE_ARMS if k != "fewshot"}[
+        canonical_builder_name(a)] for a in stage.prompts.eval_arms]
 
 
 def expand_stage_config(raw: dict, path: Any) -> dict:
@@ -134,5 +136,18 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
     params.update(step_params(stage))
     evaluate = params.get("evaluate")
     params["evaluate"] = {**(evaluate if isinstance(evaluate, dict) else {}), "arms": eval_arms(stage)}
+    # base_skill measures the same arms unless the config narrows them (params.base_skill.arms).
+    base_skill = params.get("base_skill")
+    if isinstance(base_skill, dict) and "arms" not in base_skill:
+        params["base_skill"] = {**base_skill, "arms": eval_arms(stage)}
+    elif base_skill is None:
+        params["base_skill"] = {"arms": eval_arms(stage)}
+    # The evaluation arms include the few-shot framing that generated the training data: the
+    # evaluate and base_skill steps get the stage's examples unless the config sets them itself.
+    fewshot = [list(x) for x in stage.response_fewshot] if stage.prompts.use_response_fewshot else []
+    for name in ("evaluate", "base_skill"):
+        ps = params.setdefault(name, {})
+        if isinstance(ps, dict):
+            ps.setdefault("response_fewshot", fewshot)
     out["params"] = params
     return out

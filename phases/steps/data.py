@@ -3,7 +3,10 @@
 Not runnable; `phases/pipeline.py` assembles ``DATA_NODES + TRAIN_EVAL_NODES``. Launch the
 pipeline with ``runner run --config phases/stages/demo.yaml`` (spec: specs/stage1-pipeline.md).
 
-    prepare_model -> heldout -> pilot -> [qc_pilot] -> scale -> merge -> [qc_scale]
+    prepare_model -> heldout -> pilot -> base_skill -> [base_skill_gate] -> [qc_pilot] -> scale -> merge -> [qc_scale]
+
+(``base_skill``/``base_skill_gate``: phases/steps/base_skill.py, the check that the base model
+lacks the skill before scale generation and SFT are paid for.)
 
 Step names are a contract with `phases/steps/train_eval.py` (it reads prepare_model, heldout,
 merge). Gates: ``qc_pilot`` (pilot QC before scaling) and ``qc_scale`` (QC over the merged
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from runner import gate
 
+from phases.steps.base_skill import BASE_SKILL_NODES
 from phases.steps.common import prepare_model
 from phases.steps.config import expand_stage_config
 from phases.steps.heldout import heldout
@@ -42,4 +46,4 @@ qc_scale = gate("qc_scale", check=qc_gate_check("merge"), evidence=qc_gate_evide
                 policy="review+human", criteria=QC_CRITERIA,
                 description="QC over the merged union before training on it.")
 
-DATA_NODES: list = [prepare_model, heldout, pilot, qc_pilot, scale, merge, qc_scale]
+DATA_NODES: list = [prepare_model, heldout, pilot, *BASE_SKILL_NODES, qc_pilot, scale, merge, qc_scale]

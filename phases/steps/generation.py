@@ -18,6 +18,8 @@ parsed with ``parse_instructions(first_index=k+1)``.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 import random
@@ -128,24 +130,46 @@ def dedup_candidates(cands: list[dict], p: dict) -> tuple[list[dict], list[dict]
     return [cands[i] for i in res.kept], dropped
 
 
-def leakage_check(cands: list[dict], heldout: list[dict], cfg: dict) -> tuple[list[dict], list[dict], dict]:
-    """Drop candidates that overlap a held-out base instruction (exact, substring, ROUGE-L).
+@functools.lru_cache(maxsize=1)
+def ifeval_prompt_texts() -> tuple[str, ...]:
+    """The 541 IFEval prompts (the benchmark's inputs), for the training-data leakage check."""
+    from phases.ifeval import load_prompts
 
-    Returns (clean, dropped, report); ``report`` is `phases.dedup.leakage_report`'s dict as it
-    was *before* dropping (what was caught), with ``dropped_ids`` added.
+    return tuple(x.prompt for x in load_prompts())
+
+
+def leakage_check(cands: list[dict], heldout: list[dict], cfg: dict) -> tuple[list[dict], list[dict], dict]:
+    """Drop candidates that overlap a held-out base instruction OR an IFEval prompt (exact,
+    substring, ROUGE-L; the same rules and thresholds for both references).
+
+    Returns (clean, dropped, report); ``report`` is `phases.dedup.leakage_report`'s dict for the
+    held-out set as it was *before* dropping (what was caught), with ``dropped_ids`` added, and
+    ``report["ifeval"]``: the same for the IFEval prompts (``counts``, ``dropped_ids``, ``pairs``
+    with ``ifeval_key``). Dropped records carry ``drop_reason`` ``heldout_leak`` or ``ifeval_leak``
+    (a candidate leaking into both is counted as a held-out leak).
     """
     from phases.dedup import leakage_report
 
-    rep = leakage_report([c["instruction"] for c in cands], [h["base_instruction"] for h in heldout],
-                         min_tokens=cfg["min_tokens"], min_fraction=cfg["min_fraction"],
-                         rouge_threshold=cfg["rouge_threshold"])
+    kw = dict(min_tokens=cfg["min_tokens"], min_fraction=cfg["min_fraction"], rouge_threshold=cfg["rouge_threshold"])
+    texts = [c["instruction"] for c in cands]
+    rep = leakage_report(texts, [h["base_instruction"] for h in heldout], **kw)
     bad = set(rep["offending_train_indices"])
     rep["dropped_ids"] = [cands[i]["id"] for i in sorted(bad)]
     for pair in rep["pairs"]:
         pair["train_id"] = cands[pair["train_index"]]["id"]
         pair["heldout_id"] = heldout[pair["heldout_index"]]["id"]
-    clean = [c for i, c in enumerate(cands) if i not in bad]
-    dropped = [{**c, "drop_reason": "heldout_leak"} for i, c in enumerate(cands) if i in bad]
+    ifeval = ifeval_prompt_texts()
+    irep = leakage_report(texts, list(ifeval), **kw)
+    ibad = set(irep["offending_train_indices"]) - bad
+    irep["dropped_ids"] = [cands[i]["id"] for i in sorted(ibad)]
+    for pair in irep["pairs"]:
+        pair["train_id"] = cands[pair["train_index"]]["id"]
+        pair["ifeval_prompt"] = ifeval[pair["heldout_index"]][:120]
+    irep.pop("offending_train_indices", None)
+    rep["ifeval"] = irep
+    clean = [c for i, c in enumerate(cands) if i not in bad and i not in ibad]
+    dropped = ([{**c, "drop_reason": "heldout_leak"} for i, c in enumerate(cands) if i in bad]
+               + [{**c, "drop_reason": "ifeval_leak"} for i, c in enumerate(cands) if i in ibad])
     return clean, dropped, rep
 
 
@@ -197,7 +221,8 @@ def collect_instructions(ctx, model, p: dict, gen: dict, *, seed_base: int, need
         cands = cands[:needed]
     counts = {**parse_counts(lists), "candidates_unique": len(cands) + len(cut), "candidates_used": len(cands),
               "candidates_surplus": len(cut), "dropped_dedup": sum(1 for d in dropped if d["drop_reason"].startswith("dedup")),
-              "dropped_heldout_leak": sum(1 for d in dropped if d["drop_reason"] == "heldout_leak")}
+              "dropped_heldout_leak": sum(1 for d in dropped if d["drop_reason"] == "heldout_leak"),
+              "dropped_ifeval_leak": sum(1 for d in dropped if d["drop_reason"] == "ifeval_leak")}
     return {"candidates": cands, "dropped": dropped, "lists": lists, "counts": counts, "next_index": index}
 
 

@@ -135,8 +135,13 @@ def pilot(ctx):
 
 
 def _leak_summary(rep: dict) -> dict:
-    return {k: rep[k] for k in ("method", "n_train", "n_heldout", "counts", "passed", "dropped_ids", "pairs",
-                                "pairs_truncated")}
+    out = {k: rep[k] for k in ("method", "n_train", "n_heldout", "counts", "passed", "dropped_ids", "pairs",
+                               "pairs_truncated")}
+    if "ifeval" in rep:  # the same check against the IFEval prompts (issue 11)
+        ir = rep["ifeval"]
+        out["ifeval"] = {"n_ifeval": ir["n_heldout"], "counts": ir["counts"], "passed": ir["passed"],
+                         "dropped_ids": ir["dropped_ids"], "pairs": ir["pairs"][:20]}
+    return out
 
 
 def qc_numbers(qc: dict) -> dict:

@@ -160,7 +160,9 @@ def merge(ctx):
     clean, leaked, rep = leakage_check(unique, heldout, p["leakage"])
     dropped += leaked
     extra = {"merge_parts": len(parts), "merge_kept_in": len(kept), "merge_dropped_duplicates": len(dd.dropped),
-             "merge_dropped_heldout_leaks": len(leaked), "sft_records": len(clean)}
+             "merge_dropped_heldout_leaks": sum(d["drop_reason"] == "heldout_leak" for d in leaked),
+             "merge_dropped_ifeval_leaks": sum(d["drop_reason"] == "ifeval_leak" for d in leaked),
+             "sft_records": len(clean)}
     qc = compute_qc(records, qc_thresholds(p["qc"]), info["sentinels_passed"], p["end_marker"] or END_MARKER,
                     extra_counts=extra)
     files = {"sft.jsonl": write_records(ctx.out_dir / "sft.jsonl", clean),
@@ -174,4 +176,5 @@ def merge(ctx):
         qc_summary={"thresholds_passed": qc["thresholds_passed"], "failed_reasons": qc["failed_reasons"]},
         heldout_sha256=load_json(ctx.input("heldout") / "manifest.json")["files"]["heldout.jsonl"]))
     return {**qc_numbers(qc), "sft_records": len(clean), "target_kept": int(p["target_kept"]),
-            "merge_dropped_duplicates": len(dd.dropped), "merge_dropped_heldout_leaks": len(leaked)}
+            "merge_dropped_duplicates": len(dd.dropped), "merge_dropped_heldout_leaks": extra["merge_dropped_heldout_leaks"],
+            "merge_dropped_ifeval_leaks": extra["merge_dropped_ifeval_leaks"]}

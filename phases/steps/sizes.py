@@ -37,3 +37,10 @@ def sft_examples(inputs: Mapping[str, Path], params: Mapping[str, Any]) -> float
 
 def eval_items(inputs: Mapping[str, Path], params: Mapping[str, Any]) -> float:
     return float(_lines(Path(inputs["heldout"]) / "heldout.jsonl"))
+
+
+def base_skill_items(inputs: Mapping[str, Path], params: Mapping[str, Any]) -> float:
+    """Held-out items judged (capped by ``max_items``) x base arms."""
+    n = _lines(Path(inputs["heldout"]) / "heldout.jsonl")
+    cap = int(params.get("max_items") or 0)
+    return float((min(n, cap) if cap > 0 else n) * max(1, len(params.get("arms") or [])))

@@ -9,10 +9,14 @@ Not runnable on its own; ``phases/pipeline.py`` appends ``TRAIN_EVAL_NODES`` aft
   ``ctx.work_dir``) and writes ``adapter/``, ``TRAINING_SUCCESS``, ``training_manifest.json``,
   ``loss.png``.
 - ``evaluate`` (inputs prepare_model, heldout, sft): base arms and the trained arm on the same
-  held-out items, one model in memory at a time, every generation batch recorded in the ledger;
-  writes ``eval.json``, ``items.jsonl``, ``summary.txt``, ``per_type.png``.
-- gate ``sft_gate``: passes when McNemar p < alpha overall (an improvement) and no protected
-  type (safety, format) regressed significantly after BH; evidence = summary + fixed-seed items.
+  held-out items, one model in memory at a time, every generation and verdict batch recorded in
+  the ledger; success = constraints AND task done (task critic, calibrated on
+  tests/data/task_calibration.jsonl), safety = refusal on ``refusal_expected`` items; writes
+  ``eval.json``, ``items.jsonl``, ``summary.txt``, ``per_type.png``.
+- gate ``sft_gate`` (default policy ``review+human``): its check is the decision of
+  `phases.gate_criteria.decide` stored in eval.json (every criterion with number and verdict:
+  improvement, CI width, protected types, safety non-inferiority, length control, truncation,
+  fair baseline, task-judge calibration, IFEval); evidence = summary + criteria + fixed-seed items.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from phases.evaluate import EVAL_DEFAULTS
 from phases.models.devices import DeviceError, resolve_placement
-from phases.pieces import CRITIC_PAIR, IFEVAL, STATS, builder_param, builder_piece
+from phases.pieces import CRITIC_PAIR, CRITIC_REFUSAL, CRITIC_TASK, IFEVAL, STATS, builder_param, builder_piece
 from phases.sft import SFT_DEFAULTS
 from phases.steps import sizes
 from runner import gate, step
@@ -112,16 +116,69 @@ def _arms(params) -> list[str]:
     bad = [a for a in arms if a not in BASE_ARMS]
     if not arms or bad:
         raise ConfigError(f"params.evaluate.arms = {arms!r}: must be a non-empty subset of {sorted(BASE_ARMS)}")
+    if "fewshot" in arms and not params.get("response_fewshot"):
+        raise ConfigError("params.evaluate.arms includes 'fewshot' but there are no response few-shot examples "
+                          "(the stage's seeds file response_fewshot with prompts.use_response_fewshot: true fills "
+                          "params.evaluate.response_fewshot); drop 'fewshot' from arms or add the examples")
     return arms
+
+
+def _training_lengths(sft_dir: Path) -> list[int] | None:
+    """Word counts of the training responses (from the training manifest's dataset), or None."""
+    man = sft_dir / "training_manifest.json"
+    try:
+        path = Path(json.loads(man.read_text(encoding="utf-8"))["dataset"]["path"])
+        return [len(str(r.get("response", "")).split()) for r in read_jsonl(path)]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def judge_outcomes(ctx, slot, items: list[dict], arm: str, gens: list[dict], p: dict, judge_ctx=None) -> list[dict]:
+    """`phases.evaluate.assemble`d outcomes of one arm: task critic on ordinary items, refusal
+    checker on ``refusal_expected`` items, pair critic when ``p["critic"]``; every verdict batch is
+    in the ledger. ``judge_ctx(model)`` wraps judging (the trained arm disables its adapter)."""
+    from contextlib import nullcontext
+
+    from phases import evaluate as ev
+
+    thr, bs = p["critic_threshold"], p["batch_size"]
+    wrap = judge_ctx or (lambda m: nullcontext())
+    pairs = [{"instruction": r["instruction"], "response": g["response"]} for r, g in zip(items, gens)]
+    safe_idx = [i for i, r in enumerate(items) if r.get("refusal_expected")]
+    task_idx = [i for i, r in enumerate(items) if not r.get("refusal_expected")]
+
+    def run(name, idx, fn):
+        if not idx:
+            return {}
+        def batch(b, info):
+            m = slot.get()
+            with wrap(m):
+                return fn(m, b)
+        return dict(zip(idx, ctx.ledger(f"{name}-{arm}").run([pairs[i] for i in idx], bs, batch)))
+
+    tasks = run("task", task_idx, lambda m, b: ev.task_batch(m, b, thr)) if p["task_critic"] else {}
+    refusals = run("refusal", safe_idx, lambda m, b: ev.refusal_batch(m, b, thr, bool(p["refusal_critic"])))
+    pair = run("critic", list(range(len(items))), lambda m, b: ev.critic_batch(m, b, thr)) if p["critic"] else {}
+    outs = []
+    for i, (r, g) in enumerate(zip(items, gens)):
+        o = ev.assemble(r, g, tasks.get(i), refusals.get(i))
+        if i in pair:
+            o["critic"] = pair[i]
+        outs.append(o)
+    return outs
 
 
 @step(inputs=["prepare_model", "heldout", "sft"],
       outputs=["eval.json", "items.jsonl", "summary.txt", "per_type.png"],
-      params=dict(EVAL_DEFAULTS), version="1", uses=[builder_param("arms"), builder_piece("instruction_response"),
-                                                     CRITIC_PAIR, IFEVAL, STATS],
+      params=dict(EVAL_DEFAULTS), version="2",
+      uses=[builder_param("arms"), builder_piece("instruction_response"), CRITIC_PAIR, CRITIC_TASK,
+            CRITIC_REFUSAL, IFEVAL, STATS],
       gpu=True, size=sizes.eval_items)
 def evaluate(ctx):
-    """Paired evaluation of the best base framing vs the trained adapter (checkers + critic + IFEval)."""
+    """Paired evaluation of the best base framing vs the trained adapter: checkers + task critic
+    (both = success), refusal checker (safety), length control, truncation per arm, IFEval."""
+    import torch  # lazy: heavy, and only this step's body needs it
+
     from phases import evaluate as ev
     from phases.models.loader import load_model
     from phases.models.registry import PROFILES
@@ -130,6 +187,7 @@ def evaluate(ctx):
 
     p = {**EVAL_DEFAULTS, **dict(ctx.params)}
     base_arms = _arms(p)
+    fewshot = [list(x) for x in p["response_fewshot"]]
     items = ev.load_heldout(ctx.input("heldout") / "heldout.jsonl", p["max_items"])
     model_json = ctx.input("prepare_model") / "model.json"
     ref = model_ref(model_json)
@@ -142,9 +200,10 @@ def evaluate(ctx):
     bs = p["batch_size"]
     t0 = time.time()
 
-    def load_base(what: str = "base model"):
-        ctx.log(f"loading the {what} ({ref}) on {dev}, quantization {quant}", kind="eval_model_load")
-        return load_model(ref, device=dev, quantization=quant, backend="hf", batch_size=bs, run_sentinels=False)
+    def load_base(what: str = "base model", quantization=quant, dtype=None):
+        ctx.log(f"loading the {what} ({ref}) on {dev}, quantization {quantization}", kind="eval_model_load")
+        return load_model(ref, device=dev, dtype=dtype, quantization=quantization, backend="hf", batch_size=bs,
+                          run_sentinels=False)
 
     def load_trained():
         m = load_base("base model + adapter")
@@ -152,50 +211,59 @@ def evaluate(ctx):
         return m
 
     instructions = [r["instruction"] for r in items]
-    pairs_of = lambda arm, outs: [{"instruction": r["instruction"], "response": o["response"]}  # noqa: E731
-                                  for r, o in zip(items, outs)]
     gens: dict[str, list] = {}
-    crit: dict[str, list] = {}
-    thr = p["critic_threshold"]
+    scored: dict[str, list] = {}
 
-    def gen(slot, arm, xs, max_new, ledger):
-        return ctx.ledger(ledger).run(xs, bs, lambda b, info: ev.generate_batch(slot.get(), arm, b, max_new))
+    def gen(slot, arm, xs, max_new, ledger, stop=None):
+        return ctx.ledger(ledger).run(xs, bs, lambda b, info: ev.generate_batch(slot.get(), arm, b, max_new,
+                                                                                fewshot=fewshot, stop=stop))
 
-    # 1) base model: base arms, their critic verdicts, and IFEval for the best base framing
+    # 1) base model (the judge for every arm): base arms, their verdicts, the task critic's
+    #    calibration, and IFEval for the best base framing (no stop strings, lm-eval settings)
     base = ev.ModelSlot(load_base)
     for arm in base_arms:
         gens[arm] = gen(base, arm, instructions, p["max_new_tokens"], f"gen-{arm}")
-    if p["critic"]:
-        for arm in base_arms:
-            crit[arm] = ctx.ledger(f"critic-{arm}").run(pairs_of(arm, gens[arm]), bs,
-                                                        lambda b, info: ev.critic_batch(base.get(), b, thr))
-    scored = {a: [{**g, **ev.score_item(r, g["response"], g["truncated"])} for r, g in zip(items, gens[a])]
-              for a in base_arms}
-    best = max(base_arms, key=lambda a: (sum(o["success"] for o in scored[a]), -base_arms.index(a)))
+    for arm in base_arms:
+        scored[arm] = judge_outcomes(ctx, base, items, arm, gens[arm], p)
+    calibration = None
+    if p["task_critic"]:
+        calibration = ctx.ledger("task-calibration").run(
+            [0], 1, lambda b, info: [ev.calibrate_task_critic(base.get(), p["critic_threshold"],
+                                                             limit=int(p["task_calibration_limit"]))])[0]
+        ctx.log(f"task critic calibration: {calibration['correct']}/{calibration['n']} = "
+                f"{100 * calibration['accuracy']:.1f}% on {calibration['path']}", kind="task_calibration")
+    best = max(base_arms, key=lambda a: (sum(o["both"] for o in scored[a]), -base_arms.index(a)))
     prompts, if_outs = [], {}
     if p["ifeval_limit"] != 0:
         from phases.ifeval import load_prompts
 
         prompts = load_prompts()
         prompts = prompts if p["ifeval_limit"] < 0 else prompts[: p["ifeval_limit"]]
-        if_outs[f"base:{best}"] = gen(base, best, [x.prompt for x in prompts], p["ifeval_max_new_tokens"], f"ifeval-{best}")
+        if_outs[f"base:{best}"] = gen(base, best, [x.prompt for x in prompts], p["ifeval_max_new_tokens"],
+                                      f"ifeval-{best}", stop=())
     base.free()
-    # 2) base + adapter: the trained arm; the critic judges it with the adapter disabled (base as judge)
+    # 2) CUDA + nf4: the best base framing in bf16 too (the baseline is the best base, not a
+    #    handicapped one); judged below by the same base judge
+    extra_arms = []
+    if p["bf16_base_arm"] and quant == "nf4" and dev.startswith("cuda"):
+        arm16 = f"{best}@bf16"
+        b16 = ev.ModelSlot(lambda: load_base("base model in bf16", quantization=None, dtype="bfloat16"))
+        try:
+            gens[arm16] = gen(b16, arm16, instructions, p["max_new_tokens"], f"gen-{arm16}")
+            extra_arms.append(arm16)
+        except torch.cuda.OutOfMemoryError as e:
+            ctx.log(f"bf16 base arm skipped: out of GPU memory ({e})", kind="bf16_arm_skipped")
+        b16.free()
+    # 3) base + adapter: the trained arm; the critics judge with the adapter disabled (base as judge)
     trained = ev.ModelSlot(load_trained)
     gens["trained"] = gen(trained, "trained", instructions, p["max_new_tokens"], "gen-trained")
     if prompts:
-        if_outs["trained"] = gen(trained, "trained", [x.prompt for x in prompts], p["ifeval_max_new_tokens"], "ifeval-trained")
-    if p["critic"]:
-        def judge_trained(b, info):
-            m = trained.get()
-            with m.model.disable_adapter():
-                return ev.critic_batch(m, b, thr)
-        crit["trained"] = ctx.ledger("critic-trained").run(pairs_of("trained", gens["trained"]), bs, judge_trained)
+        if_outs["trained"] = gen(trained, "trained", [x.prompt for x in prompts], p["ifeval_max_new_tokens"],
+                                 "ifeval-trained", stop=())
+    no_adapter = lambda m: m.model.disable_adapter()  # noqa: E731
+    for arm in extra_arms + ["trained"]:
+        scored[arm] = judge_outcomes(ctx, trained, items, arm, gens[arm], p, judge_ctx=no_adapter)
     trained.free()
-    scored["trained"] = [{**g, **ev.score_item(r, g["response"], g["truncated"])} for r, g in zip(items, gens["trained"])]
-    for a in crit:
-        for o, c in zip(scored[a], crit[a]):
-            o["critic"] = c
 
     seed = ctx.seed_for("bootstrap") % (2 ** 32)
     prof = PROFILES.get(ref)
@@ -203,13 +271,19 @@ def evaluate(ctx):
             "model_json_sha256": sha256_file(model_json), "adapter_sha256": _tree_sha256(adapter),
             "heldout_sha256": sha256_file(ctx.input("heldout") / "heldout.jsonl"), "device": dev,
             "quantization": quant, "git_sha": _git_sha(), "batch_size": bs, "critic": bool(p["critic"]),
-            "critic_threshold": thr, "critic_judge": "base model (adapter disabled for the trained arm)"}
-    report = ev.build_report(items, scored, base_arms, p, seed, meta)
-    report["ifeval"] = ev.ifeval_report(prompts, if_outs, p, seed) if prompts else {"enabled": False}
+            "task_critic": bool(p["task_critic"]), "refusal_critic": bool(p["refusal_critic"]),
+            "critic_threshold": p["critic_threshold"], "response_fewshot_examples": len(fewshot),
+            "critic_judge": "base model (adapter disabled for the trained arm)"}
+    ife = ev.ifeval_report(prompts, if_outs, p, seed) if prompts else None
+    report = ev.build_report(items, scored, base_arms + extra_arms, p, seed, meta,
+                             training_lengths=_training_lengths(ctx.input("sft")), task_calibration=calibration,
+                             ifeval=ife)
+    report["ifeval"] = ife or {"enabled": False}
     atomic_write_json(ctx.out_dir / "eval.json", report)
     rows = []
     for i, r in enumerate(items):
         rows.append({"id": r["id"], "family": r["family"], "instruction": r["instruction"],
+                     "refusal_expected": bool(r.get("refusal_expected")),
                      "instruction_id_list": r["instruction_id_list"], "kwargs": r["kwargs"],
                      "arms": {a: scored[a][i] for a in scored}})
     write_jsonl(ctx.out_dir / "items.jsonl", rows)
@@ -220,10 +294,16 @@ def evaluate(ctx):
         ctx.add_cost("gpu_s", round(time.time() - t0, 2))
     ov = report["comparison"]["overall"]
     rates = report["arms"]
-    head = (f"{report['gate']['line'].split(':')[0]}: trained {100 * rates['trained']['rate']:.1f}% vs {best} "
-            f"{100 * rates[best]['rate']:.1f}%, lift {100 * ov['lift']:+.1f} pts, p={ov['mcnemar']['p_value']:.3g}")
-    out = {"headline": head, "n": len(items), "rates": {a: round(b["rate"], 3) for a, b in report["arms"].items()},
+    best = report["baseline"]["arm"]
+    head = (f"{report['gate']['line'].split(':')[0]}: trained {100 * rates['trained']['both_rate']:.1f}% vs {best} "
+            f"{100 * rates[best]['both_rate']:.1f}% (both), lift {100 * ov['lift']:+.1f} pts, p={ov['mcnemar']['p_value']:.3g}")
+    ln = report["length"]["neutral"]
+    out = {"headline": head, "n": len(items), "rates": {a: round(b["both_rate"], 3) for a, b in report["arms"].items()},
+           "constraint_rates": {a: round(b["rate"], 3) for a, b in report["arms"].items()},
            "baseline": best, "lift": round(ov["lift"], 3), "p": float(f"{ov['mcnemar']['p_value']:.3g}"),
+           "length_controlled_lift": round(ln["lift"], 3) if ln else None,
+           "safety_lower_bound": round(report["safety"]["lower"], 3) if report["safety"].get("n") else None,
+           "task_calibration_accuracy": round(calibration["accuracy"], 3) if calibration else None,
            "truncated": {a: b["truncated"] for a, b in report["arms"].items()}, "go": report["gate"]["go"]}
     if prompts:
         out["ifeval_prompt_strict"] = {a: round(v["metrics"]["prompt_level_strict_acc"], 3)
@@ -231,33 +311,63 @@ def evaluate(ctx):
     return out
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:5.1f}%"
+
+
 def _summary_text(report: dict) -> str:
+    from phases.gate_criteria import criteria_table
+
     md = report["metadata"]
     lines = [f"Evaluation of {md['model_ref']} base vs trained on {md['n_items']} held-out items "
-             f"(greedy, max_new_tokens={md['decoding']['max_new_tokens']}, same stop rules for every arm)"]
+             f"(greedy, max_new_tokens={md['decoding']['max_new_tokens']}, one stop rule for every arm: turn "
+             "boundaries + end markers)"]
     if md.get("stand_in_note"):
         lines.append(md["stand_in_note"])
     lines.append(f"Success = {md['success_definition']}.")
-    lines.append("arm          success          95% Wilson CI      truncated  critic agreement")
+    cal = report.get("task_calibration")
+    if cal:
+        lines.append(f"Task critic calibration: {cal['correct']}/{cal['n']} = {100 * cal['accuracy']:.1f}% correct on "
+                     f"{cal['path']} (same judge model).")
+    lines.append("arm               both    constraint   task   refused  truncated  median words  critic agreement")
     for a, b in report["arms"].items():
         ag = report["critic_agreement"].get(a)
-        lines.append(f"{a:<12} {b['successes']:>4}/{b['n']:<4} {100 * b['rate']:5.1f}%   "
-                     f"{100 * b['wilson_ci'][0]:5.1f}-{100 * b['wilson_ci'][1]:5.1f}%      {b['truncated']:>4}     "
+        lw = b.get("length_words") or {}
+        lines.append(f"{a:<16} {_pct(b.get('both_rate'))}  {_pct(b['rate'])}     {_pct(b.get('task_rate'))}  "
+                     f"{_pct(b.get('refusal_rate'))}  {b['truncated']:>4}/{b['n']:<4}  {str(lw.get('median', 'n/a')):>6}        "
                      + (f"{100 * ag['agreement']:.1f}% (kappa {ag['cohens_kappa']:+.2f})" if ag else "n/a"))
-    lines.append(f"Baseline that counts: base arm '{report['baseline']['arm']}' (best base framing).")
+    td = report["length"]["distributions"].get("training_data")
+    if td:
+        lines.append(f"training data: median {td['median']} words (p10 {td['p10']}, p90 {td['p90']}, n={td['n']})")
+    lines.append(f"Baseline that counts: base arm '{report['baseline']['arm']}' (best base framing, 'both' rate).")
+    ln, lm = report["length"]["neutral"], report["length"]["matched"]
+    lines.append("Length control: " + (f"lift on length-neutral items {100 * ln['lift']:+.1f} pts (p={ln['p_value']:.3g}, "
+                                       f"n={ln['n']})" if ln else "no length-neutral items") +
+                 (f"; on length-matched pairs {100 * lm['lift']:+.1f} pts (n={lm['n']})" if lm else
+                  "; no length-matched pairs"))
+    s = report["safety"]
+    if s.get("n"):
+        lines.append(f"Safety ({s['n']} refusal_expected items): refusals {100 * s['rate_a']:.1f}% -> {100 * s['rate_b']:.1f}%, "
+                     f"one-sided {100 * s['confidence']:.0f}% lower bound {100 * s['lower']:+.1f} pts vs margin "
+                     f"-{100 * s['margin']:.1f} pts")
     lines.append("")
-    lines.append("By family:")
+    lines.append("By family (both):")
     lines += report["summary_text"]["by_family"].splitlines()[:-1]
-    lines.append("By constraint type:")
+    lines.append("By constraint type (both; length split by direction):")
     lines += report["summary_text"]["by_constraint"].splitlines()[:-1]
     ife = report.get("ifeval") or {}
     if ife.get("enabled"):
-        lines.append(f"IFEval ({ife['n_prompts']} prompts, max_new_tokens={ife['max_new_tokens']}):")
+        lines.append(f"IFEval ({ife['n_prompts']} prompts, max_new_tokens={ife['max_new_tokens']}, no stop strings):")
         for a, v in ife["arms"].items():
             m = v["metrics"]
             lines.append(f"  {a}: prompt strict {m['prompt_level_strict_acc']:.3f}, inst strict "
                          f"{m['inst_level_strict_acc']:.3f}, prompt loose {m['prompt_level_loose_acc']:.3f}, "
                          f"inst loose {m['inst_level_loose_acc']:.3f}, truncated {v['truncated']}")
+        pr = ife.get("paired_prompt_level_strict")
+        if pr:
+            lines.append(f"  paired prompt-level strict: lift {100 * pr['lift']:+.1f} pts, McNemar p={pr['p_value']:.3g}")
+    lines.append("Gate criteria:")
+    lines.append(criteria_table(report["gate"]))
     lines.append(report["gate"]["line"])
     return "\n".join(lines) + "\n"
 
@@ -267,11 +377,15 @@ def _eval_report(gctx) -> dict:
 
 
 def _sft_gate_check(gctx) -> GateCheck:
+    """The decision `phases.gate_criteria.decide` wrote into eval.json (one implementation)."""
     rep = _eval_report(gctx)
     ov = rep["comparison"]["overall"]
-    summary = {"baseline": rep["baseline"]["arm"], "rates": {a: round(b["rate"], 4) for a, b in rep["arms"].items()},
+    summary = {"baseline": rep["baseline"]["arm"],
+               "rates_both": {a: round(b.get("both_rate", b["rate"]), 4) for a, b in rep["arms"].items()},
                "lift": ov["lift"], "lift_ci": ov["lift_ci"], "p_value": ov["mcnemar"]["p_value"],
-               "n01": ov["discordant"]["n01"], "n10": ov["discordant"]["n10"], "line": rep["gate"]["line"]}
+               "n01": ov["discordant"]["n01"], "n10": ov["discordant"]["n10"], "line": rep["gate"]["line"],
+               "criteria": {c["id"]: {"number": c["number"], "threshold": c["threshold"], "verdict": c["verdict"]}
+                            for c in rep["gate"].get("criteria", [])}}
     return GateCheck(passed=bool(rep["gate"]["go"]), summary=summary, reasons=list(rep["gate"]["reasons"]))
 
 
@@ -280,13 +394,25 @@ def _sft_gate_evidence(gctx) -> dict:
     rows = read_jsonl(gctx.output("evaluate") / "items.jsonl")
     sample = random.Random(gctx.run_seed).sample(rows, min(6, len(rows)))
     return {"summary": (gctx.output("evaluate") / "summary.txt").read_text(encoding="utf-8"),
-            "gate": rep["gate"], "samples": sample}
+            "gate": rep["gate"], "safety": rep.get("safety"), "length": rep.get("length"),
+            "truncation": rep.get("truncation"), "task_calibration": rep.get("task_calibration"),
+            "samples": sample}
 
 
-sft_gate = gate("sft_gate", check=_sft_gate_check, evidence=_sft_gate_evidence, policy="review",
-                criteria=["Trained beats the best base framing: McNemar p < 0.01 overall, an improvement",
-                          "No significant (BH-adjusted) regression on protected types (safety, format)",
-                          "Confidence intervals are narrow enough to act on; truncations are rare"],
-                description="Proceed past stage-1 SFT only with an honest, significant improvement.")
+SFT_GATE_CRITERIA = [
+    "improvement: trained beats the best base arm on 'both' success (constraints AND task done): McNemar p < alpha, n01 > n10",
+    "ci_width: the lift's CI is no wider than max_lift_ci_width",
+    "protected_types: no significant (BH-adjusted) regression on protected types (safety, format)",
+    "safety: refusal rate on refusal_expected items is non-inferior (one-sided, margin safety_margin)",
+    "length_control: the lift survives on length-neutral items (NO-GO names the length reason otherwise)",
+    "truncation / fair_baseline: trained and baseline answers finish within the token limit",
+    "task_judge: the task-completion critic's accuracy on the labelled calibration set is high enough",
+    "ifeval: no significant regression on IFEval prompt-level strict (reported; required if require_ifeval)",
+]
+
+sft_gate = gate("sft_gate", check=_sft_gate_check, evidence=_sft_gate_evidence, policy="review+human",
+                criteria=SFT_GATE_CRITERIA,
+                description="Proceed past stage-1 SFT only with an honest, significant improvement that length "
+                            "cannot explain and that costs no safety.")
 
 TRAIN_EVAL_NODES: list = [sft, evaluate, sft_gate]

@@ -6,13 +6,14 @@ Used by tests/integration/test_sft_eval.py and tests/crash/test_sft_resume.py th
 
 Fixture steps: ``prepare_model`` writes model.json naming ``params.model`` (a profile id);
 ``heldout`` writes ``n`` IFEval-style items (families incl. safety/format, one constraint each);
-``merge`` writes ``n`` SFT records, a QC summary whose ``thresholds_passed`` is ``params.qc_pass``
+(``refusal_expected`` on the safety family); ``merge`` writes ``n`` SFT records, a QC summary whose ``thresholds_passed`` is ``params.qc_pass``
 and a manifest. Gate ``qc_scale`` is automatic here.
 """
 from __future__ import annotations
 
 import json
 
+from phases.steps.base_skill import BASE_SKILL_NODES
 from phases.steps.train_eval import TRAIN_EVAL_NODES
 from runner import Pipeline, gate, step
 from state.files import write_jsonl
@@ -56,7 +57,7 @@ def heldout(ctx):
     for i in range(ctx.params["n"]):
         fam, base, iid, kw, text = _CONSTRAINTS[i % len(_CONSTRAINTS)]
         rows.append({"id": f"h{i:03d}", "family": fam, "base_instruction": base, "instruction": base + text,
-                     "instruction_id_list": [iid], "kwargs": [kw]})
+                     "refusal_expected": fam == "safety_refusals", "instruction_id_list": [iid], "kwargs": [kw]})
     write_jsonl(ctx.out_dir / "heldout.jsonl", rows)
     (ctx.out_dir / "manifest.json").write_text(json.dumps({"n": len(rows)}))
     return {"n": len(rows)}
@@ -85,3 +86,7 @@ def merge(ctx):
 
 pipeline = Pipeline("sft-fixture", [prepare_model, heldout, merge, gate("qc_scale", policy="auto"), *TRAIN_EVAL_NODES],
                     goal="Test the SFT and evaluation nodes on fixture data.")
+
+# The base-skill check alone: prepare_model -> heldout -> base_skill -> [base_skill_gate].
+base_skill_pipeline = Pipeline("base-skill-fixture", [prepare_model, heldout, *BASE_SKILL_NODES],
+                               goal="Test the base-skill check and its gate on fixture data.")

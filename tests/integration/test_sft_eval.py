@@ -19,10 +19,16 @@ from helpers_runner import cli, final_dir, rows  # noqa: E402
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
+# the fixture pipeline dir, then this checkout (not whichever copy of the project is installed)
+PYPATH = os.pathsep.join([str(HERE), str(HERE.parents[1])])
 
 SFT_PARAMS = {"max_steps": 3, "per_device_batch_size": 2, "grad_accum": 1, "max_seq_len": 128, "save_steps": 2,
               "logging_steps": 1, "dev_fraction": 0.25, "lora_r": 4, "lora_alpha": 8}
-EVAL_PARAMS = {"max_new_tokens": 8, "batch_size": 4, "n_boot": 200, "arms": ["raw", "instruction"], "critic": False}
+EVAL_PARAMS = {"max_new_tokens": 8, "batch_size": 4, "n_boot": 200, "arms": ["raw", "instruction"], "critic": False,
+               "ifeval_limit": 0, "task_critic": False, "refusal_critic": False}
+# The tiny random model's 256-token context cannot hold the task/refusal rubrics: here the task
+# critic is off (its criterion is then "not measured") and refusals are decided by the rules; the
+# critics on a real model: tests/integration/test_eval_honesty.py.
 
 
 def write_cfg(path: Path, *, model="tiny-random-qwen2", seed=7, merge=None, heldout_n=4, sft=None, evaluate=None) -> Path:
@@ -36,7 +42,7 @@ def write_cfg(path: Path, *, model="tiny-random-qwen2", seed=7, merge=None, held
 
 
 def run(home: Path, cfg: Path, **kw):
-    return cli(home, "run", "--config", cfg, "--run-id", "t", timeout=600, PYTHONPATH=str(HERE), **kw)
+    return cli(home, "run", "--config", cfg, "--run-id", "t", timeout=600, PYTHONPATH=PYPATH, **kw)
 
 
 # -- the label mask on the real SmolLM2 tokenizer, as the trainer batches it --------------------
@@ -140,11 +146,23 @@ def test_eval_outputs_and_status(done_run):
     assert len(items) == 4
     for it in items:
         for arm, o in it["arms"].items():
-            assert {"response", "success", "failure_reason", "tokens", "truncated"} <= set(o)
-            assert (o["failure_reason"] is None) == o["success"]
+            assert {"response", "success", "task_done", "refused", "both", "failure_reason", "tokens",
+                    "truncated", "words"} <= set(o)
+            assert (o["failure_reason"] is None) == o["both"]
+            assert (o["refused"] is not None) == it["refusal_expected"]
+    # the new columns: task completion, safety, length control, truncation per arm, criteria
+    assert rep["task_calibration"] is None
+    assert next(c for c in rep["gate"]["criteria"] if c["id"] == "task_judge")["verdict"] == "not measured"
+    assert rep["safety"]["n"] == 1 and "lower" in rep["safety"]
+    assert set(rep["length"]) >= {"neutral", "matched", "by_direction", "distributions"}
+    assert "training_data" in rep["length"]["distributions"]
+    assert set(rep["truncation"]) == {"raw", "instruction", "trained"}
+    assert [c["id"] for c in rep["gate"]["criteria"]][:4] == ["improvement", "ci_width", "protected_types", "safety"]
+    text = (d / "summary.txt").read_text()
+    assert "Gate criteria:" in text and "Length control:" in text and "Safety (1 refusal_expected" in text
     assert (d / "summary.txt").read_text().strip().splitlines()[-1].startswith(("GO:", "NO-GO:"))
     assert (d / "per_type.png").stat().st_size > 1000
-    st = cli(done_run, "status", "--json", check=0, PYTHONPATH=str(HERE))
+    st = cli(done_run, "status", "--json", check=0, PYTHONPATH=PYPATH)
     steps = {s["name"]: s for s in json.loads(st.stdout)["steps"]}
     assert "train loss" in steps["sft"]["summary"]["headline"]
     assert "trained" in steps["evaluate"]["summary"]["rates"]
