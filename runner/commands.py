@@ -27,6 +27,8 @@ def _pipeline_path(pipeline: Optional[str], config: Optional[str]) -> str:
 def load_run_inputs(pipeline_path: str, config_path: Optional[str]):
     """Import the pipeline and validate the config against it (no side effects)."""
     from runner.config import load_config
+    from runner.config_checks import env_lease_ttl
+    env_lease_ttl()  # RUNNER_LEASE_TTL <= 0 would busy-loop the heartbeat: refuse before anything runs
     from runner.pipeline import load_pipeline
     pipe = load_pipeline(pipeline_path)
     cfg = load_config(Path(config_path) if config_path else None, pipe)

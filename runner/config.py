@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from runner.config_checks import check_lease_ttl, check_reviewers
 from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline
 
@@ -49,6 +50,9 @@ def load_yaml(path: Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          "save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from e
     if data is None:
@@ -91,6 +95,7 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
             raise ConfigError(f"{source}: '{key}' must be {getattr(typ, '__name__', 'a number')}, got {cfg[key]!r}")
     if cfg.get("max_attempts", 1) < 1:
         raise ConfigError(f"{source}: 'max_attempts' must be >= 1, got {cfg['max_attempts']!r}")
+    check_lease_ttl(cfg.get("lease_ttl_s"), f"{source}: lease_ttl_s")
     params = cfg.get("params") or {}
     if not isinstance(params, dict):
         raise ConfigError(f"{source}: 'params' must be a mapping of step name -> params")
@@ -106,6 +111,10 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
             if k not in spec.params:
                 raise ConfigError(f"{source}: params.{sname}.{k}: step {sname!r} has no param {k!r} "
                                   f"(params: {', '.join(sorted(spec.params)) or 'none'})")
+            if v is None and spec.params[k] is not None:
+                raise ConfigError(f"{source}: params.{sname}.{k} is null; give a "
+                                  f"{type(spec.params[k]).__name__} like the default {spec.params[k]!r}, "
+                                  "or delete the line to use the default")
             if not _type_ok(spec.params[k], v):
                 raise ConfigError(f"{source}: params.{sname}.{k} = {v!r} has the wrong type; expected "
                                   f"{type(spec.params[k]).__name__} like the default {spec.params[k]!r}")
@@ -126,6 +135,7 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
             raise ConfigError(f"{source}: gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         raise ConfigError(f"{source}: 'reviewer' must be a mapping (see docs/review.md)")
+    check_reviewers(cfg, source)
     out["params"], out["gates"] = params, gates
     return out
 

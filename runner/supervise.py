@@ -218,17 +218,20 @@ class Supervisor:
 def cmd_supervise(args) -> int:  # noqa: ANN001
     from runner.cli import _home, open_store, resolve_run
     home = _home(args).resolve()
+    if args.max_restarts < 0 or args.backoff_max <= 0:
+        print("error: --max-restarts must be >= 0 and --backoff-max > 0", file=sys.stderr)
+        return EXIT_USAGE
     if args.config or args.pipeline or args.run_id:
-        from runner.commands import find_or_init
+        from runner.commands import _pipeline_path, find_or_init, load_run_inputs
+        if args.config or args.pipeline:
+            # Validate before open_store creates .runner/: a bad config leaves the home untouched.
+            load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
         store = open_store(args, create=True)
         run_id, created = find_or_init(store, args.pipeline, args.config, args.run_id or args.run)
         say(f"{'created' if created else 'continuing'} run {run_id}")
     else:
         store = open_store(args)
         run_id = resolve_run(store, args)
-    if args.max_restarts < 0 or args.backoff_max <= 0:
-        print("error: --max-restarts must be >= 0 and --backoff-max > 0", file=sys.stderr)
-        return EXIT_USAGE
     sup = Supervisor(store, run_id, home, args.db_url or os.environ.get("RUNNER_DB_URL"),
                      max_restarts=args.max_restarts, backoff_max=args.backoff_max,
                      backoff_base=min(1.0, args.backoff_max), wait_gates=args.wait_gates)
