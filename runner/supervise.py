@@ -12,11 +12,14 @@ Contract:
   A lease held from another host name (e.g. this pod before a restart: the hostname changed) is
   watched until it expires; if its heartbeat moves meanwhile the owner is alive and it exits 4.
   A lease whose owner is provably gone (same host, pid gone or reused) is taken over at once.
+  A live owner on this host whose lease expired (a stalled heartbeat) is named and it exits 4:
+  `resume` would refuse it anyway until the lease is 3 ttl past expiry.
 - After a crash (child killed by a signal, or a non-zero exit other than a stop code) or a
   failed step (resume retries it; the engine dead-letters after ``max_attempts``), it records a
   ``supervisor_restart`` event and starts a new child after a capped exponential backoff
   (1 s, 2 s, 4 s, ... up to ``--backoff-max``). After ``--max-restarts`` consecutive restarts
-  without progress (no new finished step or committed batch) it records ``supervisor_gave_up``
+  without progress (no new finished step or committed batch; a child refused the lease, exit 4,
+  counts too) it records ``supervisor_gave_up``
   and exits 1. Exit 2 from the child (usage/config error) is returned at once: restarting
   cannot fix it.
 - SIGTERM/SIGINT are forwarded to the child (which marks its attempt interrupted and releases
@@ -75,13 +78,20 @@ class Supervisor:
 
         Waits (up to the lease's expiry) for a lease held from another host name.
         """
-        from runner.lease import dead_reason, hostname
+        from runner.lease import dead_reason, hostname, owner_alive
         announced = False
         while self.stopping is None:
             lease = self.store.get_lease(self.run_id)
             t = time.time()
             if lease is None or lease.released:
                 return None
+            if lease.expires_at < t and lease.host == hostname() and owner_alive(lease, t):
+                # A stalled heartbeat of a live process here: `resume` refuses it (exit 4) until the
+                # lease has been expired for 3 ttl, so spawning children now would only storm it.
+                return (f"run {self.run_id} is owned by a live runner on this host: pid {lease.pid}, whose lease "
+                        f"expired {t - lease.expires_at:.0f}s ago (a stalled heartbeat?); not starting a second one. "
+                        f"Look at it (`ps -o pid,stat,etime,cmd -p {lease.pid}`); stop it if it is stuck "
+                        f"(`kill {lease.pid}`), then run this supervisor again")
             if lease.expires_at < t:
                 say(f"the lease of host {lease.host} pid {lease.pid} expired {t - lease.expires_at:.0f}s ago; "
                     "taking over")
@@ -179,9 +189,11 @@ class Supervisor:
             if code == EXIT_USAGE:
                 say("the resume exited 2 (usage or config error): restarting cannot fix that; see its message")
                 return EXIT_USAGE
-            if code == EXIT_LOCKED:
-                continue  # someone else took the lease: check_owner names them (or it was released)
             progressed = self._progress() > before
+            if code == EXIT_LOCKED and progressed:
+                continue  # someone else took the lease and works: check_owner names them
+            # A refused child (exit 4) without progress is a restart like a crash: it backs off and
+            # counts toward --max-restarts, so a lease no child can take never becomes a spawn loop.
             consecutive = 0 if progressed else consecutive
             restarts += 1
             consecutive += 1
