@@ -10,6 +10,7 @@
     gates:
       approve_items: {policy: human}
     reviewer: {model: gpt-5}   # see docs/review.md
+    demo: false                # true allows demo-only switches (gate policy 'approve'); recorded
 
 ``include: other.yaml`` (relative to the including file) merges another file first; mappings
 merge deeply, lists and scalars are replaced. Unknown keys and wrong types are errors that name
@@ -27,7 +28,7 @@ from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage"}
+            "include", "stage", "demo"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -133,6 +134,12 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
                               f"allowed: {', '.join(sorted(GATE_KEYS))}")
         if "policy" in g and g["policy"] not in POLICIES:
             raise ConfigError(f"{source}: gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
+        if g.get("policy") == "approve" and cfg.get("demo") is not True:
+            raise ConfigError(f"{source}: gates.{gname}.policy = 'approve' passes the gate with no decision; it is "
+                              "for demo profiles only. Use auto/human/review/review+human, or declare the "
+                              "config a demo with 'demo: true' (the run records it)")
+    if "demo" in cfg and not isinstance(cfg["demo"], bool):
+        raise ConfigError(f"{source}: 'demo' must be true or false, got {cfg['demo']!r}")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         raise ConfigError(f"{source}: 'reviewer' must be a mapping (see docs/review.md)")
     check_reviewers(cfg, source)
