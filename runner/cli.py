@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=540.0, help="seconds (default 540)")
     sp.add_argument("--json", action="store_true")
 
-    sp = add("status", cmd_status, "Show steps, gates, errors, costs and the next command (instant).",
+    sp = add("status", cmd_status, "Show steps, gates, errors, costs and the next command (never imports torch).",
              "runner status --json | jq .next_action")
     sp.add_argument("--json", action="store_true", help="machine-readable, with next_action")
 
