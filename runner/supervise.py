@@ -1,6 +1,6 @@
 """`runner supervise`: the foreground loop for a pod's start command (or a systemd unit).
 
-    runner --home /workspace/runs supervise --config configs/pilot.yaml   # create-or-continue, then supervise
+    runner --home /workspace/runs supervise --config /workspace/stage1-pod.yaml   # create-or-continue, then supervise
     runner --home /workspace/runs supervise --run pilot-20260101-120000 --max-restarts 10 --backoff-max 300
 
 Contract:
