@@ -75,7 +75,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from runner.status import run_state
-    store = open_store(args)
+    store = None
+    if not (args.db_url or os.environ.get("RUNNER_DB_URL")):
+        from state.reader import open_reader
+        store = open_reader(_home(args))  # stdlib sqlite3, read-only: no sqlalchemy import (fast cold start)
+    store = store or open_store(args)
     st = run_state(store, resolve_run(store, args))
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True, default=str))
@@ -244,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return EXIT_USAGE
-    from state.db import StateError
-    from state.store import LeaseLost
+    from state.errors import LeaseLost, StateError
     try:
         return int(args.fn(args) or 0)
     except RunnerError as e:
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_DONE
     except Exception as e:  # database-level trouble gets a clear message, not a traceback
+        if "sqlalchemy.exc" not in sys.modules:  # a sqlalchemy error implies sqlalchemy was imported
+            raise
         from sqlalchemy.exc import OperationalError
         if not isinstance(e, OperationalError):
             raise

@@ -21,14 +21,13 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import Session, SQLModel
 
 from state import migrations
+from state.errors import StateError  # noqa: F401  (re-exported: state.db.StateError)
 from state.fs import filesystem_kind
 from state.schema import SCHEMA_VERSION, SchemaMigration
 
 BUSY_TIMEOUT_S = 30.0
 
 
-class StateError(RuntimeError):
-    """The state database cannot be opened or used; the message says what to do."""
 
 
 def sqlite_url(path: Path) -> str:
