@@ -12,8 +12,10 @@
 #     packages, and says so in the transcript.
 #  2. a local model folder: $MODEL_DIR (declared kind $MODEL_KIND, default base), or the tiny random
 #     Qwen2 built offline (python -m phases.models.tiny).
-#  3. a small stage-1 config (includes phases/stages/demo.yaml, declares demo: true) on the device;
-#     `runner validate`, then `runner run --detach`.
+#  3. a small config on the device: with MODEL_DIR, stage 1 shrunk below demo size (includes
+#     phases/stages/demo.yaml, declares demo: true); without, the fixture data steps of
+#     tests/integration/sft_fixture_pipeline.py (a random model writes no usable data) and the
+#     real stage-1 SFT + evaluation. `runner validate`, then `runner run --detach`.
 #  4. `kill -9` of the runner (its whole process group) once SFT has written a checkpoint.
 #  5. `runner supervise --config ... ` picks the run up, resumes SFT from its checkpoint, runs
 #     the evaluation, and stops at gate sft_gate (policy human): exit 3.
@@ -24,7 +26,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-$REPO/pod-walk-out}"
 WORK="${WORK:-$(mktemp -d /tmp/pod-walk-XXXXXX)}"
 DEVICE="${WALK_DEVICE:-cuda}"
-SFT_STEPS="${SFT_STEPS:-40}"
+SFT_STEPS="${SFT_STEPS:-300}"
 mkdir -p "$OUT"
 T="$OUT/transcript.md"
 : > "$T"
@@ -73,32 +75,56 @@ if [ -n "${MODEL_DIR:-}" ]; then
   say "model folder $MODEL, declared kind $KIND"
 else
   MODEL="$WORK/models/tiny-random-qwen2"; KIND=""
-  run $PY -m phases.models.tiny "$MODEL" || exit 2
+  # 4096 positions: the stage-1 few-shot prompts run to a few hundred tokens of its 400-token vocab.
+  run $PY -c "from phases.models.tiny import build_tiny_model; print(build_tiny_model('$MODEL', max_position_embeddings=4096))" || exit 2
   say "no MODEL_DIR: the tiny random Qwen2 (profile kind random: sentinels are recorded, not enforced)"
 fi
 
 say ""
-say "## 3. A small stage-1 config, validated and run"
+say "## 3. A small config, validated and run"
 CFG="$WORK/walk.yaml"
-cat > "$CFG" <<EOF
-# Pod walk config: stage 1 at demo size on $DEVICE with a local model folder.
+if [ -n "${MODEL_DIR:-}" ]; then
+  # A real model writes real instructions: stage 1 below demo size, then SFT and evaluation.
+  cat > "$CFG" <<EOF
+# Pod walk config: stage 1 below demo size on $DEVICE with a local model folder.
 # Launch: .venv/bin/python -m runner supervise --config $CFG
 include: $WORK/cai-bootstrap/phases/stages/demo.yaml
 demo: true
 params:
   prepare_model: {model: "$MODEL", device: $DEVICE, kind: "$KIND"}
-  sft: {max_steps: $SFT_STEPS, save_steps: 2, logging_steps: 1, quantization: $QUANT, device: $DEVICE}
+  sft: {max_steps: $SFT_STEPS, save_steps: 5, logging_steps: 1, quantization: $QUANT, device: $DEVICE}
   evaluate: {quantization: $QUANT, device: $DEVICE, critic: false}
-heldout: {size: 4}
-pilot: {size: 8}
-scale: {target_kept: 16, shard_size: 8}
-generation: {batch_size: 8, instructions: {max_new_tokens: 40}, responses: {max_new_tokens: 24}}
-instruction_generation: {examples_per_prompt: 3}
+heldout: {size: 8}
+pilot: {size: 16}
+scale: {target_kept: 32, shard_size: 16}
 gates:
   qc_pilot: {policy: approve}
   qc_scale: {policy: approve}
   sft_gate: {policy: human}
 EOF
+else
+  # A random model writes no usable instructions, so the data steps are the fixture ones of
+  # tests/integration/sft_fixture_pipeline.py (stage-1 file contract); SFT, evaluation and the
+  # gate are the real stage-1 nodes.
+  export PYTHONPATH="$PYTHONPATH:$WORK/cai-bootstrap/tests/integration"
+  cat > "$CFG" <<EOF
+# Pod walk config: fixture data, the real stage-1 SFT + evaluation on $DEVICE, gate sft_gate (human).
+# Launch: PYTHONPATH=.:tests/integration .venv/bin/python -m runner supervise --config $CFG
+pipeline: sft_fixture_pipeline:pipeline
+seed: 7
+max_attempts: 3
+params:
+  prepare_model: {model: "$MODEL"}
+  heldout: {n: 8}
+  merge: {n: 16}
+  sft: {max_steps: $SFT_STEPS, save_steps: 5, logging_steps: 1, per_device_batch_size: 2, grad_accum: 1,
+        max_seq_len: 128, dev_fraction: 0.25, lora_r: 4, lora_alpha: 8, quantization: $QUANT, device: $DEVICE}
+  evaluate: {max_new_tokens: 16, batch_size: 8, n_boot: 200, arms: [raw, instruction], critic: false,
+             quantization: $QUANT, device: $DEVICE}
+gates:
+  sft_gate: {policy: human}
+EOF
+fi
 run cat "$CFG"
 run $PY -m runner validate --config "$CFG" || exit 2
 run $PY -m runner run --config "$CFG" --run-id walk --detach || exit $?
@@ -106,11 +132,11 @@ run $PY -m runner run --config "$CFG" --run-id walk --detach || exit $?
 say ""
 say "## 4. kill -9 during SFT"
 ckpt_seen() { ls -d "$RUNNER_HOME"/artifacts/walk/sft/.work-*/trainer/checkpoint-* >/dev/null 2>&1; }
-for _ in $(seq 1 1800); do
+for _ in $(seq 1 9000); do
   ckpt_seen && break
   st=$($PY -m runner status --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null)
   case "$st" in running|ready|"") ;; *) say "the run stopped before an SFT checkpoint (state $st)"; run $PY -m runner log --errors --limit 20; exit 1 ;; esac
-  sleep 1
+  sleep 0.2
 done
 ckpt_seen || { say "no SFT checkpoint within 30 min"; exit 1; }
 run bash -c "ls -d '$RUNNER_HOME'/artifacts/walk/sft/.work-*/trainer/checkpoint-*"
