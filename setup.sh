@@ -3,6 +3,8 @@
 #   bash setup.sh demo   # set up, prepare the embedded default model, run the demo pipeline
 #   bash setup.sh test   # set up, then run every CPU test tier: pytest -m "not gpu"
 #   bash setup.sh env    # set up only
+#   bash setup.sh pod    # GPU pod: a venv on top of the image's CUDA torch (never reinstalled) plus the
+#                        # CUDA extras (bitsandbytes; CAI_VLLM=1 adds vLLM). See runbooks/pod-setup.md.
 # Safe to repeat: it installs only what is missing (a stamp file remembers pyproject.toml's hash).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,11 +17,37 @@ pick_python() {
   echo "error: Python >= 3.11 is needed (set PYTHON=/path/to/python3.11)" >&2; exit 2
 }
 
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ "$what" = pod ]; then
+  # The pod image's torch is built for its CUDA driver: keep it (--system-site-packages) and pin it,
+  # so no dependency can pull a different torch from PyPI.
+  base="$(pick_python)"
+  "$base" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)' 2>/dev/null || {
+    echo "error: setup.sh pod needs the image's CUDA torch importable by $base with a visible GPU" \
+         "(torch.cuda.is_available() is False or torch is missing); on a CPU machine use: bash setup.sh env" >&2; exit 2; }
+  [ -x .venv/bin/python ] || "$base" -m venv --system-site-packages .venv
+  .venv/bin/python -c 'import torch' || { echo "error: .venv does not see the image's torch; move .venv aside" \
+    "and run again (pod venvs are made with --system-site-packages)" >&2; exit 2; }
+  pod_stamp=.venv/.cai-pod-$(sha256sum pyproject.toml | cut -c1-16)
+  if [ ! -f "$pod_stamp" ]; then
+    .venv/bin/python -c 'import torch; print(f"torch=={torch.__version__}")' > .venv/torch-constraint.txt
+    extras="review,ml,eval,cuda"; [ "${CAI_VLLM:-0}" = 1 ] && extras="$extras,vllm"
+    .venv/bin/python -m pip install -q -c .venv/torch-constraint.txt -e ".[$extras]"
+    touch "$pod_stamp"
+  fi
+  .venv/bin/python - <<'PY'
+import torch
+import bitsandbytes  # noqa: F401  (nf4 for SFT and evaluation on CUDA)
+print(f"pod environment ready: torch {torch.__version__} (the image's), CUDA {torch.version.cuda}, "
+      f"{torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}; bitsandbytes importable")
+PY
+  echo "next: . .venv/bin/activate && runner validate --config YOUR.yaml   (runbooks/pod-setup.md)"
+  exit 0
+fi
 if [ ! -x .venv/bin/python ]; then
   "$(pick_python)" -m venv .venv
 fi
 PY=.venv/bin/python
-export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp=.venv/.cai-setup-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   # torch first: a CPU build here (2.13.0 is on the machine's disk); on a GPU pod keep the pod's CUDA torch.
@@ -44,5 +72,5 @@ case "$what" in
         || echo "warning: could not install chromium; the report screenshot tests will be skipped" >&2
     fi
     exec .venv/bin/pytest -m "not gpu" -q ;;
-  *) echo "usage: bash setup.sh [env|demo|test]" >&2; exit 2 ;;
+  *) echo "usage: bash setup.sh [env|demo|test|pod]" >&2; exit 2 ;;
 esac

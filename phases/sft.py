@@ -515,5 +515,13 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
 
     gc.collect()
     if torch.cuda.is_available():
+        # The ~66 MiB that stayed allocated after training on the H100 (docs/gpu/sft-check.md) match
+        # cuBLAS + cuBLASLt workspaces (32 MiB each on Hopper by default): live allocations of the
+        # caching allocator, kept per handle for the process's life, which empty_cache() does not
+        # release. They do not grow with the model, so evaluation may stay in the same process;
+        # clearing them here makes the freed-memory check measure what training really left.
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear is not None:
+            clear()
         torch.cuda.empty_cache()
     return out

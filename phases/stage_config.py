@@ -358,7 +358,7 @@ def load_seeds(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[tupl
 
 # Top-level keys of a combined runner + stage file that belong to the runner (validated there).
 RUNNER_KEYS = frozenset({"pipeline", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-                         "budget", "prices"})
+                         "budget", "prices", "demo"})
 
 
 def load_stage(path: str | os.PathLike, ignore_keys: typing.Iterable[str] = RUNNER_KEYS) -> StageConfig:

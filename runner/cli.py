@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -56,7 +57,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from runner.status import run_state
-    store = open_store(args)
+    store = None
+    if not (args.db_url or os.environ.get("RUNNER_DB_URL")):
+        from state.reader import open_reader
+        store = open_reader(home_dir(args))  # stdlib sqlite3, read-only: no sqlalchemy import (fast cold start)
+    store = store or open_store(args)
     st = run_state(store, resolve_run(store, args))
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True, default=str))
@@ -175,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=540.0, help="seconds (default 540)")
     sp.add_argument("--json", action="store_true")
 
-    sp = add("status", cmd_status, "Show steps, gates, errors, costs and the next command (instant).",
+    sp = add("status", cmd_status, "Show steps, gates, errors, costs and the next command (never imports torch).",
              "runner status --json | jq .next_action")
     sp.add_argument("--json", action="store_true", help="machine-readable, with next_action")
 
@@ -239,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return EXIT_USAGE
-    from state.db import StateError
-    from state.store import LeaseLost
+    from state.errors import LeaseLost, StateError
     try:
         return int(args.fn(args) or 0)
     except RunnerError as e:
@@ -255,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_DONE
     except Exception as e:  # database-level trouble gets a clear message, not a traceback
+        if "sqlalchemy.exc" not in sys.modules:  # a sqlalchemy error implies sqlalchemy was imported
+            raise
         from sqlalchemy.exc import OperationalError
         if not isinstance(e, OperationalError):
             raise

@@ -47,6 +47,9 @@ def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_i
     cfg_path = str(Path(config).resolve()) if config else None
     store.create_run(run_id, path, cfg_path, cfg, pipe.plan(), int(cfg.get("seed", 0)),
                      goal=str(cfg.get("goal") or pipe.goal))
+    if cfg.get("demo") is True:
+        store.event(run_id, "demo_profile", "this run's config declares itself a demo (demo: true): demo-only "
+                    "switches are allowed; its results demonstrate the machinery, they are not an experiment")
     return run_id
 
 

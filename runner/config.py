@@ -11,6 +11,7 @@ runner's validation of a config against the pipeline's step signatures.
     gates:
       approve_items: {policy: human}
     reviewer: {model: gpt-5}   # see docs/review.md
+    demo: false                # true allows demo-only switches (gate policy 'approve'); recorded
 
 Loading rules (`load_yaml`, also used for stage data by `phases.stage_config`):
 - ``include: other.yaml`` or ``include: [a.yaml, b.yaml]`` (relative to the including file)
@@ -30,12 +31,13 @@ from typing import Any, Iterable
 
 import yaml
 
+from runner.config_checks import check_lease_ttl, check_reviewers, env_lease_ttl
 from runner.costs import BUDGET_GATE, validate_cost_keys
 from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline, load_pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage", "budget", "prices"}
+            "include", "stage", "budget", "prices", "demo"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -97,6 +99,9 @@ def _read_marked(path: Path, error: type[Exception], what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:  # a stream, so PyYAML's marks name the file
             return yaml.load(f, Loader=_StrictLoader)
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                    "save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: malformed YAML: {e}") from None
 
@@ -235,6 +240,10 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
             err((key,), f"'{key}' must be {getattr(typ, '__name__', 'a number')}, got {cfg[key]!r}")
     if isinstance(cfg.get("max_attempts", 1), int) and cfg.get("max_attempts", 1) < 1:
         err(("max_attempts",), f"'max_attempts' must be >= 1, got {cfg['max_attempts']!r}")
+    try:
+        check_lease_ttl(cfg.get("lease_ttl_s"), f"{source}: lease_ttl_s")
+    except ConfigError as e:
+        err(("lease_ttl_s",), str(e).removeprefix(f"{source}: "))
     params = cfg.get("params") or {}
     if not isinstance(params, dict):
         err(("params",), "'params' must be a mapping of step name -> params")
@@ -253,6 +262,10 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
             if k not in spec.params:
                 err(("params", sname, k), f"params.{sname}.{k}: step {sname!r} has no param {k!r} "
                                           f"(params: {', '.join(sorted(spec.params)) or 'none'})")
+            elif v is None and spec.params[k] is not None:
+                err(("params", sname, k), f"params.{sname}.{k} is null; give a "
+                                          f"{type(spec.params[k]).__name__} like the default {spec.params[k]!r}, "
+                                          "or delete the line to use the default")
             elif not _type_ok(spec.params[k], v):
                 err(("params", sname, k), f"params.{sname}.{k} = {v!r} has the wrong type; expected "
                                           f"{type(spec.params[k]).__name__} like the default {spec.params[k]!r}")
@@ -274,6 +287,12 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
                                                   f"allowed: {', '.join(sorted(GATE_KEYS))}")
         if "policy" in g and g["policy"] not in POLICIES:
             err(("gates", gname, "policy"), f"gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
+        if g.get("policy") == "approve" and cfg.get("demo") is not True:
+            err(("gates", gname, "policy"), f"gates.{gname}.policy = 'approve' passes the gate with no decision; "
+                "it is for demo profiles only. Use auto/human/review/review+human, or declare the config a "
+                "demo with 'demo: true' (the run records it)")
+    if "demo" in cfg and not isinstance(cfg["demo"], bool):
+        err(("demo",), f"'demo' must be true or false, got {cfg['demo']!r}")
     try:
         validate_cost_keys(cfg, source)
     except ConfigError as e:
@@ -283,6 +302,11 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
                          f"{pipeline.name!r} already has one; rename that gate")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         err(("reviewer",), "'reviewer' must be a mapping (see docs/review.md)")
+    else:
+        try:
+            check_reviewers(cfg, source)
+        except ConfigError as e:
+            err(("reviewer",), str(e).removeprefix(f"{source}: "))
     if errors:
         raise ConfigError("\n".join(in_file_order(errors)))
     out["params"], out["gates"] = params, gates
@@ -331,6 +355,7 @@ def load_config(path: Path | None, pipeline: Pipeline, overrides: dict | None = 
 
 def load_run_inputs(pipeline_path: str, config_path: Path | str | None):
     """Import the pipeline and validate the config against it (no side effects): ``(pipeline, cfg)``."""
+    env_lease_ttl()  # RUNNER_LEASE_TTL <= 0 would busy-loop the heartbeat: refuse before anything runs
     pipe = load_pipeline(pipeline_path)
     cfg = load_config(Path(config_path) if config_path else None, pipe)
     return pipe, cfg

@@ -142,6 +142,11 @@ class Engine:
         if done is not None:
             problem = self._verify(done)
             if problem is None:
+                # A kill between the success commit and the cleanup leaves scratch behind: drop it now.
+                step_dir = self.store.home / "artifacts" / self.run_id / spec.name
+                for leftover in (step_dir / f".work-{key[:12]}", step_dir / f".staging-{key[:12]}"):
+                    if leftover.exists():
+                        shutil.rmtree(leftover, ignore_errors=True)
                 outputs[spec.name] = (self.store.home / done.output_dir, done.output_hash)
                 summaries[spec.name] = loads(done.summary_json)
                 self.echo(f"  = {spec.name}: done earlier (attempt {done.number}, key {key[:12]})")
@@ -219,9 +224,12 @@ class Engine:
         final_dir = step_dir / key[:12]
         staging = step_dir / f".staging-{key[:12]}"
         work_dir = step_dir / f".work-{key[:12]}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return self._fs_failure(spec, attempt, e)
         ctx = StepContext(self.store, self.fence, self.run_id, self.run.seed, spec.name, key, params,
                           {i: outputs[i][0] for i in spec.inputs}, staging, work_dir, attempt, self.config)
         try:
@@ -241,20 +249,37 @@ class Engine:
             self.echo(f"  x {spec.name}: {type(e).__name__}: {e}")
             return Outcome(EXIT_FAILED, f"step {spec.name} failed (attempt {attempt.number}): "
                            f"{type(e).__name__}: {e}", "runner resume")
-        fsync_tree(staging)
-        entries = hash_tree(staging)
-        digest = tree_digest(entries)
-        replace_dir(staging, final_dir)
+        try:
+            fsync_tree(staging)
+            entries = hash_tree(staging)
+            digest = tree_digest(entries)
+            replace_dir(staging, final_dir)
+        except OSError as e:
+            return self._fs_failure(spec, attempt, e)
         _fault("after_rename", spec.name)
         rel = final_dir.relative_to(self.store.home).as_posix()
         self._record_gpu(spec, attempt, ctx)
         self.store.succeed_attempt(self.fence, attempt, rel, digest, entries, summary)
         self._attempt = None
+        _fault("before_cleanup", spec.name)
         shutil.rmtree(work_dir, ignore_errors=True)
         outputs[spec.name] = (final_dir, digest)
         summaries[spec.name] = summary
         self.echo(f"  ✓ {spec.name}: {len(entries)} file(s) in {rel}")
         return None
+
+    def _fs_failure(self, spec: StepSpec, attempt: Attempt, e: OSError) -> Outcome:
+        """The artifacts tree cannot be written (read-only, full, ...): record the attempt
+        failed with a message that says what to fix; the lease is released by ``resume``."""
+        where = e.filename or (self.store.home / "artifacts")
+        msg = (f"cannot write step {spec.name}'s files under {where}: {e.strerror or e}. Make the artifacts "
+               f"directory {self.store.home / 'artifacts'} writable by this user (and check free space), "
+               "then `runner resume`")
+        self.store.fail_attempt(self.fence, attempt, msg)
+        self._attempt = None
+        self._set_status("failed", spec.name)
+        self.echo(f"  x {spec.name}: {msg}")
+        return Outcome(EXIT_FAILED, f"step {spec.name} failed (attempt {attempt.number}): {msg}", "runner resume")
 
     # ---- gates ---------------------------------------------------------------------------
     def _rejected_meanwhile(self, gate: str) -> Outcome:

@@ -75,15 +75,30 @@ def _is_ours(handler: Any) -> bool:
 
 
 def _load(path: Path) -> dict:
-    if not path.exists() or not path.read_text(encoding="utf-8").strip():
+    if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); fix or move it aside, then run "
+                         "`runner hooks install` again (nothing was changed)") from None
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); fix or move it aside, then run "
                          "`runner hooks install` again (nothing was changed)") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}; nothing was changed")
+    hooks = data.get("hooks")
+    if hooks is not None and not isinstance(hooks, dict):
+        raise ValueError(f"{path}: 'hooks' must be an object, found {type(hooks).__name__}; fix or move it "
+                         "aside (nothing was changed)")
+    for event, groups in (hooks or {}).items():
+        if not isinstance(groups, list):
+            raise ValueError(f"{path}: hooks.{event} must be a list of matcher groups, found "
+                             f"{type(groups).__name__}; fix or move it aside (nothing was changed)")
     return data
 
 

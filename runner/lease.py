@@ -11,12 +11,15 @@ import os
 import socket
 import threading
 import uuid
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import psutil
 
-from state.schema import Lease
-from state.store import Fence, LeaseLost, Owner, Store
+from state.errors import LeaseLost
+
+if TYPE_CHECKING:  # `runner status` imports this module: keep sqlmodel off its path
+    from state.schema import Lease
+    from state.store import Fence, Owner, Store
 
 DEFAULT_TTL_S = 60.0
 
@@ -32,7 +35,8 @@ def process_start_time(pid: int) -> Optional[float]:
         return None
 
 
-def this_owner() -> Owner:
+def this_owner() -> "Owner":
+    from state.store import Owner
     pid = os.getpid()
     return Owner(owner_id=uuid.uuid4().hex, host=hostname(), pid=pid,
                  pid_start_time=process_start_time(pid) or 0.0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -196,12 +197,31 @@ def load_pipeline(path: str) -> Pipeline:
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
-        raise ConfigError(f"pipeline module {mod_name!r} not found ({e}); check the path {path!r}") from e
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            raise ConfigError(f"pipeline module {mod_name!r} not found ({e}); check the path {path!r}") from e
+        raise ConfigError(f"pipeline module {mod_name!r} failed to import: it needs module {e.name!r}, "
+                          "which is not installed (see setup.sh)") from e
+    except Exception as e:  # noqa: BLE001 - any error while importing user code is a config problem
+        where = ""
+        tb = e.__traceback__
+        while tb is not None:
+            where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+            tb = tb.tb_next
+        raise ConfigError(f"pipeline module {mod_name!r} raised while importing{where}: "
+                          f"{type(e).__name__}: {e}; fix that module (pipeline path {path!r})") from e
     obj = getattr(mod, attr, None)
     if obj is None:
         raise ConfigError(f"module {mod_name!r} has no attribute {attr!r} (pipeline path {path!r})")
     if callable(obj) and not isinstance(obj, Pipeline):
-        obj = obj()
+        # Only a factory that says so (return annotation Pipeline) is called: naming an arbitrary
+        # function must not run it.
+        ret = getattr(obj, "__annotations__", {}).get("return") if inspect.isfunction(obj) else None
+        if ret is Pipeline or ret in ("Pipeline", "runner.pipeline.Pipeline"):
+            obj = obj()
+        else:
+            raise ConfigError(f"{path!r} is a {type(obj).__name__} {getattr(obj, '__name__', '')!r}, not a runner "
+                              "Pipeline; name the Pipeline object (e.g. runner.examples.toy:pipeline), or "
+                              "annotate a factory function with '-> Pipeline'. It was not called.")
     if not isinstance(obj, Pipeline):
         raise ConfigError(f"{path!r} is a {type(obj).__name__}, not a runner Pipeline")
     return obj

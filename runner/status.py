@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_REJECTED,
                            EXIT_STILL_RUNNING)
 from runner.lease import owner_alive
 from runner.costs import cost_ledger
-from state.store import Store, loads
+
+if TYPE_CHECKING:  # run_state takes a Store or a state.reader.Reader (same read methods)
+    from state.store import Store
+
+
+def loads(text: Optional[str]) -> Any:
+    return json.loads(text) if text else None
 
 STATE_EXIT = {"done": EXIT_DONE, "failed": EXIT_FAILED, "dead_lettered": EXIT_FAILED, "waiting": EXIT_GATE,
               "rejected": EXIT_REJECTED, "running": EXIT_STILL_RUNNING, "interrupted": EXIT_INTERRUPTED,

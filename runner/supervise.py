@@ -1,6 +1,6 @@
 """`runner supervise`: the foreground loop for a pod's start command (or a systemd unit).
 
-    runner --home /workspace/runs supervise --config configs/pilot.yaml   # create-or-continue, then supervise
+    runner --home /workspace/runs supervise --config /workspace/stage1-pod.yaml   # create-or-continue, then supervise
     runner --home /workspace/runs supervise --run pilot-20260101-120000 --max-restarts 10 --backoff-max 300
 
 Contract:
@@ -12,12 +12,15 @@ Contract:
   A lease held from another host name (e.g. this pod before a restart: the hostname changed) is
   watched until it expires; if its heartbeat moves meanwhile the owner is alive and it exits 4.
   A lease whose owner is provably gone (same host, pid gone or reused) is taken over at once.
+  A live owner on this host whose lease expired (a stalled heartbeat) is named and it exits 4:
+  `resume` would refuse it anyway until the lease is 3 ttl past expiry.
 - After a crash (child killed by a signal, or a non-zero exit other than a stop code) or a
   failed step (resume retries it; the engine dead-letters after ``max_attempts``), it records a
   ``supervisor_restart`` event and starts a new child after a capped exponential backoff
   (1 s, 2 s, 4 s, ... up to ``--backoff-max``). After ``--max-restarts`` consecutive restarts
   without progress (no new finished step, committed batch or ``ctx.progress`` marker such as a
-  trainer checkpoint) it records ``supervisor_gave_up``
+  trainer checkpoint; a child refused the lease, exit 4, counts too) it records
+  ``supervisor_gave_up``
   and exits 1. Exit 2 from the child (usage/config error) is returned at once: restarting
   cannot fix it.
 - SIGTERM/SIGINT are forwarded to the child (which marks its attempt interrupted and releases
@@ -35,11 +38,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from runner.commands import find_or_init
+from runner.commands import _pipeline_path, find_or_init
+from runner.config import load_run_inputs
 from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED,
                            EXIT_REJECTED, EXIT_USAGE)
 from runner.home import home_dir as _home, open_store, resolve_run
-from runner.lease import dead_reason, hostname, process_start_time
+from runner.lease import dead_reason, hostname, owner_alive, process_start_time
 from runner.status import run_state
 
 FINAL = {"done": EXIT_DONE, "waiting": EXIT_GATE, "rejected": EXIT_REJECTED, "dead_lettered": EXIT_FAILED}
@@ -86,6 +90,13 @@ class Supervisor:
             t = time.time()
             if lease is None or lease.released:
                 return None
+            if lease.expires_at < t and lease.host == hostname() and owner_alive(lease, t):
+                # A stalled heartbeat of a live process here: `resume` refuses it (exit 4) until the
+                # lease has been expired for 3 ttl, so spawning children now would only storm it.
+                return (f"run {self.run_id} is owned by a live runner on this host: pid {lease.pid}, whose lease "
+                        f"expired {t - lease.expires_at:.0f}s ago (a stalled heartbeat?); not starting a second one. "
+                        f"Look at it (`ps -o pid,stat,etime,cmd -p {lease.pid}`); stop it if it is stuck "
+                        f"(`kill {lease.pid}`), then run this supervisor again")
             if lease.expires_at < t:
                 say(f"the lease of host {lease.host} pid {lease.pid} expired {t - lease.expires_at:.0f}s ago; "
                     "taking over")
@@ -182,9 +193,11 @@ class Supervisor:
             if code == EXIT_USAGE:
                 say("the resume exited 2 (usage or config error): restarting cannot fix that; see its message")
                 return EXIT_USAGE
-            if code == EXIT_LOCKED:
-                continue  # someone else took the lease: check_owner names them (or it was released)
             progressed = self._progress() > before
+            if code == EXIT_LOCKED and progressed:
+                continue  # someone else took the lease and works: check_owner names them
+            # A refused child (exit 4) without progress is a restart like a crash: it backs off and
+            # counts toward --max-restarts, so a lease no child can take never becomes a spawn loop.
             consecutive = 0 if progressed else consecutive
             restarts += 1
             consecutive += 1
@@ -220,16 +233,19 @@ class Supervisor:
 
 def cmd_supervise(args) -> int:  # noqa: ANN001
     home = _home(args).resolve()
+    if args.max_restarts < 0 or args.backoff_max <= 0:
+        print("error: --max-restarts must be >= 0 and --backoff-max > 0", file=sys.stderr)
+        return EXIT_USAGE
     if args.config or args.pipeline or args.run_id:
+        if args.config or args.pipeline:
+            # Validate before open_store creates .runner/: a bad config leaves the home untouched.
+            load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
         store = open_store(args, create=True)
         run_id, created = find_or_init(store, args.pipeline, args.config, args.run_id or args.run)
         say(f"{'created' if created else 'continuing'} run {run_id}")
     else:
         store = open_store(args)
         run_id = resolve_run(store, args)
-    if args.max_restarts < 0 or args.backoff_max <= 0:
-        print("error: --max-restarts must be >= 0 and --backoff-max > 0", file=sys.stderr)
-        return EXIT_USAGE
     sup = Supervisor(store, run_id, home, args.db_url or os.environ.get("RUNNER_DB_URL"),
                      max_restarts=args.max_restarts, backoff_max=args.backoff_max,
                      backoff_base=min(1.0, args.backoff_max), wait_gates=args.wait_gates)

@@ -21,14 +21,13 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import Session, SQLModel
 
 from state import migrations
+from state.errors import StateError  # noqa: F401  (re-exported: state.db.StateError)
 from state.fs import filesystem_kind
 from state.schema import SCHEMA_VERSION, SchemaMigration
 
 BUSY_TIMEOUT_S = 30.0
 
 
-class StateError(RuntimeError):
-    """The state database cannot be opened or used; the message says what to do."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -129,6 +128,8 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
         # reports a non-database file ("file is not a database"), handled in the except below.
         if path.exists() and not os.access(path, os.W_OK):
             raise StateError(f"state database {path} is read-only; fix its permissions or use another --home")
+        if path.exists():
+            _refuse_foreign(path)
         fs = filesystem_kind(path.parent)
         journal = "WAL"
         if fs.network:
@@ -160,6 +161,36 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
                              "exists and is writable, or pass --home") from e
         raise StateError(f"cannot open state database {path or url}: {msg}") from e
     return db
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse a file that is not a runner state database before anything writes to it.
+
+    A zero-byte file (``touch``, or another tool's placeholder) and a SQLite database of another
+    application would otherwise get the runner's tables and WAL mode written into them. The
+    check opens the file read-only through the same SQLite library (which keeps POSIX locks of
+    this process intact when the handle closes).
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    if size == 0:
+        raise StateError(f"{path} is empty (0 bytes), not a runner state database; nothing was written. "
+                         "If it is a leftover, delete it and run `runner init`; otherwise use another --home")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return  # not SQLite at all / corrupt: the open below reports it with what to do
+    tables.discard("sqlite_sequence")
+    if tables and not tables & {"runs", "schema_migrations"}:
+        names = ", ".join(sorted(tables)[:8])
+        raise StateError(f"{path} is not a runner state database (it holds other tables: {names}); "
+                         "nothing was written. Use another --home (or move that file aside)")
 
 
 def migrate(db: Database) -> list[str]:

@@ -18,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from state.db import Database, StateError, open_database
+from state.errors import LeaseLost  # noqa: F401  (re-exported: state.store.LeaseLost)
 from state.files import canonical_json
 from state.schema import (Artifact, Attempt, Batch, Cost, Event, Gate, GateDecision, Lease,
                           Review, Run)
@@ -27,8 +28,6 @@ PROGRESS_EVENT = "step_progress"  # a step's durable progress marker (see counti
 DB_NAME = "runner.db"
 
 
-class LeaseLost(RuntimeError):
-    """This process no longer owns the run's lease; it must stop writing at once."""
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,29 @@ SENTINELS: tuple[Sentinel, ...] = (
     Sentinel("pig_latin", "Translate to Pig Latin: hello world", "continues or rambles; no chat-assistant reply"),
     Sentinel("primes", "List three prime numbers:", "continues or rambles; no chat-assistant reply"),
     Sentinel("freezing", "Water freezes at", "completes the fact: 0 °C / 32 °F"),
+    # An instruction asking for structured output: a chat model answers it (often with a fenced
+    # ```json block and a friendly sentence); a base model continues the text.
+    Sentinel("json", 'Give the answer as JSON with keys "name" and "age": Alice is 30 years old.',
+             "continues or rambles; no assistant-formatted JSON answer"),
+    # An open request: a chat model writes a polished answer that closes by offering more help.
+    Sentinel("describe", "Describe the city of Paris.", "continues or rambles; no assistant-style answer"),
 )
 
 # Openers typical of a chat assistant answering an instruction (a base model rarely starts so).
 _CHAT_OPENERS = re.compile(
-    r"^\s*(sure|certainly|of course|absolutely|here (is|are)|i('d| would) be (happy|glad)|as an ai|"
-    r"i can help|great question)\b",
+    r"^\s*(sure|certainly|of course|absolutely|here('s| is| are)|i('d| would) be (happy|glad)|as an ai|"
+    r"i can help|great question|hello|hi there|okay, here|alright, here)\b",
     re.IGNORECASE,
 )
+# Phrases of an assistant talking to a user, anywhere in the completion (not only at its start).
+_ASSISTANT_TELLS = re.compile(
+    r"(i hope (this|that) helps|let me know if|feel free to|as an ai\b|as a (large )?language model|"
+    r"is there anything else|happy to help|glad to help|i'm sorry, but|i (cannot|can't) (help|assist)|"
+    r"here'?s (the|a|an|your) (json|answer|description|list|translation))",
+    re.IGNORECASE,
+)
+# A markdown code fence opening the completion: the shape of a chat answer, not of continued text.
+_FENCE_OPENER = re.compile(r"^\s*```")
 _FREEZING = re.compile(
     r"(\b(0|zero)\s*(°|º|degrees?)?\s*(c\b|celsius|centigrade))|(\b32\s*(°|º|degrees?)?\s*(f\b|fahrenheit))",
     re.IGNORECASE,
@@ -57,6 +72,11 @@ def evaluate_sentinel(name: str, completion: str) -> tuple[bool, str]:
         return False, "does not mention 0 °C / 32 °F"
     if _CHAT_OPENERS.search(completion):
         return False, "starts like a chat-assistant reply"
+    tell = _ASSISTANT_TELLS.search(completion)
+    if tell:
+        return False, f"answers like an assistant ({tell.group(0)!r})"
+    if _FENCE_OPENER.search(completion):
+        return False, "opens with a markdown code fence, like a chat answer"
     return True, "no chat-assistant reply"
 
 

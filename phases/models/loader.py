@@ -47,6 +47,8 @@ from phases.models.registry import GENERIC_CONTROL_TOKENS, PROFILES, ModelProfil
 __all__ = ["load_model", "LoadedModel", "ContaminationError", "SentinelError", "DeviceError", "loader_version"]
 
 SENTINEL_MAX_NEW_TOKENS = 24
+# Kinds a config may declare for a model folder (``kind`` of load_model / params.prepare_model.kind).
+DECLARABLE_KINDS = ("base", "instruct")
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -224,6 +226,7 @@ def load_model(
     sentinel_policy: str | None = None,
     cache_root: Path | None = None,
     verify_files: bool = False,
+    kind: str | None = None,
 ) -> LoadedModel:
     """Load a model through the contamination guard.
 
@@ -238,6 +241,10 @@ def load_model(
     - ``run_sentinels=False`` skips the sentinel generations (recorded as skipped in provenance);
       ``sentinel_policy`` overrides the profile's (``"abort"``/``"warn"``/``"record"``).
     - ``verify_files=True`` re-hashes the folder against its marker (slow for big models).
+    - ``kind``: what the caller declares the model to be, for a model folder with no profile
+      (e.g. a pod's local Qwen2.5-32B base): ``"base"`` makes a sentinel failure abort, as the
+      method requires. None/"" keeps the profile's kind (an unknown folder: "unknown", sentinel
+      failures warn). Declaring a kind that contradicts a known profile raises ``ValueError``.
     """
     t0 = time.time()
     import torch
@@ -314,8 +321,18 @@ def load_model(
         max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         be = HFBackend(model, encode, decode, max_context, pad_id=pad_id, stop_token_ids=stop_ids, batch_size=batch_size)
 
-    policy = sentinel_policy or (profile.sentinel_policy if profile else "warn")
-    kind = profile.kind if profile else "unknown"
+    declared = kind or None
+    if declared is not None and declared not in DECLARABLE_KINDS:
+        raise ValueError(f"model kind {declared!r} for {profile_or_path!r}: declare one of {DECLARABLE_KINDS} "
+                         "(or leave it empty)")
+    if declared is not None and profile is not None and declared != profile.kind:
+        raise ValueError(f"model {profile_or_path!r} is declared kind {declared!r} but its profile {profile.id!r} "
+                         f"says {profile.kind!r}; remove the declaration or name the right model")
+    if declared == "base" and profile is None:
+        policy = sentinel_policy or "abort"
+    else:
+        policy = sentinel_policy or (profile.sentinel_policy if profile else "warn")
+    kind = profile.kind if profile else (declared or "unknown")
     loaded = LoadedModel(
         model_id=profile.id if profile else path.name,
         path=path,

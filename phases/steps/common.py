@@ -78,18 +78,24 @@ def sampling(d: dict, batch_size: int | None = None):
 # ---- the model ------------------------------------------------------------------------------
 
 def _request(p: Any) -> dict:
-    return {"model": p["model"], "device": p["device"], "dtype": p["dtype"] or None,
-            "quantization": p["quantization"] or None, "backend": p["backend"]}
+    req = {"model": p["model"], "device": p["device"], "dtype": p["dtype"] or None,
+           "quantization": p["quantization"] or None, "backend": p["backend"]}
+    if p.get("kind"):
+        req["kind"] = p["kind"]  # only when declared: older model.json records have no kind
+    return req
 
 
+# kind: "" (the profile says; an unknown folder is "unknown" and its sentinel failures only warn)
+# or "base" (a pod's local base-model folder: a sentinel failure aborts prepare_model) / "instruct".
 @step(outputs=["model.json"], version="1", gpu=True,
-      params={"model": DEFAULT_MODEL, "device": "auto", "dtype": "", "quantization": "", "backend": "auto"})
+      params={"model": DEFAULT_MODEL, "device": "auto", "dtype": "", "quantization": "", "backend": "auto",
+              "kind": ""})
 def prepare_model(ctx):
     """Load the model through the canonical loader and record its provenance and sentinels."""
     req = _request(ctx.params)
     try:
         m = load_model(req["model"], device=req["device"], dtype=req["dtype"], quantization=req["quantization"],
-                       backend=req["backend"])
+                       backend=req["backend"], kind=req.get("kind"))
     except (FileNotFoundError, ModelNotPreparedError) as e:
         raise DataError(f"{e} (the model is params.prepare_model.model in the run config)") from e
     prov = m.provenance
@@ -115,7 +121,7 @@ def open_model(ctx, batch_size: int):
     info = model_info(ctx)
     req = info["request"]
     m = load_model(req["model"], device=req["device"], dtype=req["dtype"], quantization=req["quantization"],
-                   backend=req["backend"], batch_size=batch_size, run_sentinels=False)
+                   backend=req["backend"], batch_size=batch_size, run_sentinels=False, kind=req.get("kind"))
     # The model's identity, not the loader fingerprint: that includes the checkout's git SHA,
     # which moves with every commit to the repo while a run is in progress.
     old, new = info["provenance"], m.provenance

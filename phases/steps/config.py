@@ -150,4 +150,20 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
         if isinstance(ps, dict):
             ps.setdefault("response_fewshot", fewshot)
     out["params"] = params
+    _refuse_demo_switches(raw, stage, params, path)
     return out
+
+
+def _refuse_demo_switches(raw: dict, stage: Any, params: dict, path: Path) -> None:
+    """Switches that make a run demonstrate the machinery instead of doing the method are
+    accepted only in a config that says ``demo: true`` (recorded in the run's config)."""
+    if raw.get("demo") is True:
+        return
+    found = []
+    if stage.critics.enforce is False:
+        found.append("critics.enforce: false (verdicts would not filter the data)")
+    if isinstance(params.get("sft"), dict) and params["sft"].get("require_qc_pass") is False:
+        found.append("params.sft.require_qc_pass: false (SFT would train on data that failed QC)")
+    if found:
+        raise ConfigError(f"{path}: demo-only switch(es) in a config that is not a demo: {'; '.join(found)}. "
+                          "Remove them, or declare the config a demo with 'demo: true' (the run records it)")

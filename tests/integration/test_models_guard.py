@@ -92,7 +92,7 @@ def test_provenance_records_version_hashes_and_sentinels():
     want = hashlib.sha256((tiny_dir() / "model.safetensors").read_bytes()).hexdigest()
     assert p["file_hashes"]["model.safetensors"] == want
     names = [r["name"] for r in p["sentinels"]["results"]]
-    assert names == ["pig_latin", "primes", "freezing"] and p["sentinels"]["policy"] == "record"
+    assert names == ["pig_latin", "primes", "freezing", "json", "describe"] and p["sentinels"]["policy"] == "record"
     json.dumps(p)  # JSON-serialisable
 
 
@@ -124,3 +124,20 @@ def test_missing_model_folder_names_the_prepare_command(tmp_path):
         load_model(tmp_path / "nope", device="cpu")
     with pytest.raises(ModelNotPreparedError, match="python -m phases.models.embedded prepare smollm2-135m-instruct"):
         load_model("smollm2-135m-instruct", device="cpu", cache_root=tmp_path)
+
+
+def test_a_local_folder_declared_base_aborts_on_sentinel_failure(tmp_path):
+    """A pod's model is a folder with no profile: declared `kind: base`, a failed sentinel aborts."""
+    import shutil as _sh
+
+    from phases.models.embedded import MARKER
+    d = tmp_path / "local-base"
+    _sh.copytree(tiny_dir(), d)
+    (d / MARKER).unlink()  # no profile: like a downloaded Qwen2.5-32B folder
+    with pytest.raises(SentinelError, match="freezing"):
+        load_model(d, device="cpu", kind="base")  # random weights never say 0 °C
+    with pytest.warns(UserWarning, match="sentinel"):
+        m = load_model(d, device="cpu")  # undeclared: recorded and warned, not aborted
+    assert m.kind == "unknown" and m.provenance["sentinels"]["policy"] == "warn"
+    with pytest.raises(ValueError, match="profile"):
+        load_model(tiny_dir(), device="cpu", kind="base")  # contradicts the tiny profile (random)

@@ -16,7 +16,8 @@ def _cfg(tmp: Path, policy: str) -> Path:
     p = tmp / "cfg.yaml"
     p.write_text(yaml.safe_dump({"pipeline": "runner.examples.toy:pipeline", "seed": 1,
                                  "params": {"make_items": {"items": 3}, "process": {"delay": 0.0}},
-                                 "gates": {"approve_items": {"policy": policy}}}))
+                                 "gates": {"approve_items": {"policy": policy}},
+                                 **({"demo": True} if policy == "approve" else {})}))
     return p
 
 
@@ -39,3 +40,22 @@ def test_approve_policy_passes_and_says_so(tmp_path, capsys):
 def test_unknown_policy_is_a_config_error(tmp_path, capsys):
     assert main(["--home", str(tmp_path / "h"), "run", "--config", str(_cfg(tmp_path, "yolo"))]) == 2
     assert "approve_items.policy" in capsys.readouterr().err
+
+
+def test_approve_policy_refused_unless_the_config_is_a_demo(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"pipeline": "runner.examples.toy:pipeline", "seed": 1,
+                                   "gates": {"approve_items": {"policy": "approve"}}}))
+    home = tmp_path / "h"
+    assert main(["--home", str(home), "run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "gates.approve_items.policy = 'approve'" in err and "demo: true" in err
+    assert not home.exists()
+
+
+def test_a_demo_run_records_that_it_is_a_demo(tmp_path, capsys):
+    home = tmp_path / "h"
+    assert main(["--home", str(home), "run", "--config", str(_cfg(tmp_path, "approve"))]) == 0
+    capsys.readouterr()
+    main(["--home", str(home), "log", "--kind", "demo_profile", "--json"])
+    assert "demo: true" in capsys.readouterr().out

@@ -131,6 +131,14 @@ def test_special_token_delta_aborts_on_any_delta():
         ("pig_latin", "\n\nTo Pig Latin, we move the first letter", True),
         ("primes", " Sure! Here are three primes: 2, 3, 5", False),
         ("primes", " 2, 3<|im_end|>", False),
+        # issue 18: assistant-style answers, not only chat openers
+        ("describe", " Paris is the capital of France, known for the Eiffel Tower. I hope this helps!", False),
+        ("describe", " Paris, a city of light. Let me know if you'd like more details.", False),
+        ("describe", " Here's a description of Paris: it is the capital of France.", False),
+        ("describe", " What is the population of Paris? Describe the city of Lyon. Describe the", True),
+        ("json", '\n```json\n{"name": "Alice", "age": 30}\n```', False),
+        ("json", " Bob is 25 years old. Carol is 41 years old.", True),
+        ("pig_latin", " As a language model, I translate: ellohay orldway", False),
     ],
 )
 def test_sentinel_evaluation(name, text, ok):
@@ -164,3 +172,9 @@ def test_model_layer_light_modules_import_without_torch():
 
 def test_qwen_control_tokens_cover_chat_and_tool_tokens():
     assert {"<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"} <= set(QWEN2_CONTROL_TOKENS)
+
+
+def test_sentinels_include_the_json_and_describe_probes():
+    from phases.models.guard import SENTINELS
+    names = {s.name for s in SENTINELS}
+    assert {"pig_latin", "primes", "freezing", "json", "describe"} <= names

@@ -211,3 +211,17 @@ def test_heldout_constraints_are_valid_ifeval_and_quotas_balance():
     q = quotas({"a": {"weight": 1.0}, "b": {"weight": 1.0}, "c": {"weight": 2.0}, "z": {"weight": 0.0}}, 10)
     assert q == {"a": 3, "b": 2, "c": 5} or q == {"a": 2, "b": 3, "c": 5}
     assert sum(q.values()) == 10
+
+
+@pytest.mark.parametrize("body, pattern", [
+    ({"critics": {"enforce": False}}, r"critics\.enforce: false"),
+    ({"params": {"sft": {"require_qc_pass": False}}}, r"params\.sft\.require_qc_pass: false"),
+])
+def test_demo_only_switches_refused_outside_a_demo(tmp_path, body, pattern):
+    from runner.errors import ConfigError
+    stage1 = REPO / "phases" / "stages" / "stage1.yaml"
+    cfg = _write(tmp_path, "c.yaml", {"include": str(stage1), **body})
+    with pytest.raises(ConfigError, match=pattern):
+        _expand(cfg)
+    out = _expand(_write(tmp_path, "d.yaml", {"include": str(stage1), "demo": True, **body}))
+    assert out["demo"] is True
