@@ -140,7 +140,10 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 # ---- parser ----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_extensions: bool = True) -> argparse.ArgumentParser:
+    """The CLI. ``with_extensions=False`` leaves out the commands of runner/extensions.py (brief,
+    hooks, supervise, report...), whose modules import the full Store: `runner status` is parsed
+    without them so its cold start stays on the stdlib reader."""
     p = argparse.ArgumentParser(
         prog="runner", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Durable, resumable pipeline runner (state in SQLite under --home).",
@@ -233,13 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pipeline")
     sp.add_argument("--config")
 
-    from runner import extensions
-    extensions.register(sub, add)
+    if with_extensions:
+        from runner import extensions  # lazy: its modules import sqlmodel; see build_parser's docstring
+        extensions.register(sub, add)
     return p
 
 
+def _command(argv: list[str]) -> str | None:
+    """The sub-command word of ``argv`` (skipping the global options and their values)."""
+    it = iter(argv)
+    for a in it:
+        if a in ("--home", "--db-url"):
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(with_extensions=_command(argv) != "status")
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
         parser.print_help()

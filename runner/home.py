@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 from runner.errors import RunnerError
-from state.store import Store
 
 
 def home_dir(args: argparse.Namespace) -> Path:
@@ -23,6 +22,7 @@ def home_dir(args: argparse.Namespace) -> Path:
 
 
 def open_store(args: argparse.Namespace, create: bool = False):
+    from state.store import Store  # lazy: sqlmodel/sqlalchemy cost ~0.3 s; `runner status` reads via state.reader
     return Store.open(home_dir(args), db_url=args.db_url or os.environ.get("RUNNER_DB_URL"), create=create)
 
 

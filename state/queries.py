@@ -30,4 +30,7 @@ QUERIES = {
     "reviews": ("reviews", "SELECT * FROM reviews WHERE run_id = ? ORDER BY id"),
     "cost_totals": ("costs", "SELECT step, kind, sum(amount) FROM costs WHERE run_id = ? GROUP BY step, kind"),
     "event_count": ("events", "SELECT count(*) FROM events WHERE run_id = ?"),
+    "last_events_of_kind": ("events", "SELECT * FROM events WHERE run_id = ? AND kind = ? ORDER BY id DESC LIMIT 100"),
+    "batches": ("batches", "SELECT * FROM batches WHERE run_id = ? AND step = ? AND cache_key = ? AND ledger = ? "
+                           "ORDER BY idx"),
 }

@@ -68,8 +68,22 @@ class Reader:
         rows = self._rows("lease", run_id)
         return rows[0] if rows else None
 
-    def attempts(self, run_id: str) -> list[Row]:
-        return self._rows("attempts", run_id)
+    def attempts(self, run_id: str, step: Optional[str] = None) -> list[Row]:
+        rows = self._rows("attempts", run_id)
+        return rows if step is None else [r for r in rows if r.step == step]
+
+    def events(self, run_id: str, limit: int = 50, kinds: Optional[list[str]] = None) -> list[Row]:  # limit <= 100
+        """The newest ``limit`` events of the given kinds (oldest first); `runner status` asks for
+        one kind at a time (the running step's ``ledger_started``)."""
+        if not kinds:
+            raise ValueError("Reader.events needs kinds (status reads one event kind at a time)")
+        rows: list[Row] = []
+        for k in kinds:
+            rows += self._rows("last_events_of_kind", run_id, k)
+        return sorted(rows, key=lambda r: r.id)[-limit:]
+
+    def batches(self, run_id: str, step: str, cache_key: str, ledger: str) -> list[Row]:
+        return self._rows("batches", run_id, step, cache_key, ledger)
 
     def batch_progress(self, run_id: str) -> dict[tuple[str, str], int]:
         cur = self._con.execute(QUERIES["batch_progress"][1], (run_id,))
