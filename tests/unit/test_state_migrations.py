@@ -60,7 +60,7 @@ def test_fixture_is_version_1_without_reviews(tmp_path):
 
 
 def test_v1_database_is_migrated_and_matches_the_schema_module(tmp_path):
-    assert SCHEMA_VERSION == migrations.MIGRATIONS[-1].version == 2
+    assert SCHEMA_VERSION == migrations.MIGRATIONS[-1].version == 3
     home = _home_from_sql(tmp_path, V1_SQL.read_text())
     store = Store.open(home, create=False)
     try:
