@@ -96,10 +96,12 @@ def test_one_two_three_workers_give_byte_identical_outputs(tmp_path):
 
 
 def test_top_up_stops_at_its_cap_and_says_so(tmp_path):
-    home, g = _home(tmp_path, "cap", None, **{**DRAW, "target_kept": 1000, "max_top_up_rounds": 1})
+    home, g = _home(tmp_path, "cap", None, **{**DRAW, "target_kept": 1000, "max_top_up_rounds": 0})
     cli(home, *g, "resume", timeout=300, check=0)
     report = json.loads(_outputs(home, None)["draw/top_up.json"])
-    assert report["rounds"] == 2 and report["cap_hit"] and not report["met"] and report["kept"] < 1000
+    assert report["rounds"] == 1 and report["cap_hit"] and not report["met"] and report["kept"] < 1000
+    rows, _ = _shard_rows(home, None)
+    assert len(rows) == 6  # the planned shards only: nothing was added past the cap
 
 
 def _kill_a_worker_mid_shard(home: Path, g: list[str], url: str | None) -> int:
