@@ -121,6 +121,10 @@ class ShardSet:
             raise WorkerFinished(self.name)
         n = worker_count()
         claims.plan(ctx.store, ctx.fence, ctx.step, ctx.cache_key, self.name, list(specs), 0, 0)
+        again = claims.reset_failed(ctx.store, ctx.fence, ctx.step, ctx.cache_key, self.name)
+        if again:
+            ctx.log(f"shard set {self.name}: shards {again} failed in an earlier attempt; trying them again",
+                    kind="shards_retried")
         while True:
             self._verify_done()
             if n == 1:

@@ -188,3 +188,17 @@ def reset_outputs(store: Store, fence: Fence, claim_id: int) -> None:
         s.execute(update(ShardClaim).where(ShardClaim.id == claim_id)
                   .values(status="pending", output_path=None, output_sha256=None, result_json=None,
                           owner_id=None, expires_at=None, updated_at=_now()))
+
+
+def reset_failed(store: Store, fence: Fence, step: str, cache_key: str, shard_set: str) -> list[int]:
+    """A new attempt of the step gives its failed shards new chances: back to pending, count 0.
+
+    (The engine's ``max_attempts`` bounds how often that happens.) Returns the shard indices.
+    """
+    with store.fenced(fence) as s:
+        failed = list(s.exec(select(ShardClaim).where(*_where(fence.run_id, step, cache_key, shard_set),
+                                                      ShardClaim.status == "failed")).all())
+        for r in failed:
+            s.execute(update(ShardClaim).where(ShardClaim.id == r.id, ShardClaim.generation == r.generation)
+                      .values(status="pending", failures=0, updated_at=_now()))
+    return [r.idx for r in failed]

@@ -235,3 +235,13 @@ def test_two_racing_resumes_exactly_one_runs(tmp_path, state_url):  # noqa: F811
     finally:
         store.close()
     _assert_each_shard_done_once(home, state_url)
+
+
+def test_a_shard_that_keeps_failing_fails_the_step_with_its_error(tmp_path):
+    home, g = _home(tmp_path, "fail", None, **{**DRAW, "target_kept": 0, "fail_shard": 1})
+    p = cli(home, *g, "resume", "--workers", "2", timeout=300, RUNNER_SHARD_MAX_FAILURES=2)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "shard 1 of set 'items' failed 2 time(s)" in p.stdout and "fails on purpose" in p.stdout, p.stdout
+    rows, events = _shard_rows(home, None)
+    assert [r.status for r in rows if r.idx == 1] == ["failed"]
+    assert sum(e.kind == "shard_failed" for e in events) == 2

@@ -110,3 +110,14 @@ def test_a_failing_shard_is_retried_then_fails_for_good(store):
     assert claims.fail(store, f, c, _owner(1), "boom 2", max_failures=2) is True
     with pytest.raises(claims.ShardFailed, match="boom 2"):
         _claim(store, f, 1)
+
+
+def test_failed_shards_get_new_chances_in_a_new_attempt(store):
+    f = _fence(store)
+    claims.plan(store, f, "s", "k", "set", [{"i": 0}, {"i": 1}])
+    c = _claim(store, f, 1)
+    claims.fail(store, f, c, _owner(1), "boom", max_failures=1)
+    assert claims.reset_failed(store, f, "s", "k", "set") == [0]
+    row = claims.rows(store, "r", "s", "k", "set")[0]
+    assert (row.status, row.failures) == ("pending", 0)
+    assert claims.reset_failed(store, f, "s", "k", "set") == []
