@@ -9,7 +9,6 @@ Run: .venv/bin/pytest tests/unit/test_state_shards.py -q
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
