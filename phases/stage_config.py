@@ -113,6 +113,8 @@ class PilotConfig:
 class ScaleConfig:
     target_kept: int = _f(15000, lo=1)
     shard_size: int = _f(1000, lo=1, doc="instructions per shard (one manifest per shard)")
+    max_top_up_rounds: int = _f(2, lo=0, doc="extra shard rounds when the shards keep fewer than needed "
+                                           "(deterministic; the shortfall is reported past the cap)")
 
 
 @dataclass

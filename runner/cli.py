@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Callable
 
-from runner.errors import EXIT_CODES, EXIT_DONE, EXIT_USAGE, RunnerError
+from runner.errors import EXIT_CODES, EXIT_DONE, EXIT_USAGE, ConfigError, RunnerError
 from runner.home import home_dir, open_store, resolve_run
 
 EPILOG_EXIT = "exit codes: " + "; ".join(f"{k} {v.split(':')[0].split(' (')[0]}" for k, v in EXIT_CODES.items())
@@ -39,8 +39,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_DONE
 
 
+def _set_workers(args: argparse.Namespace) -> None:
+    """``--workers N`` reaches sharded steps (runner/shards.py) and a detached runner via the env."""
+    if getattr(args, "workers", None) is not None:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        os.environ["RUNNER_WORKERS"] = str(args.workers)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from runner.commands import _pipeline_path, find_or_init, load_run_inputs, resume_run
+    _set_workers(args)
     # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
     load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
     store = open_store(args, create=True)
@@ -51,8 +60,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from runner.commands import resume_run
+    _set_workers(args)
     store = open_store(args)
     return resume_run(store, resolve_run(store, args), detach=args.detach, home=_home(args), db_url=args.db_url)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from runner.shards import worker_main
+    return worker_main(Path(args.spec), args.index)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -173,10 +188,19 @@ def build_parser(with_extensions: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--config")
     sp.add_argument("--run-id")
     sp.add_argument("--detach", action="store_true", help="run in the background; return at once")
+    sp.add_argument("--workers", type=int, help="run sharded steps in N worker processes, one per GPU (CUDA_VISIBLE_DEVICES); "
+                                          "default 1 (in this process); see docs/scale-out.md")
 
     sp = add("resume", cmd_resume, "Continue the run until it is done, reaches a gate, or a step fails.",
              "runner resume --detach && runner wait --timeout 540")
     sp.add_argument("--detach", action="store_true", help="run in the background with a log file; return at once")
+    sp.add_argument("--workers", type=int, help="run sharded steps in N worker processes, one per GPU (CUDA_VISIBLE_DEVICES); "
+                                          "default 1 (in this process); see docs/scale-out.md")
+
+    sp = add("worker", cmd_worker, "Internal: one shard worker, started by a runner with --workers N (not by hand).",
+             "runner worker --spec artifacts/RUN/STEP/.work-KEY/worker-spec-SET.json --index 0", run_opt=False)
+    sp.add_argument("--spec", required=True, help="the worker spec file the coordinating runner wrote")
+    sp.add_argument("--index", type=int, required=True, help="this worker's index (0..N-1)")
 
     sp = add("wait", cmd_wait, "Block until the run stops running (done, gate, failure) or the timeout passes.",
              "runner wait --timeout 540")

@@ -140,6 +140,14 @@ class StepContext:
     def ledger(self, name: str = "main") -> BatchLedger:
         return BatchLedger(self, name)
 
+    # Set by runner/shards.py when this context runs inside a `runner worker` process.
+    worker = None
+
+    def shards(self, name: str = "main"):  # noqa: ANN201
+        """A sharded part of this step, run by 1..N worker processes; see runner/shards.py."""
+        from runner.shards import ShardSet
+        return ShardSet(self, name)
+
     def log(self, message: str, kind: str = "step_log", **data: Any) -> None:
         """Record a line in the run's event log (and print it)."""
         print(f"[{self.step}] {message}", flush=True)

@@ -33,7 +33,15 @@ def _add_reviews(conn: Connection) -> None:
     Review.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_shard_claims(conn: Connection) -> None:
+    """v3: shards of a sharded step are claimed by worker processes (per-shard lease + fencing)."""
+    from state.schema import ShardClaim
+
+    ShardClaim.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial", _initial),
     Migration(2, "add_reviews", _add_reviews),
+    Migration(3, "add_shard_claims", _add_shard_claims),
 ]

@@ -13,6 +13,7 @@ Contract:
 Attempt status values: running, succeeded, failed, interrupted, dead_lettered.
 Run status values: created, running, waiting, failed, dead_lettered, rejected, done.
 Gate status values: pending, approved, rejected.
+Shard claim status values: pending, claimed, done, failed (see ``state/shards.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Optional
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaMigration(SQLModel, table=True):
@@ -204,3 +205,45 @@ class Cost(SQLModel, table=True):
     kind: str  # wall_s, gpu_s, llm_tokens_in, llm_tokens_out, usd
     amount: float
     created_at: float
+
+
+class ShardClaim(SQLModel, table=True):
+    """One shard of a sharded step, claimed by one worker at a time (see ``state/shards.py``).
+
+    ``generation`` is the claim's fencing token: it grows by one on every claim, and a
+    worker's renewals and its completion succeed only while the row still carries the
+    generation it claimed with, so a worker that stalled and was reclaimed cannot finish
+    its shard a second time. ``output_path`` (relative to the home) is the directory of the
+    one generation that completed.
+    """
+
+    __tablename__ = "shard_claims"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step", "cache_key", "shard_set", "idx", name="uq_shard_claim"),
+        Index("ix_shard_claim_lookup", "run_id", "step", "cache_key", "shard_set"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str
+    step: str
+    cache_key: str
+    shard_set: str
+    idx: int
+    spec_json: str  # the shard's description (JSON), as the step planned it
+    round: int = 0  # 0 = the first plan; 1, 2, ... = top-up rounds
+    status: str = "pending"  # pending, claimed, done, failed
+    generation: int = 0
+    owner_id: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    pid_start_time: Optional[float] = None
+    worker: Optional[int] = None  # the worker index that holds (or completed) it
+    expires_at: Optional[float] = None
+    heartbeat_at: Optional[float] = None
+    failures: int = 0  # failed runs of this shard (an exception, not a kill)
+    reclaims: int = 0  # times it was taken from an expired or dead holder
+    error: Optional[str] = None
+    output_path: Optional[str] = None
+    output_sha256: Optional[str] = None
+    result_json: Optional[str] = None  # what the shard function returned
+    created_at: float
+    updated_at: float

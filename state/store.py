@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from state.db import Database, StateError, open_database
@@ -94,7 +95,10 @@ class Store:
 
     # ---- fencing -------------------------------------------------------------------------
     def _check_fence(self, s: Session, fence: Fence) -> None:
-        lease = s.get(Lease, fence.run_id)
+        # FOR SHARE on PostgreSQL: a take-over (which locks the row FOR UPDATE) waits until this
+        # write commits, so no write lands after the lease changed hands. SQLite ignores it
+        # (BEGIN IMMEDIATE already serialises writers).
+        lease = s.get(Lease, fence.run_id, with_for_update={"read": True})
         if lease is None or lease.released or lease.owner_id != fence.owner_id or lease.generation != fence.generation:
             holder = f"{lease.host}:{lease.pid} (generation {lease.generation})" if lease else "nobody"
             raise LeaseLost(f"lease on run {fence.run_id} lost: now held by {holder}; this runner stops")
@@ -205,9 +209,17 @@ class Store:
         The check and the take-over happen in one ``BEGIN IMMEDIATE`` transaction, so two
         racing runners cannot both win.
         """
+        try:
+            return self._acquire_lease(run_id, owner, ttl_s, is_dead)
+        except IntegrityError:  # PostgreSQL: another runner inserted the first lease row first
+            return self._acquire_lease(run_id, owner, ttl_s, is_dead)
+
+    def _acquire_lease(self, run_id: str, owner: Owner, ttl_s: float,
+                       is_dead: Callable[[Lease], Optional[str]]) -> tuple[Optional[Fence], Optional[Lease], str]:
         t = now()
         with self.db.write() as s:
-            lease = s.get(Lease, run_id)
+            # FOR UPDATE: on PostgreSQL two racing runners serialise here; SQLite ignores it.
+            lease = s.get(Lease, run_id, with_for_update=True)
             reason = "free"
             if lease is not None and not lease.released:
                 if lease.owner_id == owner.owner_id:

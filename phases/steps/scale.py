@@ -15,10 +15,13 @@ Each shard runs the pilot's pipeline (parse, dedup within the shard and against 
 held-out leakage check, critics, responses) through its own ledgers ``s<k>-...`` and writes
 ``shards/shard-<k>/{records.jsonl, kept.jsonl, qc_summary.json, manifest.json}``.
 
-Parallel later: a shard is a pure function of (params, pilot final params, held-out set, run
-seed, its index range), and its ledgers are named by shard, so N processes (one per GPU) can
-each run `run_shard` for a disjoint set of k against the same work dir; the step then only
-assembles. Today one process runs the shards in order; see specs/stage1-pipeline.md.
+Parallel: a shard is a pure function of (params, pilot final params, held-out set, run seed,
+its index range), and its ledgers are named by shard, so the shards go through
+``ctx.shards("scale")`` (runner/shards.py): ``runner resume --workers N`` runs them in N
+processes (one per GPU), claimed through the state store; the step then only assembles.
+Top-up: when the shards keep fewer than ``remaining``, ``top_up_shards`` plans more shards after
+the last prompt index, up to ``scale.max_top_up_rounds`` rounds (default 2); ``manifest.json``
+``top_up`` reports rounds, shards added, met or cap_hit. See docs/scale-out.md.
 
 merge — union of the pilot's kept records and every shard's kept records (in that order),
 exact+near dedup across them (first occurrence wins), held-out leakage check again (leaks
@@ -94,35 +97,83 @@ def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, 
     return {"shard": k, "generated": len(records), "kept": len(kept), "qc_passed": qc["thresholds_passed"]}
 
 
-@step(inputs=["prepare_model", "heldout", "pilot"], outputs=["plan.json", "manifest.json"], version="1",
+def top_up_shards(plan: dict, results: list[dict], round_: int, max_rounds: int) -> list[dict]:
+    """More shards when the shards' kept count is short of ``plan["remaining"]`` (else ``[]``).
+
+    Deterministic given the results: the new prompts continue after the highest index planned
+    so far; their number is ``ceil(short / observed kept-per-prompt * 1.1)`` (observed over
+    every finished shard, floored at 0.25 like the plan), cut into shards of
+    ``plan["prompts_per_shard"]``. ``round_`` counts from 1; past ``max_rounds`` nothing more is
+    planned and the shortfall is reported (``manifest.json`` ``top_up``).
+    """
+    kept = sum(int(r["kept"]) for r in results)
+    short = int(plan["remaining"]) - kept
+    if short <= 0 or round_ > max_rounds or not results:
+        return []
+    prompts = sum(int(r["stop"]) - int(r["start"]) for r in results)
+    rate = max(0.25, kept / max(1, prompts))
+    start = max(int(r["stop"]) for r in results)
+    n = math.ceil(short / rate * 1.1)
+    per, first = int(plan["prompts_per_shard"]), max(int(r["shard"]) for r in results) + 1
+    return [{"shard": first + j, "start": a, "stop": min(a + per, start + n)}
+            for j, a in enumerate(range(start, start + n, per))]
+
+
+@step(inputs=["prepare_model", "heldout", "pilot"], outputs=["plan.json", "manifest.json"], version="2",
       gpu=True, size=sizes.scale_items,
       params=SCALE_DEFAULTS, uses=DATA_PIECES)
 def scale(ctx):
-    """Sharded generation with the pilot's final params (one manifest per shard)."""
+    """Sharded generation with the pilot's final params (one manifest per shard; top-up to target).
+
+    Shards run through ``ctx.shards("scale")`` (runner/shards.py): in this process, or in N
+    worker processes (one per GPU) with ``runner resume --workers N``; the outputs are the
+    same bytes for any N. Each process loads the model once, at its first shard.
+    """
+    import shutil
+
     p = ctx.params
     if not p["families"]:
         raise DataError("step scale has no families; run it with a stage config (e.g. phases/stages/demo.yaml)")
     final = load_json(ctx.input("pilot") / "final_params.json")
     gen = final["generation"]
     plan = plan_shards(final, int(p["scale"]["target_kept"]), int(p["scale"]["shard_size"]), int(p["batch_size"]))
+    max_rounds = int(p["scale"].get("max_top_up_rounds", 2))
     dump(ctx.out_dir / "plan.json", plan)
     heldout = read_records(ctx.input("heldout") / "heldout.jsonl")
-    results = []
     info = load_json(ctx.input("prepare_model") / "model.json")
-    if plan["shards"]:
-        model, info = open_model(ctx, p["batch_size"])
-        for sh in plan["shards"]:
-            ctx.log(f"scale shard {sh['shard']}: prompts {sh['start']}..{sh['stop'] - 1}")
-            results.append(run_shard(ctx, model, p, gen, heldout, sh, ctx.out_dir / "shards" / f"shard-{sh['shard']:04d}",
-                                     info, info["sentinels_passed"]))
-    else:
+    loaded: dict = {}
+
+    def one(sh: dict, out_dir) -> dict:  # noqa: ANN001
+        if "model" not in loaded:  # once per process, and never in a coordinator that only waits
+            loaded["model"], loaded["info"] = open_model(ctx, p["batch_size"])
+        ctx.log(f"scale shard {sh['shard']}: prompts {sh['start']}..{sh['stop'] - 1}")
+        res = run_shard(ctx, loaded["model"], p, gen, heldout, sh, out_dir, loaded["info"],
+                        loaded["info"]["sentinels_passed"])
+        return {**res, "start": sh["start"], "stop": sh["stop"]}
+
+    def more(done, round_):  # noqa: ANN001
+        return top_up_shards(plan, [r.result for r in done], round_, max_rounds)
+
+    if not plan["shards"]:
         ctx.log("scale: the pilot alone reaches target_kept; no shard to generate")
-    counts = {"shards": len(results), "generated": sum(r["generated"] for r in results),
-              "kept": sum(r["kept"] for r in results)}
+    shard_set = ctx.shards("scale")
+    done = shard_set.run(plan["shards"], one, more)
+    for r in done:
+        shutil.copytree(r.path, ctx.out_dir / "shards" / f"shard-{r.idx:04d}")
+    results = [{k: r.result[k] for k in ("shard", "generated", "kept", "qc_passed")} for r in done]
+    kept = sum(r["kept"] for r in results)
+    top_up = {"rounds": max(0, shard_set.rounds - 1), "max_top_up_rounds": max_rounds,
+              "shards_added": sum(1 for r in done if r.round > 0), "remaining": plan["remaining"], "kept": kept,
+              "met": kept >= plan["remaining"], "cap_hit": kept < plan["remaining"]}
+    if top_up["cap_hit"] and plan["shards"]:
+        ctx.log(f"scale: kept {kept} of {plan['remaining']} after {top_up['rounds']} top-up round(s) "
+                f"(cap scale.max_top_up_rounds = {max_rounds}); merge will be short of target_kept",
+                kind="scale_short", **top_up)
+    counts = {"shards": len(results), "generated": sum(r["generated"] for r in results), "kept": kept}
     dump(ctx.out_dir / "manifest.json", session_manifest(ctx, "scale", info, {}, counts, plan=plan, shards=results,
-                                                         generation=gen))
+                                                         generation=gen, top_up=top_up))
     return {**counts, "n_prompts": plan["n_prompts"], "target_kept": plan["target_kept"],
-            "pilot_kept": plan["pilot_kept"]}
+            "pilot_kept": plan["pilot_kept"], "top_up_rounds": top_up["rounds"], "top_up_cap_hit": top_up["cap_hit"]}
 
 
 def shard_dirs(scale_out) -> list:

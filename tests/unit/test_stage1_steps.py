@@ -40,7 +40,7 @@ def test_demo_expands_into_per_step_params():
     assert out["pipeline"] == "phases.pipeline:pipeline" and out["seed"] == 1234
     assert p["pilot"]["generation"]["responses"]["max_new_tokens"] == 48
     assert p["pilot"]["size"] == 24 and p["heldout"]["heldout"] == {"size": 16, "seed": 1001}
-    assert p["scale"]["scale"] == {"target_kept": 48, "shard_size": 24}
+    assert p["scale"]["scale"] == {"target_kept": 48, "shard_size": 24, "max_top_up_rounds": 2}
     assert p["merge"]["target_kept"] == 48
     assert "responses" not in p["heldout"] and "generation" not in p["heldout"]
     assert p["prepare_model"]["model"] == "qwen2.5-coder-0.5b-instruct"
@@ -225,3 +225,17 @@ def test_demo_only_switches_refused_outside_a_demo(tmp_path, body, pattern):
         _expand(cfg)
     out = _expand(_write(tmp_path, "d.yaml", {"include": str(stage1), "demo": True, **body}))
     assert out["demo"] is True
+
+
+def test_scale_top_up_is_deterministic_continues_after_the_last_prompt_and_stops_at_its_cap():
+    from phases.steps.scale import top_up_shards
+
+    plan = {"remaining": 100, "prompts_per_shard": 8}
+    done = [{"shard": 0, "start": 0, "stop": 8, "kept": 20}, {"shard": 1, "start": 8, "stop": 16, "kept": 20}]
+    more = top_up_shards(plan, done, 1, max_rounds=2)
+    # short 60 at 2.5 kept/prompt -> ceil(60 / 2.5 * 1.1) = 27 prompts after index 16, in shards of 8
+    assert more == [{"shard": 2, "start": 16, "stop": 24}, {"shard": 3, "start": 24, "stop": 32},
+                    {"shard": 4, "start": 32, "stop": 40}, {"shard": 5, "start": 40, "stop": 43}]
+    assert top_up_shards(plan, done, 1, 2) == more
+    assert top_up_shards(plan, done, 3, max_rounds=2) == []  # past the cap: nothing more
+    assert top_up_shards(plan, [{**d, "kept": 50} for d in done], 1, 2) == []  # target met

@@ -60,7 +60,7 @@ def test_fixture_is_version_1_without_reviews(tmp_path):
 
 
 def test_v1_database_is_migrated_and_matches_the_schema_module(tmp_path):
-    assert SCHEMA_VERSION == migrations.MIGRATIONS[-1].version == 2
+    assert SCHEMA_VERSION == migrations.MIGRATIONS[-1].version == 3
     home = _home_from_sql(tmp_path, V1_SQL.read_text())
     store = Store.open(home, create=False)
     try:
@@ -122,7 +122,7 @@ def test_fresh_database_records_every_migration(tmp_path):
 def test_newer_schema_version_is_a_clear_error(tmp_path):
     home = _home_from_sql(tmp_path, V1_SQL.read_text()
                           + "\nINSERT INTO schema_migrations VALUES (99, 'from_the_future', 0);\n")
-    with pytest.raises(StateError, match=r"schema version 99, newer than this code's 2"):
+    with pytest.raises(StateError, match=rf"schema version 99, newer than this code's {SCHEMA_VERSION}"):
         Store.open(home, create=False)
     p = cli(home, "status")
     assert p.returncode == 2 and "newer than this code" in p.stderr, p.stderr
