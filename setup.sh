@@ -31,7 +31,7 @@ if [ "$what" = pod ]; then
   pod_stamp=.venv/.cai-pod-$(sha256sum pyproject.toml | cut -c1-16)
   if [ ! -f "$pod_stamp" ]; then
     .venv/bin/python -c 'import torch; print(f"torch=={torch.__version__}")' > .venv/torch-constraint.txt
-    extras="review,ml,eval,cuda"; [ "${CAI_VLLM:-0}" = 1 ] && extras="$extras,vllm"
+    extras="review,ml,eval,report,cuda"; [ "${CAI_VLLM:-0}" = 1 ] && extras="$extras,vllm"
     .venv/bin/python -m pip install -q -c .venv/torch-constraint.txt -e ".[$extras]"
     touch "$pod_stamp"
   fi

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from runner.errors import EXIT_CODES, EXIT_DONE, EXIT_USAGE, ConfigError, RunnerError

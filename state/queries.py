@@ -11,7 +11,7 @@ from __future__ import annotations
 
 # Must equal state.schema.SCHEMA_VERSION (tested). An older or newer database is read through
 # the full Store instead, which migrates it or says what to do.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Columns SQLite stores as 0/1 that the schema declares bool (converted back on read).
 BOOL_COLUMNS = {"leases": ("released",), "reviews": ("ok",)}
