@@ -30,6 +30,8 @@ from runner.errors import ConfigError
 RUNNER_KEYS = frozenset(TOP_KEYS - {"stage", "include"})
 # Steps whose params come only from the stage keys; `params.<step>` for them is an error.
 STAGE_FED_STEPS = ("heldout", "pilot", "scale", "merge")
+# Steps that get a stage slice AND user params (`params.<step>` may set the other keys).
+STAGE_SLICED_STEPS = ("candidates",)
 
 
 def stage_keys() -> frozenset[str]:
@@ -67,6 +69,10 @@ def step_params(stage: Any) -> dict[str, dict]:
         # scale's generation params come from the pilot's output (its final, possibly adjusted, try).
         "scale": {**common_instr, **responses_cfg, "scale": d["scale"], "qc": d["qc"], "leakage": d["leakage"],
                   "stage_name": d["stage"]["name"]},
+        # preference prompts are drawn like the training prompts: same families, seeds, generation, leakage
+        "candidates": {k: common_instr[k] for k in ("families", "seeds", "list_header", "instruction_builder",
+                                                   "instruction_generation")}
+                      | {"instructions": gen["instructions"], "leakage": d["leakage"]},
         "merge": {"target_kept": d["scale"]["target_kept"], "include_pilot": True, "qc": d["qc"],
                   "leakage": d["leakage"], "near_dup_threshold": d["instruction_generation"]["near_dup_threshold"],
                   "end_marker": d["prompts"]["end_marker"], "stage_name": d["stage"]["name"]},
@@ -94,6 +100,14 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
         raise ConfigError(f"{path}: 'params' must be a mapping of step name -> params")
     params = {k: dict(v) if isinstance(v, dict) else v for k, v in user_params.items()}
     for name, derived in step_params(stage).items():
+        if name in STAGE_SLICED_STEPS:
+            user = params.get(name) or {}
+            clash = sorted(set(user) & set(derived))
+            if clash:
+                raise ConfigError(f"{path}: params.{name}.{clash[0]}: this comes from the stage keys "
+                                  f"(families, seeds, generation.instructions, leakage, ...); set it there instead")
+            params[name] = {**user, **derived}
+            continue
         if name in params:
             raise ConfigError(f"{path}: params.{name}: this step's params come from the stage keys "
                               f"(generation, pilot, scale, qc, ...); set them there instead")
