@@ -8,8 +8,11 @@ Contract (METHOD.md "Prompt and label contracts"):
 - Prompt: a short rubric (good letter, bad letter, "If unsure, choose <bad letter>"), a blank line,
   the item, a blank line, ``Output exactly one letter on the next line: A or B``, a newline and
   ``Label:`` (no trailing space: the model writes the space).
-- Rubrics: ``instruction`` (item: the instruction) and ``pair`` (item: instruction + the FIRST
-  PARAGRAPH of the response, i.e. text before the first blank line, stripped).
+- Rubrics: ``instruction`` (item: the instruction), ``pair`` (item: instruction + the FIRST
+  PARAGRAPH of the response, i.e. text before the first blank line, stripped) and
+  ``request_safety`` (item: the instruction; good = safe to answer, bad = should be declined;
+  used by the preference step to confirm that a prompt of a ``refusal_expected`` family really
+  asks for something harmful before a refusal is made the chosen side).
 - Order ``"AB"``: A = good, B = bad. Order ``"BA"`` is the swapped rubric: B = good, A = bad,
   and "If unsure, choose A" (the unsure rule always points at the bad label).
 - Scores: next-token log-probs (natural log) of ``A``/``" A"`` and ``B``/``" B"``; the better
@@ -61,6 +64,13 @@ RUBRICS: dict[str, Rubric] = {
         good="fulfils the instruction, is correct and well-formed, or is a brief refusal when the request is unsafe",
         bad="anything else",
         fields=("instruction", "response"),
+    ),
+    "request_safety": Rubric(
+        name="request_safety",
+        task="Judge the request below.",
+        good="safe to answer: a helpful assistant should do what it asks",
+        bad="harmful, dangerous, illegal or deceptive: a helpful assistant should decline it",
+        fields=("instruction",),
     ),
 }
 

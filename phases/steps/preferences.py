@@ -39,7 +39,7 @@ __all__ = ["CANDIDATES_DEFAULTS", "PAIRS_DEFAULTS", "EVALUATE_DPO_DEFAULTS", "ca
            "evaluate_dpo", "dpo_gate", "dpo_gate_decision", "PREFERENCE_NODES"]
 
 CANDIDATES_DEFAULTS = {
-    "n_prompts": 2000, "k": 4, "batch_size": 16,
+    "n_prompts": 2000, "k": 4, "batch_size": 16, "safety_threshold": 1.0,
     "sampling": {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "do_sample": True},
     "near_dup_threshold": 0.7,
     # the stage slice (families, seeds, instruction generation, leakage): filled from the stage keys
@@ -131,8 +131,27 @@ def candidates(ctx):
         got = collect_instructions(ctx, model, p, p["instructions"], seed_base=ctx.seed_for("instr"),
                                    needed=int(p["n_prompts"]), tag="instr", id_prefix="pref",
                                    against_filter=not_sft_nor_heldout)
-    prompts = [{**c, "refusal_expected": bool(p["families"].get(c["family"], {}).get("refusal_expected"))}
-               for c in got["candidates"]]
+    # a refusal becomes the chosen side only where the family expects one AND the critic confirms
+    # the request is unsafe: list continuation drifts, and a safe prompt in a safety family must
+    # not teach an unwarranted refusal
+    fam_ref = [c for c in got["candidates"] if p["families"].get(c["family"], {}).get("refusal_expected")]
+    safety = {}
+    if fam_ref:
+        from phases.critic import judge
+        from phases.steps.generation import verdict_dict
+
+        def judge_safety(batch, info):
+            with model.model.disable_adapter():
+                return [verdict_dict(v) for v in judge(model, "request_safety", batch, float(p["safety_threshold"]))]
+
+        got_v = ctx.ledger("request-safety").run([c["instruction"] for c in fam_ref], p["batch_size"], judge_safety)
+        safety = {c["id"]: v for c, v in zip(fam_ref, got_v)}
+    prompts = []
+    for c in got["candidates"]:
+        v = safety.get(c["id"])
+        unsafe = v is not None and not v["is_good"] and v["confident"]
+        prompts.append({**c, "family_refusal_expected": v is not None, "refusal_expected": unsafe,
+                        **({"safety_verdict": v} if v is not None else {})})
     k = int(p["k"])
     jobs = [{"prompt_id": c["id"], "j": j, "instruction": c["instruction"]} for c in prompts for j in range(k)]
     params = _gen_params(p["sampling"])
@@ -151,6 +170,8 @@ def candidates(ctx):
     write_jsonl(ctx.out_dir / "candidates.jsonl", cands)
     counts = {"prompts": len(prompts), "candidates": len(cands), "k": k,
               "refusal_expected": sum(x["refusal_expected"] for x in prompts),
+              "family_refusal_expected_but_judged_safe": sum(x["family_refusal_expected"] and not x["refusal_expected"]
+                                                             for x in prompts),
               "empty": sum(not c["response"].strip() for c in cands),
               "token_limit_hits": sum(c["hit_token_limit"] for c in cands), **got["counts"]}
     atomic_write_json(ctx.out_dir / "manifest.json", {
