@@ -55,6 +55,7 @@ def _cfg(path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(1800)
 def test_preference_nodes_end_to_end(tmp_path):
     cfg = _cfg(tmp_path / "cfg.yaml")
     r = cli(tmp_path, "run", "--config", cfg, "--run-id", "t", timeout=1500, PYTHONPATH=PYPATH)
