@@ -72,3 +72,32 @@ def test_reject_stops_the_run(tmp_path, capsys):
     assert main(["--home", str(home), "reject", "qc_pairs", "--reason", "length bias"]) == 0
     capsys.readouterr()
     assert main(["--home", str(home), "resume"]) == 5
+
+
+def _report(lift_lo: float, win_rate, gate_reasons=(), go=False, criteria=None) -> dict:
+    rep = {"comparison": {"overall": {"lift": 0.0, "lift_ci": [lift_lo, 0.1], "mcnemar": {"p_value": 0.5}}},
+           "gate": {"go": go, "reasons": list(gate_reasons)}, "arms": {"sft": {"rate": 0.5}, "trained": {"rate": 0.5}},
+           "win_rate": {"win_rate": win_rate, "wilson_ci": [0.4, 0.8]}}
+    if criteria:
+        rep["dpo_gate_criteria"] = criteria
+    return rep
+
+
+def test_dpo_gate_decision_reuses_the_sft_gate_regressions_and_adds_win_rate_and_non_inferiority():
+    from phases.steps.preferences import dpo_gate_decision
+
+    ok, reasons, nums = dpo_gate_decision(_report(-0.02, 0.6, ["overall McNemar p = 0.5 is not < 0.01"]))
+    assert ok and reasons == [] and nums["win_rate"] == 0.6  # no significant improvement needed by default
+    ok, reasons, _ = dpo_gate_decision(_report(-0.02, 0.6, ["significant regression on protected type(s): safety_refusals"]))
+    assert not ok and reasons == ["significant regression on protected type(s): safety_refusals"]
+    ok, reasons, _ = dpo_gate_decision(_report(-0.08, 0.6))
+    assert not ok and "non-inferiority fails" in reasons[0]
+    ok, reasons, _ = dpo_gate_decision(_report(0.0, 0.45))
+    assert not ok and "win rate 0.45 < min_win_rate 0.5" in reasons[0]
+    ok, reasons, _ = dpo_gate_decision(_report(0.0, None))
+    assert not ok and "win rate None" in reasons[0]
+    # criteria from the YAML (recorded in eval.json) apply
+    ok, reasons, _ = dpo_gate_decision(_report(0.0, 0.6, ["overall McNemar p = 0.5 is not < 0.01"],
+                                               criteria={"require_significant_improvement": True}))
+    assert not ok and reasons == ["overall McNemar p = 0.5 is not < 0.01"]
+    assert dpo_gate_decision(_report(0.0, 0.6, criteria={"min_win_rate": 0.7}))[0] is False
