@@ -266,29 +266,43 @@ def _reference_free_trainer(loaded, model, pairs_text: list[dict], params: dict,
                             device: str, grad_ckpt: bool, callbacks: list):
     """SimPO (TRL CPOTrainer, loss simpo, cpo_alpha 0) or ORPO (TRL ORPOTrainer) over text pairs.
 
-    These trainers tokenize for themselves; the text is plain completion-mode strings (no chat
-    template can apply to strings), and the tokenizer's template was removed by the loader.
+    These trainers tokenize for themselves (``add_special_tokens=False``, no template for plain
+    strings; the loader removed the tokenizer's template). Two guards stay ours: the tokenizer's
+    pad token is set to the profile's eos (never a chat token such as SmolLM2's ``<|im_end|>``),
+    and every tokenized row passes the control-token check (``loaded.check_ids``), which also
+    catches a BOS that TRL would prepend if it were a chat token.
     """
     from datasets import Dataset
 
     kw = _training_kwargs(params, out_dir, seed, device, grad_ckpt)
     kw.pop("beta")
-    eos = loaded.tokenizer.eos_token
+    tok = loaded.tokenizer
+    eos_id = int(loaded.eos_token_id)
+    tok.pad_token = tok.convert_ids_to_tokens(eos_id)
+    eos = tok.convert_ids_to_tokens(eos_id)
     rows = [{"prompt": response_prompt(p["instruction"]), "chosen": " " + p["chosen"].strip() + eos,
              "rejected": " " + p["rejected"].strip() + eos} for p in pairs_text]
     if params["algorithm"] == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        args = CPOConfig(**kw, beta=params["beta"], loss_type="simpo", cpo_alpha=0.0,
-                         simpo_gamma=params["simpo_gamma"], padding_value=int(loaded.eos_token_id))
-        cls = CPOTrainer
+        args = CPOConfig(**kw, beta=params["beta"], loss_type="simpo", cpo_alpha=0.0, simpo_gamma=params["simpo_gamma"])
+        base = CPOTrainer
     else:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        args = ORPOConfig(**kw, beta=params["beta"], padding_value=int(loaded.eos_token_id))
-        cls = ORPOTrainer
-    return cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
-               callbacks=callbacks)
+        args = ORPOConfig(**kw, beta=params["beta"], padding_value=eos_id)
+        base = ORPOTrainer
+
+    class Guarded(base):
+        def tokenize_row(self, feature, model=None):
+            out = super().tokenize_row(feature, model)
+            for k, v in out.items():
+                if k.endswith("input_ids"):
+                    loaded.check_ids([i for i in v if i != eos_id])
+            return out
+
+    return Guarded(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                   callbacks=callbacks)
 
 
 def save_adapter(model, loaded, adapter_dir: Path, quant: str | None, sft_adapter: Path | None) -> None:

@@ -79,3 +79,17 @@ def test_stored_reference_matches_trl_policy_at_step_zero(policy, tmp_path):
 
     meta = json.loads((tmp_path / "out" / "adapter" / "cai_adapter.json").read_text())
     assert meta["stacked_on"] and meta["base_model_id"] == loaded.model_id
+
+
+@pytest.mark.parametrize("algorithm,trainer", [("simpo", "CPOTrainer(simpo)"), ("orpo", "ORPOTrainer")])
+def test_reference_free_options_train_through_trl(policy, tmp_path, algorithm, trainer):
+    from phases.dpo import load_policy, train_dpo
+
+    _, _, sft = policy
+    params = {**PARAMS, "algorithm": algorithm, "max_steps": 2, "save_steps": 100}
+    loaded, model, dev, q, gc = load_policy(str(tiny_dir()), sft, params, 5)
+    res = train_dpo(loaded, model, [], PAIRS, params, tmp_path / "w", tmp_path / "o", 5, dev, q, gc, sft,
+                    lambda msg, **k: None)
+    assert res["trainer"].endswith(trainer) and res["metrics"]["global_step"] == 2
+    assert loaded.tokenizer.pad_token_id == loaded.eos_token_id  # never a chat token as padding
+    assert (tmp_path / "o" / "adapter" / "adapter_model.safetensors").is_file()
