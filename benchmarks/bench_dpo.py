@@ -76,7 +76,7 @@ def _trainer(model, data: list[dict], args, tmp: str, callbacks, peft_config=Non
                         callbacks=callbacks)
 
 
-def _timer(box: dict, dev: str, warm: int, steps: int, batch_tokens):
+def _timer(box: dict, dev: str, warm: int, steps: int):
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
@@ -128,7 +128,7 @@ def run_trl(size: str, dev: str, data: list[dict], warm: int, steps: int, tmp: s
                      disable_tqdm=True, logging_steps=1, **_extra(dev))
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    trainer = _trainer(model, data, args, tmp, [_timer(box, dev, warm, steps, None)], peft_config=_lora())
+    trainer = _trainer(model, data, args, tmp, [_timer(box, dev, warm, steps)], peft_config=_lora())
     trainer.train()
     res = _result("TRL DPOTrainer defaults (bs8, grad ckpt, ref forward per step)", box, trainer, data, steps, dev)
     del trainer, model
@@ -161,7 +161,7 @@ def run_ours(size: str, dev: str, data: list[dict], warm: int, steps: int, tmp: 
             args = DPOConfig(output_dir=str(Path(tmp) / "ours"), max_steps=warm + steps, report_to=[], save_strategy="no",
                              disable_tqdm=True, logging_steps=1, precompute_ref_log_probs=True, gradient_checkpointing=False,
                              per_device_train_batch_size=rows, gradient_accumulation_steps=accum, **_extra(dev))
-            trainer = _trainer(pm, ds, args, tmp, [_timer(box, dev, warm, steps, None)])
+            trainer = _trainer(pm, ds, args, tmp, [_timer(box, dev, warm, steps)])
             trainer.train()
             break
         except torch.OutOfMemoryError:
