@@ -1,7 +1,8 @@
 """The preference/DPO nodes end to end through ``runner`` on SmolLM2-135M (CPU): candidates, pairs,
 qc_pairs, dpo, evaluate_dpo, dpo_gate; then a resume reuses every step.
 
-Run: .venv/bin/pytest -m integration tests/integration/test_preferences_pipeline.py -q   (a few minutes on 2 cores)
+Run: .venv/bin/pytest -m integration tests/integration/test_preferences_pipeline.py -q
+(about 7 minutes on 2 idle cores; 20 under the shared dev machine's load)
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def _cfg(path: Path) -> Path:
                        "logging_steps": 1, "dev_fraction": 0.0, "lora_r": 4, "lora_alpha": 8},
                "evaluate": {"max_new_tokens": 8, "batch_size": 4, "n_boot": 100, "arms": ["instruction"], "critic": False},
                "candidates": {
-                   "n_prompts": 4, "k": 3, "batch_size": 6,
-                   "sampling": {**SAMPLING, "max_new_tokens": 24},
+                   "n_prompts": 4, "k": 2, "batch_size": 8,
+                   "sampling": {**SAMPLING, "max_new_tokens": 16},
                    "families": {"simple_qa": {"description": "Answer a short factual question.", "weight": 1.0},
                                 "safety_refusals": {"description": "Unsafe requests a good assistant declines.",
                                                     "weight": 0.5, "refusal_expected": True}},
@@ -63,12 +64,12 @@ def test_preference_nodes_end_to_end(tmp_path):
     cand = final_dir(tmp_path, "candidates")
     prompts = [json.loads(x) for x in (cand / "prompts.jsonl").read_text().splitlines()]
     cands = [json.loads(x) for x in (cand / "candidates.jsonl").read_text().splitlines()]
-    assert len(prompts) == 4 and len(cands) == 12
+    assert len(prompts) == 4 and len(cands) == 8
     sft_set = {json.loads(x)["instruction"] for x in (final_dir(tmp_path, "merge") / "sft.jsonl").read_text().splitlines()}
     assert not sft_set & {p["instruction"] for p in prompts}
     pdir = final_dir(tmp_path, "pairs")
     verdicts = (pdir / "verdicts.jsonl").read_text().splitlines()
-    assert len(verdicts) == 12  # every candidate's verdict is recorded
+    assert len(verdicts) == 8  # every candidate's verdict is recorded
     qc = json.loads((pdir / "pair_qc.json").read_text())
     assert qc["n_pairs"] > 0 and "length_bias" in qc and "margin" in qc
     revs = [json.loads(x) for x in (pdir / "revisions.jsonl").read_text().splitlines()]
