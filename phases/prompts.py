@@ -34,6 +34,8 @@ __all__ = [
     "instruction_generation_prompt",
     "raw_prompt",
     "urial_prompt",
+    "critique_prompt",
+    "revision_prompt",
 ]
 
 END_MARKER = "###END###"
@@ -210,12 +212,57 @@ def urial_prompt(instruction: str, examples: Sequence[tuple[str, str]] | None = 
     return "".join(parts)
 
 
+def _clean_block(text: str, what: str) -> str:
+    """A response/critique/principle body: stripped, non-empty; internal newlines kept."""
+    return _clean_instruction(text, what)
+
+
+def critique_prompt(instruction: str, response: str, principle: str) -> str:
+    """Constitutional critique framing (completion mode), for ``phases/constitution_revision.py``.
+
+    Exact format (``⏎`` is ``\\n``; no trailing space after the final ``Critique:``)::
+
+        Instruction: {instruction}⏎Response: {response}⏎⏎
+        Principle: {principle}⏎
+        Critique of the response, judged only against the principle:
+
+    The model continues with ``" ..."``; clean the completion with
+    ``phases.cleaning.clean_response(text, end_marker=None)`` (it stops at a blank line or a new
+    ``Instruction:``). Every part is stripped; an empty part raises ``ValueError``.
+    """
+    inst = _clean_instruction(instruction)
+    resp = _clean_block(response, "response")
+    pr = _clean_block(principle, "principle")
+    return (f"Instruction: {inst}\nResponse: {resp}\n\nPrinciple: {pr}\n"
+            f"Critique of the response, judged only against the principle:")
+
+
+def revision_prompt(instruction: str, response: str, principle: str, critique: str) -> str:
+    """Constitutional rewrite framing (completion mode): the critique prompt, the critique, a rewrite cue.
+
+    Exact format (``⏎`` is ``\\n``; no trailing space after the final ``Response:``)::
+
+        {critique_prompt(instruction, response, principle)} {critique}⏎⏎
+        Rewrite the response so that it follows the principle, keeping what was right.⏎
+        Instruction: {instruction}⏎Revised response:
+
+    The last two lines mirror the SFT framing, so the rewrite reads as an answer to the
+    instruction, not a comment on it. Clean with ``clean_response(text, end_marker=None)``.
+    """
+    crit = _clean_block(critique, "critique")
+    return (f"{critique_prompt(instruction, response, principle)} {crit}\n\n"
+            f"Rewrite the response so that it follows the principle, keeping what was right.\n"
+            f"Instruction: {_clean_instruction(instruction)}\nRevised response:")
+
+
 # Name -> builder. Stage configs refer to builders by these names only.
 BUILDERS: dict[str, Callable[..., str]] = {
     "instruction_response": response_prompt,
     "numbered_list": instruction_generation_prompt,
     "raw": raw_prompt,
     "urial": urial_prompt,
+    "critique": critique_prompt,
+    "revision": revision_prompt,
 }
 
 

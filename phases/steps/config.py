@@ -38,6 +38,8 @@ from runner.errors import ConfigError
 RUNNER_KEYS = frozenset(TOP_KEYS - {"stage", "include"})
 # Steps whose params come only from the stage keys; `params.<step>` for them is an error.
 STAGE_FED_STEPS = ("heldout", "pilot", "scale", "merge")
+# Steps that get a stage slice AND user params (`params.<step>` may set the other keys).
+STAGE_SLICED_STEPS = ("candidates",)
 
 
 def stage_keys() -> frozenset[str]:
@@ -73,6 +75,10 @@ def step_params(stage: Any) -> dict[str, dict]:
         # scale's generation params come from the pilot's output (its final, possibly adjusted, try).
         "scale": {**common_instr, **responses_cfg, "scale": d["scale"], "qc": d["qc"], "leakage": d["leakage"],
                   "stage_name": d["stage"]["name"]},
+        # preference prompts are drawn like the training prompts: same families, seeds, generation, leakage
+        "candidates": {k: common_instr[k] for k in ("families", "seeds", "list_header", "instruction_builder",
+                                                   "instruction_generation")}
+                      | {"instructions": gen["instructions"], "leakage": d["leakage"]},
         "merge": {"target_kept": d["scale"]["target_kept"], "include_pilot": True, "qc": d["qc"],
                   "leakage": d["leakage"], "near_dup_threshold": d["instruction_generation"]["near_dup_threshold"],
                   "end_marker": d["prompts"]["end_marker"], "stage_name": d["stage"]["name"]},
@@ -121,6 +127,12 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
         errors.append(f"{where('params')}: 'params' must be a mapping of step name -> params")
         user_params = {}
     params = {k: dict(v) if isinstance(v, dict) else v for k, v in user_params.items()}
+    sliced = step_params(stage) if stage is not None else {}
+    for name in STAGE_SLICED_STEPS:  # user params for the other keys; the stage's slice wins nowhere silently
+        user = params.get(name) or {}
+        for key in sorted(set(user) & set(sliced.get(name, {}))):
+            errors.append(f"{where('params', name, key)}: params.{name}.{key}: this comes from the stage keys "
+                          "(families, seeds, generation.instructions, leakage, ...); set it there instead")
     for name in STAGE_FED_STEPS:
         if name in params:
             errors.append(f"{where('params', name)}: params.{name}: this step's params come from the stage keys "
@@ -133,7 +145,8 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
         raise ConfigError("\n".join(in_file_order("\n".join(errors).splitlines())))
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
     out["seed"] = stage.seed  # shared key; the stage schema validated it (an int)
-    params.update(step_params(stage))
+    for name, derived in step_params(stage).items():
+        params[name] = {**(params.get(name) or {}), **derived} if name in STAGE_SLICED_STEPS else derived
     evaluate = params.get("evaluate")
     params["evaluate"] = {**(evaluate if isinstance(evaluate, dict) else {}), "arms": eval_arms(stage)}
     # base_skill measures the same arms unless the config narrows them (params.base_skill.arms).

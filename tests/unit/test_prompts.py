@@ -57,7 +57,21 @@ def test_raw_and_urial():
 
 
 def test_registry():
-    assert set(BUILDERS) == {"instruction_response", "numbered_list", "raw", "urial"}
+    assert set(BUILDERS) == {"instruction_response", "numbered_list", "raw", "urial", "critique", "revision"}
     assert get_builder("raw") is raw_prompt
     with pytest.raises(KeyError, match="known builders"):
         get_builder("chat")
+
+
+def test_critique_and_revision_prompts_are_exact_completion_framings():
+    from phases.prompts import critique_prompt, revision_prompt
+
+    c = critique_prompt(" Name a color. ", " Blue.\n", " Be concise. ")
+    assert c == ("Instruction: Name a color.\nResponse: Blue.\n\nPrinciple: Be concise.\n"
+                 "Critique of the response, judged only against the principle:")
+    r = revision_prompt("Name a color.", "Blue.", "Be concise.", " Fine as is. ")
+    assert r == c + (" Fine as is.\n\nRewrite the response so that it follows the principle, keeping what was right.\n"
+                     "Instruction: Name a color.\nRevised response:")
+    assert not r.endswith(" ") and "<|im_start|>" not in r
+    with pytest.raises(ValueError, match="critique"):
+        revision_prompt("Name a color.", "Blue.", "Be concise.", "  ")

@@ -44,7 +44,12 @@ def test_demo_expands_into_per_step_params():
     assert p["merge"]["target_kept"] == 48
     assert "responses" not in p["heldout"] and "generation" not in p["heldout"]
     assert p["prepare_model"]["model"] == "qwen2.5-coder-0.5b-instruct"
-    assert out["gates"]["qc_pilot"]["policy"] == "approve" and out["gates"]["sft_gate"]["policy"] == "review"
+    assert out["gates"]["qc_pilot"]["policy"] == "approve" and out["gates"]["sft_gate"]["policy"] == "approve"
+    assert out["gates"]["dpo_gate"]["policy"] == "review"  # the demo's last gate: a reviewer or a human decides
+    # candidates get the stage's instruction slice next to their own params
+    assert p["candidates"]["n_prompts"] == 8 and p["candidates"]["families"] == p["heldout"]["families"]
+    assert p["candidates"]["instructions"] == p["heldout"]["instructions"]
+    assert p["candidates"]["leakage"] == p["pilot"]["leakage"]
     assert p["sft"]["require_qc_pass"] is False and p["pilot"]["critics"]["enforce"] is False
     assert "families" not in out and "generation" not in out  # stage keys became params
 
@@ -239,3 +244,12 @@ def test_scale_top_up_is_deterministic_continues_after_the_last_prompt_and_stops
     assert top_up_shards(plan, done, 1, 2) == more
     assert top_up_shards(plan, done, 3, max_rounds=2) == []  # past the cap: nothing more
     assert top_up_shards(plan, [{**d, "kept": 50} for d in done], 1, 2) == []  # target met
+
+
+def test_candidates_params_may_not_override_the_stage_slice(tmp_path):
+    from runner.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"include: {DEMO}\nparams:\n  candidates:\n    families: {{}}\n")
+    with pytest.raises(ConfigError, match="params.candidates.families"):
+        _expand(cfg)
