@@ -30,6 +30,7 @@ from phases.constitution_revision import REVISION_DEFAULTS
 from phases.dpo import DPO_DEFAULTS
 from phases.evaluate import EVAL_DEFAULTS
 from phases.pair_qc import PAIR_QC_DEFAULTS
+from phases.prompts import END_MARKER
 from runner import gate, step
 from runner.errors import DataError
 from runner.pipeline import GateCheck, derive_seed
@@ -57,7 +58,7 @@ EVALUATE_DPO_DEFAULTS = {**EVAL_DEFAULTS, "win_tie_band": 0.0, "gate": dict(DPO_
 EVALUATE_DPO_DEFAULTS.pop("arms")
 EVALUATE_DPO_DEFAULTS.pop("ifeval_limit")
 EVALUATE_DPO_DEFAULTS.pop("ifeval_max_new_tokens")
-STOP = ("\nInstruction:", "\n# Query:", "###END###")
+STOP = ("\nInstruction:", "\n# Query:", END_MARKER)
 
 
 def _tree_sha256(root: Path) -> str:
@@ -98,7 +99,7 @@ def _gen_params(s: dict, temperature: float | None = None, max_new: int | None =
 def _clean(text: str) -> str:
     from phases.cleaning import clean_response
 
-    return clean_response(text, end_marker="###END###").text
+    return clean_response(text, end_marker=END_MARKER).text
 
 
 # ---- candidates -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ ALLOWED = {
     "phases/evaluate.py": (1, "PeftModel.from_pretrained attaches an adapter to a model the loader loaded"),
     "tests/integration/test_models_guard.py": (1, "a raw tokenizer with its chat template intact, to prove "
                                                   "the guard catches it"),
+    "benchmarks/bench_dpo.py": (1, "a tokenizer only, for the benchmark's random-token pairs; no model"),
     "benchmarks/bench_sft.py": (1, "a tokenizer only, to count tokens of a benchmark dataset; no model"),
     "tests/integration/test_model_cache_race.py": (1, "loads the tokenizer of the cached folder, to prove a "
                                                       "concurrent prepare never leaves a half-written folder"),

@@ -27,7 +27,8 @@ def _run(tmp: Path, policy: str, planted: str, capsys) -> tuple[int, str, dict]:
     cfg = tmp / f"cfg-{policy}-{planted}.yaml"
     cfg.write_text(yaml.safe_dump({"pipeline": "pair_gate_pipeline:pipeline", "seed": 3,
                                    "params": {"pairs": {"planted": planted}},
-                                   "gates": {"qc_pairs": {"policy": policy}}}))
+                                   "gates": {"qc_pairs": {"policy": policy}},
+                                   **({"demo": True} if policy == "approve" else {})}))
     home = tmp / f"h-{policy}-{planted}"
     rc = main(["--home", str(home), "run", "--config", str(cfg)])
     out = capsys.readouterr().out
