@@ -123,6 +123,11 @@ def model_ref(model_json: Path) -> str:
     from phases.models.registry import PROFILES
 
     data = _read_json(Path(model_json), "the model record (model.json)")
+    req = data.get("request")
+    if isinstance(req, dict) and isinstance(req.get("model"), str) and (Path(req["model"]) / "config.json").is_file():
+        # A folder the data steps loaded (e.g. a parent stage's merged model, phases/chain.py) wins
+        # over the profile id its marker reports, which names the profile it descends from.
+        return req["model"]
     scopes = [data] + [data[k] for k in ("request", "provenance", "model") if isinstance(data.get(k), dict)]
     for scope in scopes:
         for key in ("profile", "model_profile", "model", "model_id"):

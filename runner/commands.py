@@ -24,13 +24,24 @@ def _pipeline_path(pipeline: Optional[str], config: Optional[str]) -> str:
     raise ConfigError("no pipeline given: pass --pipeline module:attr or put 'pipeline: module:attr' in the config")
 
 
-def load_run_inputs(pipeline_path: str, config_path: Optional[str]):
-    """Import the pipeline and validate the config against it (no side effects)."""
+def load_run_inputs(pipeline_path: str, config_path: Optional[str], from_run: Optional[dict] = None):
+    """Import the pipeline and validate the config against it (no side effects).
+
+    ``from_run``: a parent run's view (`runner.lineage.parent_view`), merged in as the config's
+    ``from_run`` key before the pipeline's expand hook runs."""
     from runner.config import load_config
     from runner.pipeline import load_pipeline
     pipe = load_pipeline(pipeline_path)
-    cfg = load_config(Path(config_path) if config_path else None, pipe)
+    cfg = load_config(Path(config_path) if config_path else None, pipe,
+                      {"from_run": from_run} if from_run else None)
     return pipe, cfg
+
+
+def stored_parent(store: Store, run_id: str) -> Optional[dict]:
+    """The parent's view, recomputed now, for a run created with --from-run (else None)."""
+    from runner.lineage import parent_view
+    fr = json.loads(store.get_run(run_id).config_json or "{}").get("from_run")
+    return parent_view(store, fr["run_id"]) if isinstance(fr, dict) and fr.get("run_id") else None
 
 
 def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:
@@ -45,9 +56,14 @@ def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:
     return "\n".join(lines)
 
 
-def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_id: Optional[str]) -> str:
+def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_id: Optional[str],
+             from_run: Optional[str] = None) -> str:
     path = _pipeline_path(pipeline, config)
-    pipe, cfg = load_run_inputs(path, config)
+    parent = None
+    if from_run:
+        from runner.lineage import parent_view
+        parent = parent_view(store, from_run)
+    pipe, cfg = load_run_inputs(path, config, parent)
     if run_id is None:
         run_id = f"{pipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_id in store.run_ids():
@@ -59,7 +75,7 @@ def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_i
 
 
 def find_or_init(store: Store, pipeline: Optional[str], config: Optional[str],
-                 run_id: Optional[str]) -> tuple[str, bool]:
+                 run_id: Optional[str], from_run: Optional[str] = None) -> tuple[str, bool]:
     if run_id and run_id in store.run_ids():
         return run_id, False
     if not run_id and config:
@@ -67,7 +83,7 @@ def find_or_init(store: Store, pipeline: Optional[str], config: Optional[str],
         for rid in reversed(store.run_ids()):
             if store.get_run(rid).config_path == want:
                 return rid, False
-    return init_run(store, pipeline, config, run_id), True
+    return init_run(store, pipeline, config, run_id, from_run), True
 
 
 def resume_run(store: Store, run_id: str, detach: bool, home: Path, db_url: Optional[str]) -> int:
@@ -80,7 +96,7 @@ def resume_run(store: Store, run_id: str, detach: bool, home: Path, db_url: Opti
     if detach:
         return _detach(store, run_id, home, db_url)
     run = store.get_run(run_id)
-    pipe, cfg = load_run_inputs(run.pipeline, run.config_path)
+    pipe, cfg = load_run_inputs(run.pipeline, run.config_path, stored_parent(store, run_id))
     from runner.engine import Engine
     from runner.gate_review import make_review_hook
     engine = Engine(store, run_id, pipe, cfg, review_hook=make_review_hook(store, run_id, cfg))

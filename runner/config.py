@@ -26,7 +26,7 @@ from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage"}
+            "include", "stage", "from_run"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -124,6 +124,9 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
                               f"allowed: {', '.join(sorted(GATE_KEYS))}")
         if "policy" in g and g["policy"] not in POLICIES:
             raise ConfigError(f"{source}: gates.{gname}.policy = {g['policy']!r}; allowed: {', '.join(POLICIES)}")
+    if "from_run" in cfg and not isinstance(cfg["from_run"], dict):
+        raise ConfigError(f"{source}: 'from_run' is set by `runner init --from-run RUN` (the parent run's outputs); "
+                          f"do not write it by hand (got {cfg['from_run']!r})")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         raise ConfigError(f"{source}: 'reviewer' must be a mapping (see docs/review.md)")
     out["params"], out["gates"] = params, gates

@@ -59,7 +59,8 @@ def step_params(stage: Any) -> dict[str, dict]:
         "response_fewshot": [list(p) for p in stage.response_fewshot] if d["prompts"]["use_response_fewshot"] else [],
     }
     return {
-        "heldout": {**common_instr, "instructions": gen["instructions"], "heldout": d["heldout"]},
+        "heldout": {**common_instr, "instructions": gen["instructions"], "heldout": d["heldout"],
+                    "checks": d["checks"]},
         "pilot": {**common_instr, **responses_cfg, "generation": {"instructions": gen["instructions"],
                                                                    "responses": gen["responses"]},
                   "size": d["pilot"]["size"], "qc": d["qc"], "leakage": d["leakage"],
@@ -89,6 +90,8 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
     stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
     out["seed"] = stage.seed  # shared key; load_stage validated it (an int)
+    # Kept in the run's stored config so a child run's lineage (runner init --from-run) names it.
+    out["stage"] = {"name": stage.stage.name, "description": stage.stage.description}
     user_params = raw.get("params") or {}
     if not isinstance(user_params, dict):
         raise ConfigError(f"{path}: 'params' must be a mapping of step name -> params")
