@@ -29,6 +29,8 @@ __all__ = [
     "instruction_generation_prompt",
     "raw_prompt",
     "urial_prompt",
+    "TRANSCRIPT_HEADER",
+    "transcript_prompt",
 ]
 
 END_MARKER = "###END###"
@@ -203,6 +205,47 @@ def urial_prompt(instruction: str, examples: Sequence[tuple[str, str]] | None = 
         parts.append(f"# Query:\n```\n{query}\n```\n\n# Answer:\n```\n{answer}\n```\n\n")
     parts.append(f"# Query:\n```\n{text}\n```\n\n# Answer:\n```\n")
     return "".join(parts)
+
+
+TRANSCRIPT_HEADER = (
+    "The following is a conversation between a user and a helpful assistant. The assistant answers "
+    "each message, remembers everything the user said earlier in the conversation, and keeps "
+    "following the user's earlier instructions unless the user changes them."
+)
+
+
+def transcript_prompt(history: Sequence[tuple[str, str]], user: str, header: str = TRANSCRIPT_HEADER,
+                      user_label: str = "User", assistant_label: str = "Assistant") -> str:
+    """Multi-turn framing (completion mode, never a chat template): a plain-text transcript.
+
+    Exact format (``⏎`` is ``\n``)::
+
+        {header}⏎                          (stripped; omitted with the blank line if empty)
+        ⏎
+        {user_label}: {u1}⏎{assistant_label}: {a1}⏎      (per earlier turn in ``history``)
+        {user_label}: {user}⏎{assistant_label}:
+
+    Ends with ``{assistant_label}:`` and no space: the model writes the space. An assistant turn
+    ends where the model writes ``⏎{user_label}:`` (use it as the stop string). Turn texts are
+    stripped; internal newlines are kept; an empty turn or one containing ``⏎{user_label}:`` or
+    ``⏎{assistant_label}:`` raises ``ValueError`` (it would forge a turn boundary).
+    """
+    def clean(text: str, what: str) -> str:
+        t = _clean_instruction(text, what)
+        for label in (user_label, assistant_label):
+            if f"\n{label}:" in "\n" + t:
+                raise ValueError(f"{what} contains a turn label line '{label}:'; it would forge a turn: {t[:80]!r}")
+        return t
+
+    lines: list[str] = []
+    if header and header.strip():
+        lines += [header.strip(), ""]
+    for i, (u, a) in enumerate(history):
+        lines.append(f"{user_label}: {clean(u, f'history[{i}] user turn')}")
+        lines.append(f"{assistant_label}: {clean(a, f'history[{i}] assistant turn')}")
+    lines.append(f"{user_label}: {clean(user, 'user turn')}")
+    lines.append(f"{assistant_label}:")
+    return "\n".join(lines)
 
 
 # Name -> builder. Stage configs refer to builders by these names only.
