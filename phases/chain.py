@@ -63,11 +63,11 @@ def reduce_parent(view: dict | None) -> dict:
             "outputs": {k: {"dir": outs[k]["dir"], "hash": outs[k]["hash"]} for k in USED_OUTPUTS if k in outs}}
 
 
-def expand_chain_config(raw: dict, path: Any) -> dict:
+def expand_chain_config(raw: dict, path: Any, extra_keys: frozenset = frozenset()) -> dict:
     """``expand_config`` hook: stage-1 expansion plus ``params.parent_model`` from ``from_run``."""
     if isinstance(raw.get("params"), dict) and "parent_model" in raw["params"]:
-        raise ConfigError(f"{path}: params.parent_model is set from `runner init --from-run RUN`; remove it")
-    out = expand_stage_config(raw, path)
+        raise ConfigError(f"{path}: params.parent_model is set from `runner init --from-run RUN` or `from:`; remove it")
+    out = expand_stage_config(raw, path, extra_keys)
     out["params"]["parent_model"] = {"parent": reduce_parent(raw.get("from_run"))}
     return out
 

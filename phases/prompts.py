@@ -31,6 +31,7 @@ __all__ = [
     "urial_prompt",
     "TRANSCRIPT_HEADER",
     "transcript_prompt",
+    "principle_revision_prompt",
 ]
 
 END_MARKER = "###END###"
@@ -246,6 +247,27 @@ def transcript_prompt(history: Sequence[tuple[str, str]], user: str, header: str
     lines.append(f"{user_label}: {clean(user, 'user turn')}")
     lines.append(f"{assistant_label}:")
     return "\n".join(lines)
+
+
+def principle_revision_prompt(instruction: str, response: str, principle: str) -> str:
+    """Stage 6 revision framing (completion mode): a draft answer rewritten to follow one principle.
+
+    Exact format (``⏎`` is ``\n``)::
+
+        A draft answer is rewritten so that it follows this principle: {principle}⏎
+        ⏎
+        Request: {instruction}⏎
+        Draft answer: {response}⏎
+        Rewritten answer:
+
+    No trailing space (the model writes it). The rewrite ends at the first blank line: use
+    ``"\n\n"`` as the stop string. All three texts are stripped; an empty one raises ``ValueError``.
+    """
+    p = _clean_instruction(principle, "principle")
+    return (f"A draft answer is rewritten so that it follows this principle: {p}\n\n"
+            f"Request: {_clean_instruction(instruction)}\n"
+            f"Draft answer: {_clean_instruction(response, 'response')}\n"
+            "Rewritten answer:")
 
 
 # Name -> builder. Stage configs refer to builders by these names only.

@@ -60,8 +60,9 @@ def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_i
              from_run: Optional[str] = None) -> str:
     path = _pipeline_path(pipeline, config)
     parent = None
+    from runner.lineage import parent_view, resolve_from_key
+    from_run = from_run or resolve_from_key(store, config)
     if from_run:
-        from runner.lineage import parent_view
         parent = parent_view(store, from_run)
     pipe, cfg = load_run_inputs(path, config, parent)
     if run_id is None:

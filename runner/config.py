@@ -26,7 +26,7 @@ from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage", "from_run"}
+            "include", "stage", "from_run", "from"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -127,6 +127,11 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
     if "from_run" in cfg and not isinstance(cfg["from_run"], dict):
         raise ConfigError(f"{source}: 'from_run' is set by `runner init --from-run RUN` (the parent run's outputs); "
                           f"do not write it by hand (got {cfg['from_run']!r})")
+    fr = cfg.get("from")
+    if fr is not None and not (isinstance(fr, dict) and len(fr) == 1 and set(fr) <= {"run", "config"}
+                               and isinstance(next(iter(fr.values())), str)):
+        raise ConfigError(f"{source}: from = {fr!r}: expected {{run: RUN_ID}} or {{config: PATH}} (the newest run "
+                          "of that config file, relative to this file); see `runner init --help`")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         raise ConfigError(f"{source}: 'reviewer' must be a mapping (see docs/review.md)")
     out["params"], out["gates"] = params, gates

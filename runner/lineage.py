@@ -24,7 +24,33 @@ from typing import Any
 
 from runner.errors import ConfigError
 
-__all__ = ["parent_view", "lineage_line"]
+__all__ = ["parent_view", "lineage_line", "resolve_from_key"]
+
+
+def resolve_from_key(store: Any, config_path: str | None) -> str | None:
+    """The parent run named by the config's ``from:`` key, or None when it has none.
+
+    ``from: {run: ID}`` names a run; ``from: {config: PATH}`` (relative to the file passed as
+    ``--config``) means the newest run created from that config file in this home.
+    ``--from-run`` wins over both.
+    """
+    from pathlib import Path
+
+    from runner.config import load_yaml
+
+    if not config_path:
+        return None
+    fr = load_yaml(Path(config_path)).get("from")
+    if not isinstance(fr, dict):
+        return None
+    if "run" in fr:
+        return str(fr["run"])
+    want = str((Path(config_path).resolve().parent / str(fr["config"])).resolve())
+    ids = [r for r in store.run_ids() if store.get_run(r).config_path == want]
+    if not ids:
+        raise ConfigError(f"{config_path}: from.config = {fr['config']!r}: no run of {want} in {store.home}; "
+                          f"run it first (runner run --config {fr['config']}) or pass --from-run RUN")
+    return ids[-1]
 
 
 def parent_view(store: Any, run_id: str) -> dict:

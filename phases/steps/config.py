@@ -74,8 +74,11 @@ def step_params(stage: Any) -> dict[str, dict]:
     }
 
 
-def expand_stage_config(raw: dict, path: Any) -> dict:
-    """The pipeline's ``expand_config`` hook (see the module docstring). Returns a new dict."""
+def expand_stage_config(raw: dict, path: Any, extra_keys: frozenset = frozenset()) -> dict:
+    """The pipeline's ``expand_config`` hook (see the module docstring). Returns a new dict.
+
+    ``extra_keys``: top-level keys another pipeline validates itself (e.g. stage 6's
+    ``constitution``); they are neither stage nor runner keys and are left out of the result."""
     from phases.stage_config import load_stage
 
     if path is None:
@@ -83,11 +86,11 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
                           "(e.g. --config phases/stages/demo.yaml)")
     path = Path(path)
     skeys = stage_keys()
-    unknown = sorted(set(raw) - skeys - RUNNER_KEYS - {"include"})
+    unknown = sorted(set(raw) - skeys - RUNNER_KEYS - {"include"} - set(extra_keys))
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; runner keys: "
                           f"{', '.join(sorted(RUNNER_KEYS))}; stage keys: {', '.join(sorted(skeys))}")
-    stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
+    stage = load_stage(path, ignore_keys=(RUNNER_KEYS - {"seed"}) | set(extra_keys))
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
     out["seed"] = stage.seed  # shared key; load_stage validated it (an int)
     # Kept in the run's stored config so a child run's lineage (runner init --from-run) names it.
