@@ -4,7 +4,7 @@ The pipeline ``phases.chain:pipeline`` (named by stages 2-6 through phases/stage
 cai-stage1's nodes with one step in front and a chained ``prepare_model``:
 
     parent_model -> prepare_model -> heldout -> pilot -> [qc_pilot] -> scale -> merge -> [qc_scale]
-    -> sft -> evaluate -> [sft_gate]
+    -> sft -> evaluate -> regression -> [regression_gate] -> [sft_gate]
 
 Launch: ``runner init --config phases/stages/stage2.yaml --from-run <stage-1 run>`` then
 ``runner resume --detach``. Spec: specs/stages.md ("Chaining").
@@ -19,6 +19,9 @@ Launch: ``runner init --config phases/stages/stage2.yaml --from-run <stage-1 run
   descends from, so eos and control tokens stay right) and ``merged/provenance.json``.
   ``parent.json`` holds the **lineage**: the parent's lineage plus one link
   ``{run_id, stage, adapter_sha256, sft_output_hash, base_model, merged_sha256}``.
+- ``regression`` / ``regression_gate`` (phases/regression.py): every earlier stage's held-out
+  set (each lineage link records its ``heldout`` output) and IFEval re-tested; NO-GO on a
+  significant regression, the set named.
 - ``prepare_model`` (same params and outputs as stage 1's) loads ``merged/`` instead of
   ``params.prepare_model.model`` when there is a parent, and adds ``lineage`` to ``model.json``;
   every data manifest copies it from there (`phases.steps.common.session_manifest`).
@@ -45,7 +48,7 @@ from phases.steps.train_eval import TRAIN_EVAL_NODES
 
 __all__ = ["parent_model", "prepare_model", "pipeline", "expand_chain_config", "reduce_parent"]
 
-USED_OUTPUTS = ("prepare_model", "sft", "parent_model")
+USED_OUTPUTS = ("prepare_model", "sft", "parent_model", "heldout")
 
 
 def reduce_parent(view: dict | None) -> dict:
@@ -145,7 +148,10 @@ def parent_model(ctx):
     ctx.log(f"merging run {parent['run_id']}'s adapter into {base_ref} on {dev}")
     marker = merge_adapter(base_ref, adapter, ctx.out_dir / "merged", dev)
     merged_sha = tree_digest(hash_tree(ctx.out_dir / "merged"))
+    if "heldout" in outs:  # the parent's held-out set, re-tested for regression at every later stage
+        _verify_output("heldout", outs["heldout"])
     link = {"run_id": parent["run_id"], "stage": parent.get("stage"), "sft_output_hash": outs["sft"]["hash"],
+            "heldout": outs.get("heldout"),
             "adapter_sha256": success.get("adapter_sha256"), "base_model": str(base_ref),
             "base_model_json_sha256": sha256_file(pm_dir / "model.json"), "merged_sha256": merged_sha}
     atomic_write_json(ctx.out_dir / "merged" / "provenance.json",
@@ -186,9 +192,17 @@ def prepare_model(ctx):
     return {**out, "lineage": [f"{x['run_id']}({x.get('stage')})" for x in info["lineage"]]}
 
 
+def _regression_nodes(adapter_step: str) -> list:
+    from phases.regression import make_regression_step, regression_gate
+
+    return [make_regression_step(adapter_step), regression_gate]
+
+
+_sft, _evaluate, _sft_gate = TRAIN_EVAL_NODES
 pipeline = Pipeline(
     "cai-chained-stage", [parent_model, prepare_model, *[n for n in DATA_NODES if getattr(n, "__step__", n).name
-                                                           != "prepare_model"], *TRAIN_EVAL_NODES],
+                                                           != "prepare_model"],
+                          _sft, _evaluate, *_regression_nodes("sft"), _sft_gate],
     expand_config=expand_chain_config,
     goal="A later stage of constitutional bootstrapping: the previous stage's model (its adapter merged into its "
          "base) generates and judges this stage's data (held-out set first, pilot, QC gate, scale, merge), then SFT "

@@ -1,6 +1,7 @@
 """The multi-turn stage's pipeline ``phases.multiturn_steps:pipeline`` (named by phases/stages/multiturn.yaml).
 
-    parent_model -> prepare_model -> mt_heldout -> mt_data -> [mt_qc] -> mt_sft -> mt_evaluate -> [mt_gate]
+    parent_model -> prepare_model -> mt_heldout -> mt_data -> [mt_qc] -> mt_sft -> mt_evaluate
+    -> regression -> [regression_gate] -> [mt_gate]
 
 Launch: ``runner init --config phases/stages/multiturn.yaml --from-run <stage-1 run>`` then
 ``runner resume --detach`` (demo: ``runner run --config phases/stages/demo-multiturn.yaml``).
@@ -22,6 +23,8 @@ Spec: specs/stages.md ("Multi-turn"). Pieces: `phases/multiturn.py`; chaining: `
 - ``mt_evaluate``: base (this stage's starting model) vs base + adapter on the held-out plans,
   greedy, each arm answering on its own history; paired per conversation, per turn position
   and per check kind (remembered or not). ``eval.json``, ``items.jsonl``, ``summary.txt``.
+- ``regression`` / ``regression_gate``: the earlier stages' single-turn held-out sets and IFEval
+  re-tested with the multi-turn adapter (phases/regression.py).
 - gate ``mt_gate``: the report's GO line (phases.multiturn.paired_report).
 """
 from __future__ import annotations
@@ -36,7 +39,7 @@ from runner.errors import ConfigError, DataError
 from runner.pipeline import GateCheck, derive_seed
 from state.files import atomic_write_json, atomic_write_text, read_jsonl, sha256_file
 
-from phases.chain import parent_model, prepare_model, reduce_parent
+from phases.chain import _regression_nodes, parent_model, prepare_model, reduce_parent
 from phases.sft import SFT_DEFAULTS
 from phases.steps import common
 from phases.steps.config import RUNNER_KEYS, stage_keys
@@ -345,7 +348,8 @@ mt_gate = gate("mt_gate", check=_mt_gate_check, policy="review",
                description="Proceed past the multi-turn stage only with an honest, significant improvement.")
 
 pipeline = Pipeline(
-    "cai-multiturn", [parent_model, prepare_model, mt_heldout, mt_data, mt_qc, mt_sft, mt_evaluate, mt_gate],
+    "cai-multiturn", [parent_model, prepare_model, mt_heldout, mt_data, mt_qc, mt_sft, mt_evaluate,
+                      *_regression_nodes("mt_sft"), mt_gate],
     expand_config=expand_multiturn_config,
     goal="The multi-turn stage: the previous stage's model writes 2-4 turn conversations in a transcript framing "
          "(completion mode) whose later turns depend on earlier ones, every turn verifiably checked; SFT on the "

@@ -10,8 +10,9 @@ ancestors' sets are conversations, not single-turn items, and are skipped (named
 How: the trusted stage-1 evaluation pieces (`phases.evaluate`: the training framing
 ``trained``, greedy, the same stop rules, IFEval checkers via ``score_item``) on this stage's
 starting model (the merged parent) and on starting model + this stage's adapter, one model in
-memory at a time, each generation batch in the ledger. Per set and for IFEval's first
-``ifeval_limit`` prompts: `phases.stats.compare_paired`. A set whose trained arm is worse with
+memory at a time, each generation batch in the ledger. Per set and for IFEval (``ifeval_limit``:
+-1 = all 541 prompts, the default; N = the first N; 0 = off; skipped when there is no earlier
+set, i.e. no parent): `phases.stats.compare_paired`. A set whose trained arm is worse with
 McNemar p < ``alpha`` is a regression; the gate is NO-GO with each regressed set named.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from phases.steps import common
 __all__ = ["make_regression_step", "regression_gate", "decide", "REGRESSION_DEFAULTS"]
 
 REGRESSION_DEFAULTS = {"device": "auto", "max_items": 0, "max_new_tokens": 256, "batch_size": 8,
-                       "ifeval_limit": 0, "ifeval_max_new_tokens": 512, "alpha": 0.01}
+                       "ifeval_limit": -1, "ifeval_max_new_tokens": 512, "alpha": 0.01}
 
 
 def earlier_sets(lineage: list[dict]) -> tuple[list[dict], list[str]]:

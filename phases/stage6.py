@@ -3,7 +3,7 @@ principle tracking, and adherence metrics. Pipeline ``phases.stage6:pipeline`` (
 phases/stages/stage6.yaml):
 
     parent_model -> prepare_model -> heldout -> pilot -> [qc_pilot] -> scale -> merge -> [qc_scale]
-    -> constitution -> sft -> evaluate -> adherence -> [sft_gate]
+    -> constitution -> sft -> evaluate -> adherence -> regression -> [regression_gate] -> [sft_gate]
 
 Launch: ``runner init --config phases/stages/stage6.yaml --from-run <stage-5 run>`` then
 ``runner resume --detach``. Spec: specs/stages.md ("Stage 6").
@@ -37,7 +37,7 @@ from runner.errors import ConfigError
 from runner.pipeline import derive_seed
 from state.files import atomic_write_json, atomic_write_text, sha256_file
 
-from phases.chain import _Params, expand_chain_config, parent_model, prepare_model
+from phases.chain import _Params, _regression_nodes, expand_chain_config, parent_model, prepare_model
 from phases.steps import common
 from phases.steps.data import DATA_NODES
 from phases.steps.train_eval import evaluate, sft_gate
@@ -253,7 +253,8 @@ def adherence(ctx):
 
 _data = [n for n in DATA_NODES if getattr(n, "__step__", n).name != "prepare_model"]
 pipeline = Pipeline(
-    "cai-stage6", [parent_model, prepare_model, *_data, constitution, sft, evaluate, adherence, sft_gate],
+    "cai-stage6", [parent_model, prepare_model, *_data, constitution, sft, evaluate, adherence,
+                   *_regression_nodes("sft"), sft_gate],
     expand_config=expand_stage6_config,
     goal="Stage 6 of constitutional bootstrapping: the previous stage's model generates data, critiques it against "
          "sampled constitution principles (A/B) and revises it, with principle tracking; SFT on the revised data; "

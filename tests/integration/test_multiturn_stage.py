@@ -44,7 +44,9 @@ def _toy(home: Path, mt_qc: str = "approve") -> Path:
         "families": {"explain": {"enabled": False}, "advise": {"enabled": False}, "describe": {"enabled": False},
                      "trivia": {"description": "Short facts, then follow-ups."}},
         "generation": {"batch_size": 2, "responses": {"max_new_tokens": 6}},
-        "multiturn": {"conversations": 8, "heldout_conversations": 4, "min_kept": 1, "max_turns": 3},
+        # the tiny model's context is 256 tokens: a short header and short follow-ups
+        "multiturn": {"conversations": 8, "heldout_conversations": 4, "min_kept": 1, "max_turns": 3,
+                      "header": "A chat.", "followups": ["More?", "Why?", "And then?"]},
         "params": {"prepare_model": {"model": str(tiny_dir()), "device": "cpu"},
                    "mt_sft": {"max_steps": 2, "per_device_batch_size": 2, "grad_accum": 1, "max_seq_len": 256,
                               "save_steps": 1, "logging_steps": 1, "dev_fraction": 0.0, "require_qc_pass": False},
