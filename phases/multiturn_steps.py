@@ -37,7 +37,7 @@ from typing import Any
 from runner import Pipeline, gate, step
 from runner.errors import ConfigError, DataError
 from runner.pipeline import GateCheck, derive_seed
-from state.files import atomic_write_json, atomic_write_text, read_jsonl, sha256_file
+from state.files import atomic_write_json, atomic_write_text, sha256_file
 
 from phases.chain import _regression_nodes, parent_model, prepare_model, reduce_parent
 from phases.sft import SFT_DEFAULTS
