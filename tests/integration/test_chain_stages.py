@@ -1,6 +1,6 @@
 """Chaining end to end on the SmolLM2-135M test model, through the real CLI.
 
-Run: .venv/bin/pytest -m integration tests/integration/test_chain_stages.py -q   (about 6 min on 2 cores;
+Run: .venv/bin/pytest -m integration tests/integration/test_chain_stages.py -q   (about 10 min on 2 idle cores, much more under load;
 needs `python -m phases.models.embedded prepare smollm2-135m-instruct`, skipped otherwise).
 
 1. Parent: stage 1 at tiny size (tests/data/chain_stage1_tiny.yaml) through a 2-step SFT; it stops
@@ -12,6 +12,8 @@ needs `python -m phases.models.embedded prepare smollm2-135m-instruct`, skipped 
 3. Parent change: the parent's SFT is re-run with another max_steps (its adapter changes); resuming
    the child re-runs parent_model under a new cache key with the new adapter hash in its lineage.
 4. An edited parent adapter is refused with the path named.
+5. Regression across stages: the child's gates approved, it trains, evaluates and re-tests the
+   parent's held-out set and two IFEval prompts (step regression, gate regression_gate).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import yaml
 
 from helpers_runner import cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The module fixture runs two pipelines; on a loaded 2-core machine that exceeds the default 600 s.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 PARENT = REPO / "tests" / "data" / "chain_stage1_tiny.yaml"
@@ -86,6 +89,8 @@ def test_child_data_is_generated_by_the_merged_parent(chained):
     prov = json.loads((merged / "provenance.json").read_text())
     parent_sft = home / _step(_status(home, "s1"), "sft")["output_dir"]
     assert prov["link"]["run_id"] == "s1" and prov["link"]["stage"] == "stage1-tiny"
+    parent_ho = home / _step(_status(home, "s1"), "heldout")["output_dir"]
+    assert Path(prov["link"]["heldout"]["dir"]) == parent_ho.resolve(), "the parent's held-out set travels with the lineage"
     assert prov["link"]["adapter_sha256"] == json.loads((parent_sft / "TRAINING_SUCCESS").read_text())["adapter_sha256"]
     marker = json.loads((merged / "cai_model.json").read_text())
     assert marker["kind"] == "merged" and marker["merged_from"]["method"] == "peft merge_and_unload"
@@ -149,3 +154,20 @@ def test_edited_parent_adapter_is_refused(chained, tmp_path):
         assert str(sft_dir) in log + c.stdout + c.stderr, "the error names the edited parent output's path"
     finally:
         shutil.copy2(saved, victim)
+
+
+def test_regression_retests_the_parent_heldout_set(chained):
+    home = chained["home"]
+    for gate_name in ("qc_pilot", "qc_scale"):
+        cli(home, "approve", gate_name, "--run", "s2", "--note", "test", check=0)
+        r = cli(home, "resume", "--run", "s2", timeout=TIMEOUT, **HOOKS)
+        assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]
+    st = _status(home, "s2")
+    reg = json.loads((home / _step(st, "regression")["output_dir"] / "regression.json").read_text())
+    assert [s["label"] for s in reg["sets"]] == ["stage1-tiny (run s1)"]
+    ho_n = len((home / _step(_status(home, "s1"), "heldout")["output_dir"] / "heldout.jsonl").read_text().splitlines())
+    assert reg["blocks"]["held-out stage1-tiny (run s1)"]["overall"]["n"] == ho_n
+    assert reg["blocks"]["IFEval"]["overall"]["n"] == 2
+    assert reg["gate"]["line"].startswith(("GO", "NO-GO"))
+    g = next(g for g in st["gates"] if g["name"] == "regression_gate")
+    assert g["status"] != "not reached" and g["check"]["summary"]["line"] == reg["gate"]["line"]

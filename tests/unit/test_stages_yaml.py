@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from helpers_runner import cli
+from phases.stage_config import RUNNER_KEYS as STAGE_RUNNER_KEYS
 from runner.config import load_config
 from runner.errors import ConfigError
 from runner.pipeline import load_pipeline
@@ -40,7 +41,7 @@ def test_runner_validate_passes(name, tmp_path):
 def test_later_stages_share_stage1_through_includes(name):
     from phases.stage_config import load_stage
 
-    st = load_stage(STAGES / name, ignore_keys=load_stage.__defaults__[0] | {"constitution"})
+    st = load_stage(STAGES / name, ignore_keys=STAGE_RUNNER_KEYS | {"constitution"})
     s1 = load_stage(STAGES / "stage1.yaml")
     assert st.stage.name == name[:-5]
     # own families only; stage 1's are declared but switched off by shared.yaml
@@ -87,7 +88,7 @@ def _stage_names() -> set:
     for f in sorted(STAGES.glob("*.yaml")):
         if f.name in ("shared.yaml", "base.yaml"):
             continue
-        names.add(load_stage(f, ignore_keys=load_stage.__defaults__[0] | {"constitution", "multiturn", "from"}).stage.name)
+        names.add(load_stage(f, ignore_keys=STAGE_RUNNER_KEYS | {"constitution", "multiturn", "from"}).stage.name)
     return names
 
 
