@@ -203,12 +203,15 @@ def combine(ab: OrderScore, ba: OrderScore, threshold: float = DEFAULT_THRESHOLD
 
 def judge(
     scorer: Scorer,
-    rubric: str,
+    rubric: str | Rubric,
     items: Sequence[str | Mapping[str, str]],
     threshold: float = DEFAULT_THRESHOLD,
 ) -> list[Verdict]:
-    """Score ``items`` with ``rubric`` in both orders in one batched call; one ``Verdict`` each."""
-    if rubric not in RUBRICS:
+    """Score ``items`` with ``rubric`` in both orders in one batched call; one ``Verdict`` each.
+
+    ``rubric``: a name in `RUBRICS`, or a `Rubric` built from data (e.g. one constitution
+    principle, phases/stage6.py); the prompt contract is the same either way."""
+    if not isinstance(rubric, Rubric) and rubric not in RUBRICS:
         raise KeyError(f"unknown critic rubric {rubric!r}; known: {sorted(RUBRICS)}")
     items = list(items)
     if not items:

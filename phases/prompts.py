@@ -36,6 +36,9 @@ __all__ = [
     "urial_prompt",
     "critique_prompt",
     "revision_prompt",
+    "TRANSCRIPT_HEADER",
+    "transcript_prompt",
+    "principle_revision_prompt",
 ]
 
 END_MARKER = "###END###"
@@ -253,6 +256,68 @@ def revision_prompt(instruction: str, response: str, principle: str, critique: s
     return (f"{critique_prompt(instruction, response, principle)} {crit}\n\n"
             f"Rewrite the response so that it follows the principle, keeping what was right.\n"
             f"Instruction: {_clean_instruction(instruction)}\nRevised response:")
+
+
+TRANSCRIPT_HEADER = (
+    "The following is a conversation between a user and a helpful assistant. The assistant answers "
+    "each message, remembers everything the user said earlier in the conversation, and keeps "
+    "following the user's earlier instructions unless the user changes them."
+)
+
+
+def transcript_prompt(history: Sequence[tuple[str, str]], user: str, header: str = TRANSCRIPT_HEADER,
+                      user_label: str = "User", assistant_label: str = "Assistant") -> str:
+    """Multi-turn framing (completion mode, never a chat template): a plain-text transcript.
+
+    Exact format (``⏎`` is ``\n``)::
+
+        {header}⏎                          (stripped; omitted with the blank line if empty)
+        ⏎
+        {user_label}: {u1}⏎{assistant_label}: {a1}⏎      (per earlier turn in ``history``)
+        {user_label}: {user}⏎{assistant_label}:
+
+    Ends with ``{assistant_label}:`` and no space: the model writes the space. An assistant turn
+    ends where the model writes ``⏎{user_label}:`` (use it as the stop string). Turn texts are
+    stripped; internal newlines are kept; an empty turn or one containing ``⏎{user_label}:`` or
+    ``⏎{assistant_label}:`` raises ``ValueError`` (it would forge a turn boundary).
+    """
+    def clean(text: str, what: str) -> str:
+        t = _clean_instruction(text, what)
+        for label in (user_label, assistant_label):
+            if f"\n{label}:" in "\n" + t:
+                raise ValueError(f"{what} contains a turn label line '{label}:'; it would forge a turn: {t[:80]!r}")
+        return t
+
+    lines: list[str] = []
+    if header and header.strip():
+        lines += [header.strip(), ""]
+    for i, (u, a) in enumerate(history):
+        lines.append(f"{user_label}: {clean(u, f'history[{i}] user turn')}")
+        lines.append(f"{assistant_label}: {clean(a, f'history[{i}] assistant turn')}")
+    lines.append(f"{user_label}: {clean(user, 'user turn')}")
+    lines.append(f"{assistant_label}:")
+    return "\n".join(lines)
+
+
+def principle_revision_prompt(instruction: str, response: str, principle: str) -> str:
+    """Stage 6 revision framing (completion mode): a draft answer rewritten to follow one principle.
+
+    Exact format (``⏎`` is ``\n``)::
+
+        A draft answer is rewritten so that it follows this principle: {principle}⏎
+        ⏎
+        Request: {instruction}⏎
+        Draft answer: {response}⏎
+        Rewritten answer:
+
+    No trailing space (the model writes it). The rewrite ends at the first blank line: use
+    ``"\n\n"`` as the stop string. All three texts are stripped; an empty one raises ``ValueError``.
+    """
+    p = _clean_instruction(principle, "principle")
+    return (f"A draft answer is rewritten so that it follows this principle: {p}\n\n"
+            f"Request: {_clean_instruction(instruction)}\n"
+            f"Draft answer: {_clean_instruction(response, 'response')}\n"
+            "Rewritten answer:")
 
 
 # Name -> builder. Stage configs refer to builders by these names only.

@@ -120,6 +120,11 @@ def model_ref(model_json: Path) -> str:
     ``model_path``/``path`` folder (the data steps write ``{"request": {"model": ...}, "provenance": ...}``).
     """
     data = _read_json(Path(model_json), "the model record (model.json)")
+    req = data.get("request")
+    if isinstance(req, dict) and isinstance(req.get("model"), str) and (Path(req["model"]) / "config.json").is_file():
+        # A folder the data steps loaded (e.g. a parent stage's merged model, phases/chain.py) wins
+        # over the profile id its marker reports, which names the profile it descends from.
+        return req["model"]
     scopes = [data] + [data[k] for k in ("request", "provenance", "model") if isinstance(data.get(k), dict)]
     for scope in scopes:
         for key in ("profile", "model_profile", "model", "model_id"):
@@ -418,8 +423,12 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
 
 
 def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir: Path, seed: int,
-            log: Callable[..., None]) -> dict:
+            log: Callable[..., None], encode_records: Callable[..., tuple[list[dict], dict]] | None = None) -> dict:
     """Train and save ``out_dir/adapter``; returns the facts for the manifest.
+
+    ``encode_records(loaded, records, max_seq_len) -> (examples, counts)`` replaces
+    `build_examples` for other record shapes (multi-turn: phases/multiturn_steps.py); its
+    examples carry ``input_ids`` and ``labels`` (-100 where no loss is taken).
 
     ``log(message, kind=..., **data)`` records events (``sft_resumed`` with ``from_step``).
     Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
@@ -430,7 +439,7 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     loaded, model, device, quant, trainer_name, grad_ckpt = load_for_training(ref, params, seed, log)
     if params["max_examples"] > 0:
         records = records[: params["max_examples"]]
-    examples, counts = build_examples(loaded, records, params["max_seq_len"])
+    examples, counts = (encode_records or build_examples)(loaded, records, params["max_seq_len"])
     train_ex, dev_ex = split_dev(examples, params["dev_fraction"], seed)
     for ex in train_ex + dev_ex:  # the guard's control-token check over the training batches too
         loaded.check_ids(ex["input_ids"])

@@ -166,6 +166,8 @@ class StageConfig:
     critics: CriticConfig = field(default_factory=CriticConfig)
     qc: QCConfig = field(default_factory=QCConfig)
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
+    checks: list[typing.Any] = _f([], doc="held-out constraints: entries of phases.checks.REGISTRY by name with "
+                                          "args (IFEval-backed ones only here); [] = the stage-1 set")
     # Derived, not YAML keys:
     source_files: list[str] = field(default_factory=list, metadata={"derived": True})
     seeds: dict[str, list[str]] = field(default_factory=dict, metadata={"derived": True})
@@ -420,5 +422,23 @@ def stage_from_doc(doc: ConfigDoc, ignore_keys: typing.Iterable[str] = ()) -> St
     for i, (inst, resp) in enumerate(fewshot):
         if marker and (marker in resp or marker in inst):
             raise DataError(f"{seeds_abs}: response_fewshot.{i} contains the end marker {marker!r}; remove it")
+    cfg.checks = _validate_checks(cfg.checks, _source(sources, ("checks",)))
     cfg.seeds, cfg.response_fewshot, cfg.seeds_sha256 = seeds, fewshot, sha
     return cfg
+
+
+def _validate_checks(specs: list, where: str) -> list[dict]:
+    """Each ``checks`` entry names a registry check (phases/checks.py) that IFEval can score,
+    since the held-out set is scored by `phases.ifeval` (memory checks belong to multi-turn)."""
+    import random
+
+    from phases.checks import draw, validate_spec
+
+    out = []
+    for i, spec in enumerate(specs):
+        ok = validate_spec(spec, f"{where}: checks.{i}")
+        if draw(ok, random.Random(0))["instruction_id"] is None:
+            raise ConfigError(f"{where}: checks.{i}.name = {ok['name']!r}: a memory check cannot score a single-turn "
+                              "held-out item; use an IFEval-backed check (lowercase, max_words, keywords, ifeval, ...)")
+        out.append(ok)
+    return out

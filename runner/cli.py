@@ -33,8 +33,10 @@ def say_next(command: str, why: str = "") -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from runner.commands import _pipeline_path, init_run, load_run_inputs
     # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
-    load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
-    run_id = init_run(open_store(args, create=True), args.pipeline, args.config, args.run_id)
+    if not args.from_run:
+        load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
+    run_id = init_run(open_store(args, create=bool(not args.from_run)), args.pipeline, args.config, args.run_id,
+                      args.from_run)
     print(f"created run {run_id}")
     say_next(f"runner resume --detach --run {run_id}", "runs it in the background; then `runner wait`")
     return EXIT_DONE
@@ -52,9 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.commands import _pipeline_path, find_or_init, load_run_inputs, resume_run
     _set_workers(args)
     # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
-    load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
-    store = open_store(args, create=True)
-    run_id, created = find_or_init(store, args.pipeline, args.config, args.run_id)
+    if not args.from_run:
+        load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
+    store = open_store(args, create=not args.from_run)
+    run_id, created = find_or_init(store, args.pipeline, args.config, args.run_id, args.from_run)
     print(f"{'created' if created else 'continuing'} run {run_id}")
     return resume_run(store, run_id, detach=args.detach, home=_home(args), db_url=args.db_url)
 
@@ -182,12 +185,15 @@ def build_parser(with_extensions: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--pipeline", help="module:attr of the pipeline (default: the config's 'pipeline' key)")
     sp.add_argument("--config", help="YAML config file (params, gates, seed)")
     sp.add_argument("--run-id", help="name of the run (default: <pipeline>-<timestamp>)")
+    sp.add_argument("--from-run", metavar="RUN", help="chain: expose run RUN's outputs (same home) to this run as "
+                    "config key from_run; the pipeline decides what they mean (e.g. its final adapter)")
 
     sp = add("run", cmd_run, "Create the run if needed (same config file = same run), then resume it.",
              "runner run --config runner/examples/toy.yaml", run_opt=False)
     sp.add_argument("--pipeline")
     sp.add_argument("--config")
     sp.add_argument("--run-id")
+    sp.add_argument("--from-run", metavar="RUN", help="chain from run RUN (see `runner init --help`)")
     sp.add_argument("--detach", action="store_true", help="run in the background; return at once")
     sp.add_argument("--workers", type=int, help="run sharded steps in N worker processes, one per GPU (CUDA_VISIBLE_DEVICES); "
                                           "default 1 (in this process); see docs/scale-out.md")

@@ -25,6 +25,13 @@ def _pipeline_path(pipeline: Optional[str], config: Optional[str]) -> str:
     raise ConfigError("no pipeline given: pass --pipeline module:attr or put 'pipeline: module:attr' in the config")
 
 
+def stored_parent(store: Store, run_id: str) -> Optional[dict]:
+    """The parent's view, recomputed now, for a run created with --from-run (else None)."""
+    from runner.lineage import parent_view
+    fr = json.loads(store.get_run(run_id).config_json or "{}").get("from_run")
+    return parent_view(store, fr["run_id"]) if isinstance(fr, dict) and fr.get("run_id") else None
+
+
 def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:
     pipe, cfg = load_run_inputs(_pipeline_path(pipeline, config), config)
     lines = [f"OK: pipeline {pipe.name!r}: {len(pipe.steps)} steps, {len(pipe.gates)} gates; config valid"]
@@ -37,9 +44,15 @@ def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:
     return "\n".join(lines)
 
 
-def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_id: Optional[str]) -> str:
+def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_id: Optional[str],
+             from_run: Optional[str] = None) -> str:
     path = _pipeline_path(pipeline, config)
-    pipe, cfg = load_run_inputs(path, config)
+    parent = None
+    from runner.lineage import parent_view, resolve_from_key
+    from_run = from_run or resolve_from_key(store, config)
+    if from_run:
+        parent = parent_view(store, from_run)
+    pipe, cfg = load_run_inputs(path, config, parent)
     if run_id is None:
         run_id = f"{pipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_id in store.run_ids():
@@ -54,7 +67,7 @@ def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_i
 
 
 def find_or_init(store: Store, pipeline: Optional[str], config: Optional[str],
-                 run_id: Optional[str]) -> tuple[str, bool]:
+                 run_id: Optional[str], from_run: Optional[str] = None) -> tuple[str, bool]:
     if run_id and run_id in store.run_ids():
         return run_id, False
     if not run_id and config:
@@ -62,7 +75,7 @@ def find_or_init(store: Store, pipeline: Optional[str], config: Optional[str],
         for rid in reversed(store.run_ids()):
             if store.get_run(rid).config_path == want:
                 return rid, False
-    return init_run(store, pipeline, config, run_id), True
+    return init_run(store, pipeline, config, run_id, from_run), True
 
 
 def resume_run(store: Store, run_id: str, detach: bool, home: Path, db_url: Optional[str]) -> int:
@@ -75,7 +88,7 @@ def resume_run(store: Store, run_id: str, detach: bool, home: Path, db_url: Opti
     if detach:
         return _detach(store, run_id, home, db_url)
     run = store.get_run(run_id)
-    pipe, cfg = load_run_inputs(run.pipeline, run.config_path)
+    pipe, cfg = load_run_inputs(run.pipeline, run.config_path, stored_parent(store, run_id))
     from runner.engine import Engine
     from runner.gate_review import make_review_hook
     engine = Engine(store, run_id, pipe, cfg, review_hook=make_review_hook(store, run_id, cfg))

@@ -37,7 +37,7 @@ from runner.errors import ConfigError
 from runner.pipeline import POLICIES, Pipeline, load_pipeline
 
 TOP_KEYS = {"pipeline", "seed", "goal", "max_attempts", "lease_ttl_s", "params", "gates", "reviewer",
-            "include", "stage", "budget", "prices", "demo"}
+            "include", "stage", "budget", "prices", "demo", "from_run", "from"}
 GATE_KEYS = {"policy", "criteria", "reviewer", "sample_size"}
 
 
@@ -300,6 +300,14 @@ def validate(cfg: dict, pipeline: Pipeline, source: str = "config") -> dict:
     if cfg.get("budget") is not None and BUDGET_GATE in pipeline.gates:
         err(("budget",), f"'budget' adds a gate named {BUDGET_GATE!r}, but pipeline "
                          f"{pipeline.name!r} already has one; rename that gate")
+    if "from_run" in cfg and not isinstance(cfg["from_run"], dict):
+        err(("from_run",), "'from_run' is set by `runner init --from-run RUN` (the parent run's outputs); "
+                           f"do not write it by hand (got {cfg['from_run']!r})")
+    fr = cfg.get("from")
+    if fr is not None and not (isinstance(fr, dict) and len(fr) == 1 and set(fr) <= {"run", "config"}
+                               and isinstance(next(iter(fr.values())), str)):
+        err(("from",), f"from = {fr!r}: expected {{run: RUN_ID}} or {{config: PATH}} (the newest run "
+                       "of that config file, relative to this file); see `runner init --help`")
     if "reviewer" in cfg and not isinstance(cfg["reviewer"], dict):
         err(("reviewer",), "'reviewer' must be a mapping (see docs/review.md)")
     else:
@@ -353,9 +361,12 @@ def load_config(path: Path | None, pipeline: Pipeline, overrides: dict | None = 
     return validate(expanded, pipeline, source)
 
 
-def load_run_inputs(pipeline_path: str, config_path: Path | str | None):
-    """Import the pipeline and validate the config against it (no side effects): ``(pipeline, cfg)``."""
+def load_run_inputs(pipeline_path: str, config_path: Path | str | None, from_run: dict | None = None):
+    """Import the pipeline and validate the config against it (no side effects): ``(pipeline, cfg)``.
+
+    ``from_run``: a parent run's view (`runner.lineage.parent_view`), merged in as the config's
+    ``from_run`` key before the pipeline's expand hook runs."""
     env_lease_ttl()  # RUNNER_LEASE_TTL <= 0 would busy-loop the heartbeat: refuse before anything runs
     pipe = load_pipeline(pipeline_path)
-    cfg = load_config(Path(config_path) if config_path else None, pipe)
+    cfg = load_config(Path(config_path) if config_path else None, pipe, {"from_run": from_run} if from_run else None)
     return pipe, cfg

@@ -47,6 +47,8 @@ def print_status(st: dict) -> None:
                   + (f" ({st['detail']})" if st["detail"] else ""))
     if run.get("goal"):
         console.print(f"goal: {run['goal']}")
+    if st.get("lineage"):
+        console.print(f"lineage: {st['lineage']['line']}")
     lease = st.get("lease")
     if lease:
         console.print(f"lease: host {lease['host']} pid {lease['pid']} gen {lease['generation']} "

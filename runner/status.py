@@ -33,6 +33,19 @@ def _last_line(text: Optional[str]) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def _lineage(config_json: Optional[str]) -> Optional[dict]:
+    """The chain this run was made from (``runner init --from-run``), or None."""
+    from runner.lineage import lineage_line
+    cfg = json.loads(config_json or "{}")
+    fr = cfg.get("from_run")
+    if not isinstance(fr, dict):
+        return None
+    links = [fr] + list(reversed(fr.get("chain") or []))
+    return {"line": lineage_line(cfg),
+            "runs": [{"run_id": v.get("run_id"), "stage": (v.get("stage") or {}).get("name") if isinstance(v.get("stage"), dict) else None,
+                      "outputs": {k: o.get("hash") for k, o in (v.get("outputs") or {}).items()}} for v in links]}
+
+
 def run_state(store: Store, run_id: str) -> dict[str, Any]:
     run = store.get_run(run_id)
     t = time.time()
@@ -97,6 +110,7 @@ def run_state(store: Store, run_id: str) -> dict[str, Any]:
         "ledger": cost_ledger(store, run_id, loads(run.config_json) or {}),
     }
     _add_progress(store, run_id, steps)
+    out["lineage"] = _lineage(run.config_json)
     out["next_action"] = next_action(out)
     out["exit_code"] = STATE_EXIT.get(state, EXIT_FAILED)
     return out

@@ -202,6 +202,8 @@ def session_manifest(ctx, kind: str, info: dict | None, files: dict[str, str], c
                                              "sentinels_passed": info["sentinels_passed"],
                                              "provenance": info["provenance"]},
         "params": dict(ctx.params),
+        # Which runs, stages and models this one descends from (phases/chain.py); [] for a first stage.
+        "lineage": [] if info is None else info.get("lineage", []),
         "seeds": {"run_seed": ctx.run_seed, "step_seed": ctx.seed},
         "counts": counts,
         "files": files,

@@ -67,7 +67,8 @@ def step_params(stage: Any) -> dict[str, dict]:
         "response_fewshot": [list(p) for p in stage.response_fewshot] if d["prompts"]["use_response_fewshot"] else [],
     }
     return {
-        "heldout": {**common_instr, "instructions": gen["instructions"], "heldout": d["heldout"]},
+        "heldout": {**common_instr, "instructions": gen["instructions"], "heldout": d["heldout"],
+                    "checks": d["checks"]},
         "pilot": {**common_instr, **responses_cfg, "generation": {"instructions": gen["instructions"],
                                                                    "responses": gen["responses"]},
                   "size": d["pilot"]["size"], "qc": d["qc"], "leakage": d["leakage"],
@@ -93,8 +94,11 @@ def eval_arms(stage: Any) -> list[str]:
         canonical_builder_name(a)] for a in stage.prompts.eval_arms]
 
 
-def expand_stage_config(raw: dict, path: Any) -> dict:
+def expand_stage_config(raw: dict, path: Any, extra_keys: frozenset = frozenset()) -> dict:
     """The pipeline's ``expand_config`` hook (see the module docstring). Returns a new dict.
+
+    ``extra_keys``: top-level keys another pipeline validates itself (e.g. stage 6's
+    ``constitution``); they are neither stage nor runner keys and are left out of the result.
 
     Every problem (unknown top-level keys, stage schema errors, params set in the wrong place,
     out-of-range ``params.sft``/``params.evaluate`` values) is reported in one `ConfigError`,
@@ -110,16 +114,16 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
 
     errors: list[str] = []
     skeys = stage_keys()
-    unknown = set(raw) - skeys - RUNNER_KEYS - {"include"}
+    unknown = set(raw) - skeys - RUNNER_KEYS - {"include"} - set(extra_keys)
     for key in sorted(unknown, key=str):
         errors.append(f"{where(key)}: unknown top-level key {key}; runner keys: {', '.join(sorted(RUNNER_KEYS))}; "
                       f"stage keys: {', '.join(sorted(skeys))}")
     stage = None
     try:
         if sources:  # the runner's loader already read and merged the chain: validate that, read once
-            stage = stage_from_doc(raw, ignore_keys=(RUNNER_KEYS - {"seed"}) | unknown)  # unknown: reported above
+            stage = stage_from_doc(raw, ignore_keys=(RUNNER_KEYS - {"seed"}) | unknown | set(extra_keys))  # unknown: reported above
         else:
-            stage = load_stage(path, ignore_keys=RUNNER_KEYS - {"seed"})
+            stage = load_stage(path, ignore_keys=(RUNNER_KEYS - {"seed"}) | set(extra_keys))
     except ConfigError as e:
         errors.append(str(e))
     user_params = raw.get("params") or {}
@@ -145,6 +149,8 @@ def expand_stage_config(raw: dict, path: Any) -> dict:
         raise ConfigError("\n".join(in_file_order("\n".join(errors).splitlines())))
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
     out["seed"] = stage.seed  # shared key; the stage schema validated it (an int)
+    # Kept in the run's stored config so a child run's lineage (runner init --from-run) names it.
+    out["stage"] = {"name": stage.stage.name, "description": stage.stage.description}
     for name, derived in step_params(stage).items():
         params[name] = {**(params.get(name) or {}), **derived} if name in STAGE_SLICED_STEPS else derived
     evaluate = params.get("evaluate")

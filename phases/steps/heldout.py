@@ -81,9 +81,21 @@ CONSTRAINTS = {"lowercase": _lowercase, "max_words": _max_words, "min_words": _m
                "no_comma": _no_comma, "end_phrase": _end_phrase, "bullets": _bullets}
 
 
-def draw_constraint(seed: int) -> dict:
-    """One constraint, drawn deterministically from ``seed``; kwargs validated for IFEval."""
+def draw_constraint(seed: int, checks: list[dict] | None = None) -> dict:
+    """One constraint, drawn deterministically from ``seed``; kwargs validated for IFEval.
+
+    ``checks``: the stage's ``checks:`` (validated `phases.checks` specs); empty or None = the
+    stage-1 set `CONSTRAINTS` (unchanged draws, so stage-1 held-out sets stay byte-identical).
+    """
     rng = random.Random(seed)
+    if checks:
+        from phases.checks import draw
+
+        spec = checks[rng.randrange(len(checks))]
+        inst = draw(spec, rng)
+        validate_kwargs(inst["instruction_id"], inst["kwargs"], where=f"held-out check {spec['name']}")
+        return {"name": spec["name"], "text": inst["text"], "instruction_id": inst["instruction_id"],
+                "kwargs": inst["kwargs"]}
     name = rng.choice(sorted(CONSTRAINTS))
     text, iid, kwargs = CONSTRAINTS[name](rng)
     validate_kwargs(iid, kwargs, where=f"held-out constraint {name}")
@@ -116,7 +128,7 @@ def select_balanced(cands: list[dict], q: dict[str, int], size: int) -> list[dic
 
 HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
                     "instruction_generation": {}, "critics": {}, "batch_size": 16, "instructions": {},
-                    "heldout": {}}
+                    "heldout": {}, "checks": []}
 
 
 @step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="1", params=HELDOUT_DEFAULTS,
@@ -152,7 +164,7 @@ def heldout(ctx):
     chosen = select_balanced(eligible, quotas(p["families"], size), size)
     records = []
     for i, c in enumerate(chosen):
-        con = draw_constraint(derive_seed(hseed, "constraint", i))
+        con = draw_constraint(derive_seed(hseed, "constraint", i), p.get("checks"))
         instr = f"{c['instruction'].rstrip()} {con['text']}"
         rec = {"id": f"ho-{i + 1:04d}", "key": i + 1, "family": c["family"],
                "refusal_expected": bool(p["families"][c["family"]].get("refusal_expected", False)),
@@ -177,5 +189,6 @@ def heldout(ctx):
     dump(ctx.out_dir / "manifest.json", session_manifest(
         ctx, "heldout", info, {"heldout.jsonl": file_sha}, counts,
         heldout_seed=hseed, record_sha256={r["id"]: r["sha256"] for r in records},
-        constraints={name: fn.__name__ for name, fn in CONSTRAINTS.items()}))
+        constraints=({name: fn.__name__ for name, fn in CONSTRAINTS.items()} if not p.get("checks")
+                     else {"registry": "phases.checks", "checks": p["checks"]})))
     return {"records": len(records), "by_family": by_family, "sha256": file_sha, "heldout_seed": hseed}
