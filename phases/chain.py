@@ -44,6 +44,7 @@ from state.files import atomic_write_json, hash_tree, sha256_file, tree_digest
 from phases.steps import common
 from phases.steps.config import expand_stage_config
 from phases.steps.data import DATA_NODES
+from phases.steps.preferences import PREFERENCE_NODES
 from phases.steps.train_eval import TRAIN_EVAL_NODES
 
 __all__ = ["parent_model", "prepare_model", "pipeline", "expand_chain_config", "reduce_parent"]
@@ -202,9 +203,10 @@ _sft, _evaluate, _sft_gate = TRAIN_EVAL_NODES
 pipeline = Pipeline(
     "cai-chained-stage", [parent_model, prepare_model, *[n for n in DATA_NODES if getattr(n, "__step__", n).name
                                                            != "prepare_model"],
-                          _sft, _evaluate, *_regression_nodes("sft"), _sft_gate],
+                          _sft, _evaluate, *_regression_nodes("sft"), _sft_gate, *PREFERENCE_NODES],
     expand_config=expand_chain_config,
     goal="A later stage of constitutional bootstrapping: the previous stage's model (its adapter merged into its "
          "base) generates and judges this stage's data (held-out set first, pilot, QC gate, scale, merge), then SFT "
-         "on top of it and a paired evaluation against it.")
+         "on top of it and a paired evaluation against it (earlier stages' held-out sets re-tested); then, as in "
+         "stage 1, preference pairs from the new SFT model, pair QC, DPO and a paired SFT-vs-DPO evaluation.")
 

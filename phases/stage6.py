@@ -37,6 +37,7 @@ from runner.errors import ConfigError
 from runner.pipeline import derive_seed
 from state.files import atomic_write_json, atomic_write_text, sha256_file
 
+from phases.steps.preferences import PREFERENCE_NODES
 from phases.chain import _Params, _regression_nodes, expand_chain_config, parent_model, prepare_model
 from phases.steps import common
 from phases.steps.data import DATA_NODES
@@ -254,8 +255,8 @@ def adherence(ctx):
 _data = [n for n in DATA_NODES if getattr(n, "__step__", n).name != "prepare_model"]
 pipeline = Pipeline(
     "cai-stage6", [parent_model, prepare_model, *_data, constitution, sft, evaluate, adherence,
-                   *_regression_nodes("sft"), sft_gate],
+                   *_regression_nodes("sft"), sft_gate, *PREFERENCE_NODES],
     expand_config=expand_stage6_config,
     goal="Stage 6 of constitutional bootstrapping: the previous stage's model generates data, critiques it against "
          "sampled constitution principles (A/B) and revises it, with principle tracking; SFT on the revised data; "
-         "paired evaluation plus per-principle adherence.")
+         "paired evaluation plus per-principle adherence; then preference pairs and DPO as in stage 1.")
