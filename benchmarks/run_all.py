@@ -49,7 +49,7 @@ def tables(report: dict) -> str:
         "generation": ("Generation (64-token prompts, 64 new tokens)", ["size", "variant", "tokens_per_s", "x_one_at_a_time", "x_hf_batched", "ms_per_step", "bound_ms_per_step", "frac_bandwidth_bound", "first_call_s"]),
         "critic-check": ("Critic correctness on the GPU, fp32 (fast vs plain)", ["size", "fp32_max_abs_logprob_diff"]),
         "generation-check": ("Generation correctness (bf16 on the GPU, then fp32)", ["size", "greedy_rows_equal_plain", "fast_batch_invariant_greedy", "fast_batch_invariant_sampling", "fp32_greedy_rows_equal_plain", "fp32_fast_batch_invariant", "fp32_compiled_rows_equal_plain"]),
-        "sft": ("SFT, LoRA r=16 on all linear layers (examples of 64-768 tokens)", ["size", "variant", "tokens_per_s", "x_trl", "mfu_6N", "padding_frac", "peak_mem_gib", "loss_first", "loss_last", "error"]),
+        "sft": ("SFT, LoRA r=16 on all linear layers (examples of 64-768 tokens)", ["size", "variant", "tokens_per_s", "x_trl", "mfu_6N", "padding_frac", "peak_mem_gib", "loss_first", "loss_last", "note", "error"]),
         "error": ("Errors", ["bench", "size", "error"]),
     }
     for key, (title, cols) in specs.items():

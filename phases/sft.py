@@ -417,8 +417,11 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
 
 
 def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir: Path, seed: int,
-            log: Callable[..., None]) -> dict:
+            log: Callable[..., None], callbacks: list | None = None) -> dict:
     """Train and save ``out_dir/adapter``; returns the facts for the manifest.
+
+    ``callbacks``: extra ``TrainerCallback``s (benchmarks/bench_sft.py times steps with one; the
+    ``sft`` step passes none).
 
     ``log(message, kind=..., **data)`` records events (``sft_resumed`` with ``from_step``).
     Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
@@ -444,6 +447,8 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
         trainer_name = "transformers.Trainer (trl missing)"
     trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl,
                            fast=trainer_name == "fast")
+    for cb in callbacks or ():
+        trainer.add_callback(cb)
     ckpt, step = last_complete_checkpoint(trainer_dir)
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0",
@@ -487,6 +492,7 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
         "metrics": {"global_step": state.global_step, "epochs_done": state.epoch,
                     "train_loss": result.training_loss, "final_train_loss": train_losses[-1]["loss"] if train_losses else None,
                     "eval_loss": final_eval.get("eval_loss"), "train_seconds": round(seconds, 2),
+                    "tokens_trained": int(state.num_input_tokens_seen) or None,
                     "early_stopped": bool(dev_ex) and params["max_steps"] <= 0 and state.global_step < state.max_steps},
         "loss_curve": {"train": train_losses, "eval": eval_losses},
         "gpu_seconds": round(seconds, 2) if device.startswith("cuda") else 0.0,

@@ -28,6 +28,7 @@ What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performa
 - **Fused linear + cross-entropy** (``phases.sft_fast.fused_linear_cross_entropy``) over labelled
   positions only, against the frozen lm_head; with a trainable lm_head the model's own loss is
   used instead.
+- ``state.num_input_tokens_seen`` counts the real (unpadded) tokens trained, prompt included.
 - Gradient checkpointing is decided by the caller (``phases/sft.py``: ``auto`` is off for this
   trainer, see ``grad_ckpt_default``).
 """
@@ -110,6 +111,7 @@ def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eva
     batch IS the optimizer step; raises ``ValueError`` otherwise). ``eval_collator`` batches dev
     examples (with an attention mask, the model's own loss).
     """
+    import torch
     from torch.utils.data import DataLoader
     from transformers import Trainer
 
@@ -130,7 +132,12 @@ def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eva
             if return_outputs or not model.training or "attention_mask" in inputs:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["labels"])
+            labels = inputs["labels"]
+            # real tokens of the step (a row ends with its labelled eos): trainer_state.json keeps the
+            # count across resumes, the manifest and the benchmarks read it
+            pos = torch.arange(labels.shape[1], device=labels.device)
+            self.state.num_input_tokens_seen += int(((labels != IGNORE) * (pos + 1)).amax(dim=1).sum())
+            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], labels)
 
     return FastSFTTrainer(model=model, args=args, data_collator=eval_collator, train_dataset=train_ex,
                           eval_dataset=dev_ex or None, processing_class=processing_class, callbacks=callbacks)
