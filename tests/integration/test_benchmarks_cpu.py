@@ -35,3 +35,16 @@ def test_run_all_cpu_writes_every_benchmark(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "### Critic scoring" in table and "### Generation" in table and "### SFT" in table
     assert report["ceilings"]["matmul_tflops"] > 0 and report["ceilings"]["copy_gbps"] > 0
+
+
+def test_bench_32b_cpu_smoke(tmp_path):
+    """The 32B script's parts run end to end on the tiny config (nf4 is GPU-only: LoRA in fp32 here)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import bench_32b
+
+    rc = bench_32b.main(["--cpu", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "results_32b.json").read_text())["rows"]
+    assert rc == 0 and not [r for r in rows if "error" in r], rows
+    parts = {r["part"] for r in rows}
+    assert {"decode bf16 bs4", "decode bf16 bs8", "critic pair256", "critic instr80", "SFT fp32 LoRA (CPU)"} <= parts
+    assert all(r["value"] > 0 for r in rows)
