@@ -123,3 +123,23 @@ def test_token_budget_sampler():
     s.set_epoch(0)
     assert list(s) == e0
     assert list(TokenBudgetBatchSampler(lengths, 80, 4, seed=3)) == e0
+
+
+def test_the_trainer_reshuffles_batches_each_epoch(tmp_path, monkeypatch):
+    """The Trainer's loop reaches the sampler's set_epoch, so epoch 2 trains a new batch order
+    (and the resume test's match across an epoch boundary is not the trivial one)."""
+    from phases import sft, sft_fast_trainer
+
+    seen: list[int] = []
+    orig = sft_fast_trainer.TokenBudgetBatchSampler.set_epoch
+    monkeypatch.setattr(sft_fast_trainer.TokenBudgetBatchSampler, "set_epoch",
+                        lambda self, e: (seen.append(int(e)), orig(self, e))[1])
+    records = [{"instruction": f"Item {i}.", "response": "word " * (1 + i % 4)} for i in range(8)]
+    params = {"trainer": "fast", "device": "cpu", "epochs": 2.0, "save_steps": 100, "dev_fraction": 0.0,
+              "per_device_batch_size": 1, "grad_accum": 2, "lora_r": 2, "lora_alpha": 4, "max_seq_len": 128,
+              "logging_steps": 1}
+    res = sft.run_sft(records, "tiny-random-qwen2", params, tmp_path / "w", tmp_path / "o", 3, lambda *a, **k: None)
+    assert res["trainer"] == "fast" and res["gradient_checkpointing"] is False
+    assert 0 in seen and 1 in seen, seen
+    assert res["metrics"]["global_step"] == 8  # 4 batches of <= 2 rows per epoch x 2 epochs
+    assert res["metrics"]["tokens_trained"] > 0
