@@ -11,6 +11,9 @@ Prompt shapes (token counts of the real rubrics under the Qwen2.5 tokenizer):
 - ``pair256``: 256 tokens = 46 rubric-prefix tokens (per label order; the two orders share their
   first ~8) + 194 item tokens + 16 answer-line tokens: the issue's shape, stage 1's pair critic.
 - ``instr80``: 80 tokens = 33 prefix + 31 item + 16 answer line: the instruction critic.
+The row "rule: HFBackend auto" is the production route (``fast_paths="auto"``: on CUDA the path
+``phases/models/fast_rules.py`` picks, named in ``route``); ``rule_ok`` says whether it ran at
+>= 0.97x plain batched (1.0x within timing noise), the issue's "no slower fast path" check.
 The naive loop is what a straightforward script does: ``model(ids[None])`` per prompt, full
 logits, log-softmax of the last row.
 
@@ -62,12 +65,14 @@ def naive_scores(model, prompts: list[str], cand_ids: list[int]) -> list[list[fl
 
 def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats: int, peak_tflops: float,
         shapes=("pair256", "instr80")) -> list[dict]:
-    from phases.models import prefix_cache
+    from phases.models import fast_rules, prefix_cache
 
     model = common.build_model(size, dev)
     params = sum(p.numel() for p in model.parameters())
     vocab = model.config.vocab_size
     be = common.id_backend(model, batch)
+    be_rule = common.id_backend(model, batch)
+    be_rule.fast_paths = "auto"
     cand_ids = be.candidate_ids(CANDS)
     rows = []
     for shape in shapes:
@@ -80,7 +85,10 @@ def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats:
             f"fast prefix-cached (bs{batch})": (lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=batch), len(prompts)),
             f"fast prefix-cached (bs{4 * batch})": (
                 lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=4 * batch, max_tokens=1 << 17), len(prompts)),
+            "rule: HFBackend auto": (lambda: be_rule.next_token_logprobs(prompts, CANDS), len(prompts)),
         }
+        enc_rows = be.encode_rows(prompts, 0, "error")
+        route = (fast_rules.critic_route(model, enc_rows) if be_rule._use_fast() else "plain (fast paths off here)")
         base_rate = None
         plain_rate = None
         for name, (fn, n) in variants.items():
@@ -105,6 +113,8 @@ def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats:
                 "tflops_all_tokens": round(tflops, 1), "mfu_all_tokens": round(tflops / peak_tflops, 3),
                 "max_abs_logprob_diff_vs_plain": float(f"{diff:.3g}"), "params": params,
             })
+            if name.startswith("rule"):
+                rows[-1].update(route=route, rule_ok=bool(plain_rate and rate / plain_rate >= 0.97))
             print(f"critic {size:>5} {shape:8} {name:32} {rate:9.1f}/s  {tflops:7.1f} TFLOP/s  x{rate / base_rate:6.1f}  diff {diff:.2g}", flush=True)
     if dev.startswith("cuda"):
         # bf16 rounding dominates the differences above; in fp32 the paths must agree to ~1e-4.

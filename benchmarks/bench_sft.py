@@ -15,6 +15,17 @@ utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/las
 - Ours: ``token_budget_batches`` (padded tokens per step given below), right padding with no
   mask, no checkpointing, fused linear+CE, bf16 autocast, fused AdamW, grad clipping 1.0.
   A step that runs out of memory halves the budget and starts again.
+- TRL + Liger (``use_liger_kernel=True``: Liger's fused linear+CE, RMSNorm, RoPE, SwiGLU kernels)
+  and TRL + Liger + ``padding_free=True`` (rows concatenated, position ids restart per example;
+  TRL documents it for flash-attention; with SDPA the row says whether it ran): TRL defaults
+  otherwise. Skipped (a ``note``, not an error) where ``liger-kernel`` does not import.
+- The ``sft`` step itself: ``phases.sft.run_sft`` (what the step calls: canonical loader, example
+  encoding with the response-only mask, LoRA r=16/alpha 32/dropout 0, lr 2e-5, the trainer's
+  checkpoints off during the timed steps) with ``trainer: fast`` (bf16 base, ``quantization:
+  none`` so it is comparable with the TRL rows; 16 examples per optimizer step at most and the
+  token budget below), on a random model of the size saved to a temp folder (with the tiny
+  model's tokenizer) and records whose encoded lengths spread over 64-768 tokens. Tokens are
+  ``state.num_input_tokens_seen`` (real tokens) between the same step callbacks as TRL's.
 - Ablations (``--sft-ablations rows8,hfloss,ckpt``): our step with TRL's 8-row batches, with the
   model's own loss instead of the fused one, or with gradient checkpointing, to attribute the gain.
 
@@ -54,7 +65,12 @@ def _tiny_tokenizer(tmp: str):
     return AutoTokenizer.from_pretrained(d)
 
 
-def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, tmp: str) -> dict:
+TRL_VARIANTS = {"trl": ("TRL SFTTrainer defaults (bs8, grad ckpt)", {}),
+                "trl_liger": ("TRL + Liger kernels", {"use_liger_kernel": True}),
+                "trl_liger_pf": ("TRL + Liger + padding_free", {"use_liger_kernel": True, "padding_free": True})}
+
+
+def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, tmp: str, variant: str = "trl") -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -75,9 +91,10 @@ def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, t
                 common.sync(dev)
                 box["t1"], box["tok1"] = time.perf_counter(), box["trainer"]._total_train_tokens
 
+    name, opts = TRL_VARIANTS[variant]
     extra = dict(use_cpu=True, bf16=False) if dev == "cpu" else {}
-    args = SFTConfig(output_dir=str(Path(tmp) / "trl"), max_steps=warm + steps, report_to=[], save_strategy="no",
-                     disable_tqdm=True, **extra)
+    args = SFTConfig(output_dir=str(Path(tmp) / variant), max_steps=warm + steps, report_to=[], save_strategy="no",
+                     disable_tqdm=True, **extra, **opts)
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": data}),
                          processing_class=_tiny_tokenizer(tmp), peft_config=peft, callbacks=[Timer()])
@@ -88,7 +105,7 @@ def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, t
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
-    res = {"variant": "TRL SFTTrainer defaults (bs8, grad ckpt)", "seconds": round(t, 3), "tokens": int(tokens),
+    res = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens),
            "tokens_per_s": tokens / t, "steps": steps, "padding_frac": None,
            "gradient_checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", None)),
            "batch": trainer.args.per_device_train_batch_size, "loss_first": losses[0] if losses else None,
@@ -98,6 +115,82 @@ def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, t
     del trainer, model, box
     common.free(dev)
     return res
+
+
+def save_random_model(size: str, dev: str, folder: Path) -> Path:
+    """A random ``size`` model (bf16 on CUDA) saved with the tiny model's tokenizer: a folder the
+    canonical loader takes (``phases.models.loader.load_model(folder)``)."""
+    import shutil
+
+    from phases.models.tiny import build_tiny_model
+
+    tok = build_tiny_model(Path(folder).parent / f"{Path(folder).name}-tok", hidden_size=16, num_layers=1)
+    shutil.copytree(tok, folder)
+    (Path(folder) / "model.safetensors").unlink()
+    model = common.build_model(size, dev)
+    model.config.eos_token_id = model.config.bos_token_id = model.config.pad_token_id = None
+    model.save_pretrained(str(folder), max_shard_size="50GB")
+    del model
+    common.free(dev)
+    return Path(folder)
+
+
+def make_records(n: int, lo: int, hi: int, seed: int = 0) -> list[dict]:
+    """SFT records whose encoded length (tiny tokenizer, ~2.6 tokens a word) spreads over lo-hi tokens."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike", "oscar", "papa"]
+    out = []
+    for _ in range(n):
+        total = rng.randint(lo, hi) * 10 // 26
+        k = max(2, total // 5)
+        out.append({"instruction": " ".join(rng.choice(words) for _ in range(k)),
+                    "response": " ".join(rng.choice(words) for _ in range(max(1, total - k)))})
+    return out
+
+
+def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast") -> dict:
+    """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks."""
+    from transformers import TrainerCallback
+
+    from phases.sft import run_sft
+
+    folder = Path(tmp) / f"model-{size}"
+    if not folder.is_dir():
+        save_random_model(size, dev, folder)
+    box: dict = {}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warm:
+                common.sync(dev)
+                box["t0"], box["tok0"] = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warm + steps:
+                common.sync(dev)
+                box["t1"], box["tok1"] = time.perf_counter(), state.num_input_tokens_seen
+
+    params = {"trainer": trainer, "device": "cuda" if dev.startswith("cuda") else "cpu", "quantization": "none",
+              "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0, "lora_r": 16, "lora_alpha": 32,
+              "lora_dropout": 0.0, "learning_rate": 2e-5, "logging_steps": 1, "max_seq_len": 1024,
+              "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    res = run_sft(records, str(folder), params, Path(tmp) / f"work-{trainer}", Path(tmp) / f"out-{trainer}", 0,
+                  lambda *a, **k: None, callbacks=[Timer()])
+    t = box["t1"] - box["t0"]
+    tokens = box["tok1"] - box["tok0"]
+    losses = [x["loss"] for x in res["loss_curve"]["train"]]
+    out = {"variant": f"sft step (run_sft), trainer {res['trainer']}", "seconds": round(t, 3), "tokens": int(tokens),
+           "tokens_per_s": tokens / t if tokens else None, "steps": steps,
+           "gradient_checkpointing": res["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
+           "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+    if dev.startswith("cuda"):
+        out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    common.free(dev)
+    return out
 
 
 class _HFLossStep:
@@ -182,6 +275,14 @@ def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int,
     return res
 
 
+def _liger_available() -> bool:
+    try:
+        import liger_kernel  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
 ABLATIONS = {"rows8": dict(rows8=True), "hfloss": dict(fused=False), "ckpt": dict(ckpt=True)}
 
 
@@ -190,14 +291,20 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
     params = common.count_params(size)
     if cpu:
         data, warm, steps = make_data(32, vocab, 8, 40), 1, 2
+        records = make_records(48, 24, 60)
     else:
         data, warm, steps = make_data(640, vocab, 64, 768), 3, 12
+        records = make_records(640, 64, 768)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fn in ("trl", "ours", *ablations):
+        for fn in ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast", *ablations):
             try:
-                if fn == "trl":
-                    r = run_trl(size, dev, data, warm, steps, tmp)
+                if fn.startswith("trl_") and not _liger_available():
+                    r = {"variant": TRL_VARIANTS[fn][0], "note": "skipped: liger-kernel is not importable here"}
+                elif fn.startswith("trl"):
+                    r = run_trl(size, dev, data, warm, steps, tmp, fn)
+                elif fn == "step_fast":
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast")
                 else:
                     r = run_ours(size, dev, data, warm, BUDGET[size], **ABLATIONS.get(fn, {}))
             except Exception as e:
@@ -207,14 +314,14 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
                 r = {"variant": fn, "error": f"{type(e).__name__}: {e}"[:400]}
                 common.free(dev)
             r.update(bench="sft", size=size, params=params)
-            if "tokens_per_s" in r:
+            if r.get("tokens_per_s"):
                 r["mfu_6N"] = round(6 * params * r["tokens_per_s"] / (peak_tflops * 1e12), 3)
                 r["tokens_per_s"] = round(r["tokens_per_s"], 1)
             rows.append(r)
             print(f"sft {size:>5} {r['variant']:48} {r.get('tokens_per_s', r.get('error'))} tok/s  MFU(6N) {r.get('mfu_6N')}", flush=True)
     trl = rows[0].get("tokens_per_s")
     for r in rows:
-        r["x_trl"] = round(r["tokens_per_s"] / trl, 2) if trl and "tokens_per_s" in r else None
+        r["x_trl"] = round(r["tokens_per_s"] / trl, 2) if trl and r.get("tokens_per_s") else None
     return rows
 
 

@@ -20,9 +20,18 @@ Contracts:
   complete checkpoints are resumed from (a kill during a save leaves a torn one, which is deleted).
   Each complete checkpoint is then reported as the step's durable progress (an event of kind
   ``step_progress``), so attempts killed after a checkpoint never count toward ``max_attempts``.
-- Device: CUDA -> 4-bit nf4 base with bf16 compute (QLoRA, bitsandbytes), gradient checkpointing;
-  CPU -> fp32 base, plain LoRA. ``trainer="unsloth"`` uses Unsloth when it imports, else falls back
-  to TRL with a logged warning.
+- Device: CUDA -> 4-bit nf4 base with bf16 compute (QLoRA, bitsandbytes); CPU -> fp32 base, plain
+  LoRA. ``trainer="unsloth"`` uses Unsloth when it imports, else falls back to TRL with a logged
+  warning.
+- Trainer (``params.trainer``): ``fast`` = ``phases/sft_fast_trainer.py`` (transformers' Trainer
+  loop with token-budget batches of at most ``per_device_batch_size x grad_accum`` rows and
+  ``fast_max_tokens`` padded tokens, no attention mask, fused linear+CE); ``trl`` = TRL's
+  SFTTrainer with fixed-size batches. ``auto`` = ``fast`` on CUDA, ``trl`` on CPU: the rule stands
+  on the recipe's measured 4.9x (1.5B) / 2.7x (7B) over TRL defaults (docs/performance.md) until
+  the ``sft``-step benchmark row (benchmarks/bench_sft.py ``--step``) re-measures it.
+- Gradient checkpointing ``auto``: on for ``trl`` on CUDA; for ``fast`` off when the model has
+  at most ``FAST_NO_CKPT_MAX_PARAMS`` parameters (activations of a 16k-token step fit an 80 GB
+  card), on above (32B).
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ __all__ = ["SFT_DEFAULTS", "REQUIRED_MANIFEST_FIELDS", "check_merge_inputs", "mo
 SFT_DEFAULTS: dict[str, Any] = {
     "device": "auto",            # auto | cpu | cuda
     "quantization": "auto",      # auto (nf4 on CUDA, none on CPU) | none | nf4
-    "trainer": "auto",           # auto/trl | unsloth (used only when installed)
+    "trainer": "auto",           # auto (fast on CUDA, trl on CPU) | fast | trl | unsloth (when installed)
+    "fast_max_tokens": 16384,    # fast trainer: padded tokens per optimizer step (memory bound)
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
@@ -78,6 +88,8 @@ REQUIRED_MANIFEST_FIELDS = ("created_at", "git_sha", "model", "counts", "files")
 _ALIASES = {"created_at": ("created", "time", "start"), "git_sha": ("git_commit", "git", "loader_version"),
                        "model": ("model_id", "model_profile", "provenance"), "counts": ("count", "records", "n_records", "kept"),
                        "files": ("outputs", "artifacts", "dataset", "sha256")}
+#: fast trainer without gradient checkpointing up to this many parameters (gradient_checkpointing auto)
+FAST_NO_CKPT_MAX_PARAMS = 10e9
 STEP_DELAY_ENV = "CAI_SFT_STEP_DELAY_S"  # test knob: seconds slept after each optimizer step
 
 
@@ -266,8 +278,12 @@ def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
         raise ConfigError(f"params.sft.gradient_checkpointing = {gc!r}; allowed: auto, on, off")
     grad_ckpt = dev.startswith("cuda") if gc == "auto" else gc == "on"
     tr = params["trainer"]
-    if tr not in ("auto", "trl", "unsloth"):
-        raise ConfigError(f"params.sft.trainer = {tr!r}; allowed: auto, trl, unsloth")
+    if tr not in ("auto", "fast", "trl", "unsloth"):
+        raise ConfigError(f"params.sft.trainer = {tr!r}; allowed: auto, fast, trl, unsloth")
+    if tr == "auto":
+        tr = "fast" if dev.startswith("cuda") else "trl"
+    if tr == "fast" and int(params.get("fast_max_tokens", 1)) < 1:
+        raise ConfigError(f"params.sft.fast_max_tokens = {params['fast_max_tokens']!r}; must be >= 1 (padded tokens per step)")
     return dev, quant, grad_ckpt, tr
 
 
@@ -302,6 +318,9 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     loaded = load_model(ref, device=dev, dtype=None if dev.startswith("cuda") else "float32",
                         quantization=quant, backend="hf", run_sentinels=False)
     model = loaded.model
+    if tr == "fast" and params["gradient_checkpointing"] == "auto":
+        n_params = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
+        grad_ckpt = n_params > FAST_NO_CKPT_MAX_PARAMS  # nf4 packs two weights per stored byte
     if tr == "unsloth":
         # Unsloth patches the kernels of the already-loaded (guarded) model in place; the loader's
         # tokenizer/encoder is still the only tokenizer used.
@@ -318,7 +337,7 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
         model = get_peft_model(model, _lora_config(params))
     model.train()
     torch.manual_seed(seed)
-    return loaded, model, dev, quant, ("unsloth" if tr == "unsloth" else "trl"), grad_ckpt
+    return loaded, model, dev, quant, tr if tr in ("unsloth", "fast") else "trl", grad_ckpt
 
 
 class ResponseOnlyCollator:
@@ -376,8 +395,12 @@ def tensorboard_callback(log_dir: Path):
 
 def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
                  seed: int, device: str, grad_ckpt: bool, use_trl: bool = True,
-                 on_checkpoint: Callable[[str, int], None] | None = None):
+                 on_checkpoint: Callable[[str, int], None] | None = None, fast: bool = False):
     """TRL's ``SFTTrainer`` over the pre-tokenized examples with ``ResponseOnlyCollator``.
+
+    ``fast=True``: the fast trainer (``phases/sft_fast_trainer.py``) with the same optimizer,
+    schedule, checkpoints and callbacks, gradient accumulation 1 and token-budget batches of at
+    most ``per_device_batch_size x grad_accum`` examples (the same examples per optimizer step).
 
     Without ``trl``/``datasets`` (e.g. a GPU image where they cannot be installed) the plain
     ``transformers.Trainer`` runs the same examples with the same collator, optimizer and schedule.
@@ -407,6 +430,16 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
     tb = tensorboard_callback(Path(out_dir).parent / TENSORBOARD_DIR)
     if tb is not None:
         cbs.append(tb)
+    if fast:
+        from transformers import TrainingArguments
+
+        from phases.sft_fast_trainer import make_fast_trainer
+
+        rows = int(params["per_device_batch_size"]) * int(params["grad_accum"])
+        kw.update(gradient_accumulation_steps=1, per_device_train_batch_size=rows)
+        return make_fast_trainer(model, train_ex, dev_ex, TrainingArguments(**kw), collator, loaded.eos_token_id,
+                                 int(params["fast_max_tokens"]), rows, seed, processing_class=loaded.tokenizer,
+                                 callbacks=cbs)
     if use_trl:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -423,12 +456,15 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
 
 
 def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir: Path, seed: int,
-            log: Callable[..., None], encode_records: Callable[..., tuple[list[dict], dict]] | None = None) -> dict:
+            log: Callable[..., None], encode_records: Callable[..., tuple[list[dict], dict]] | None = None,
+            callbacks: list | None = None) -> dict:
     """Train and save ``out_dir/adapter``; returns the facts for the manifest.
 
     ``encode_records(loaded, records, max_seq_len) -> (examples, counts)`` replaces
     `build_examples` for other record shapes (multi-turn: phases/multiturn_steps.py); its
     examples carry ``input_ids`` and ``labels`` (-100 where no loss is taken).
+    ``callbacks``: extra ``TrainerCallback``s (benchmarks/bench_sft.py times steps with one; the
+    ``sft`` step passes none).
 
     ``log(message, kind=..., **data)`` records events (``sft_resumed`` with ``from_step``).
     Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
@@ -446,7 +482,9 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     trainer_dir = Path(work_dir) / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     use_trl = _trl_available()
-    if not use_trl:
+    if trainer_name == "fast":
+        use_trl = False
+    elif not use_trl:
         log("trl/datasets not importable here: training with transformers.Trainer and the same collator",
             kind="sft_trainer_fallback")
         trainer_name = "transformers.Trainer (trl missing)"
@@ -455,7 +493,9 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
             global_step=global_step)
 
     trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl,
-                           on_checkpoint=checkpoint_done)
+                           on_checkpoint=checkpoint_done, fast=trainer_name == "fast")
+    for cb in callbacks or ():
+        trainer.add_callback(cb)
     ckpt, step = last_complete_checkpoint(trainer_dir)
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0",
@@ -506,6 +546,7 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
         "metrics": {"global_step": state.global_step, "epochs_done": state.epoch,
                     "train_loss": result.training_loss, "final_train_loss": train_losses[-1]["loss"] if train_losses else None,
                     "eval_loss": final_eval.get("eval_loss"), "train_seconds": round(seconds, 2),
+                    "tokens_trained": int(state.num_input_tokens_seen) or None,
                     "early_stopped": bool(dev_ex) and params["max_steps"] <= 0 and state.global_step < state.max_steps},
         "loss_curve": {"train": train_losses, "eval": eval_losses},
         "gpu_seconds": round(seconds, 2) if device.startswith("cuda") else 0.0,

@@ -37,7 +37,9 @@ class HFBackend(Backend):
     name = "hf"
     # Fast paths (docs/performance.md): prefix-cached scoring (phases/models/prefix_cache.py) and
     # static-KV CUDA-graph decoding (backends/fastgen.py), same contract and, in fp32, the same
-    # results. "auto": on for CUDA and supported architectures; True: wherever supported; False: off.
+    # results. "auto": on CUDA for supported architectures, each call taking the path that
+    # phases/models/fast_rules.py picks for the model and prompts; True: the fast paths wherever
+    # supported (tests, benchmarks); False: off.
     fast_paths: bool | str = "auto"
     fast_compile = False  # also torch.compile the decode step's layers (first call per shape ~7 s)
 
@@ -102,13 +104,18 @@ class HFBackend(Backend):
         prompts = check_prompts(prompts)
         if not prompts:
             return []
-        if self._use_fast():
-            from phases.models import prefix_cache  # lazy: CUDA fast path
-
-            return prefix_cache.next_token_logprobs(self, prompts, candidate_tokens, truncation=truncation)
         cands = list(candidate_tokens)
-        cand_ids = torch.tensor(self.candidate_ids(cands), dtype=torch.long)
         rows = self.encode_rows(prompts, 0, truncation)
+        # the faster path by a fixed rule (phases/models/fast_rules.py), never by timing: resumed
+        # data steps must give the same bytes
+        if self._use_fast():
+            from phases.models import fast_rules, prefix_cache  # lazy: CUDA fast path
+
+            if self.fast_paths is True or fast_rules.critic_route(self.model, rows) == "prefix":
+                lps = prefix_cache.score_ids(self.model, rows, self.candidate_ids(cands), pad_id=self.pad_id,
+                                             max_batch=int(max(self.batch_size, 64)))
+                return [dict(zip(cands, lp)) for lp in lps]
+        cand_ids = torch.tensor(self.candidate_ids(cands), dtype=torch.long)
         result: list[dict[str, float]] = [{} for _ in prompts]
         for bucket in self._buckets(rows):
             ids, mask, pos = self._pad([rows[i] for i in bucket])
@@ -130,9 +137,11 @@ class HFBackend(Backend):
         if not prompts:
             return []
         if self._use_fast():
+            from phases.models import fast_rules  # lazy: CUDA fast path
             from phases.models.backends import fastgen  # lazy: CUDA fast path
 
-            return fastgen.generate(self, prompts, params, seeds, compile_step=self.fast_compile)
+            if self.fast_paths is True or fast_rules.generation_route(self.model, len(prompts)) == "fast":
+                return fastgen.generate(self, prompts, params, seeds, compile_step=self.fast_compile)
         rows = self.encode_rows(prompts, params.max_new_tokens, params.truncation)
         result: list[Generation | None] = [None] * len(prompts)
         for bucket in self._buckets(rows):

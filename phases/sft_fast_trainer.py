@@ -1,0 +1,143 @@
+"""The `sft` step's fast trainer: transformers' Trainer loop with the benchmarked SFT recipe inside.
+
+Not runnable; ``phases/sft.py:make_trainer`` builds it when ``params.sft.trainer`` resolves to
+``fast`` (see ``resolve_trainer``). Tests: ``.venv/bin/pytest -m integration
+tests/integration/test_sft_fast_trainer.py`` (loss equality with the plain path in fp32, the exact
+loss mask, and a SIGKILL mid-training whose resume ends on the same adapter bytes as an
+uninterrupted run).
+
+What it keeps from ``transformers.Trainer``: the optimizer (AdamW), LR schedule, grad clipping,
+bf16 autocast, checkpoints (model, optimizer, scheduler, RNG, trainer state; ``phases/sft.py``
+marks them ``.complete``), resume with data skipping, logging, dev evaluation, early stopping.
+What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performance.md):
+
+- **Batches by token budget** (``TokenBudgetBatchSampler``): examples sorted by length are cut into
+  batches of at most ``max_rows`` rows and at most ``max_tokens`` padded tokens
+  (``rows x longest``); an example longer than the budget gets a batch of its own. The batches are
+  formed once (so every epoch has the same number of optimizer steps, which the Trainer's resume
+  arithmetic needs) and their ORDER is shuffled per epoch from ``seed`` and the epoch number.
+- **Effective batch**: one token-budget batch is one optimizer step (gradient accumulation 1), and
+  ``max_rows = per_device_batch_size x grad_accum`` (the method's 16 examples per optimizer step
+  with the defaults 2 x 8). A step carries exactly that many examples unless the token budget
+  binds (long examples), then fewer. The loss is the mean cross-entropy over the step's labelled
+  tokens, as the plain path's (transformers normalises by the tokens of the whole accumulated
+  batch).
+- **Right padding and no attention mask** for training batches: a real token only attends to
+  earlier positions and every pad comes after the row's real tokens, so real tokens' outputs are
+  those of the unpadded row; pads carry label -100. Dev batches keep the mask (the plain loss).
+- **Fused linear + cross-entropy** (``phases.sft_fast.fused_linear_cross_entropy``) over labelled
+  positions only, against the frozen lm_head; with a trainable lm_head the model's own loss is
+  used instead.
+- ``state.num_input_tokens_seen`` counts the real (unpadded) tokens trained, prompt included.
+- Gradient checkpointing is decided by the caller (``phases/sft.py``: ``auto`` is off for this
+  trainer, see ``grad_ckpt_default``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from phases.sft_fast import IGNORE, fused_linear_cross_entropy, token_budget_batches
+
+__all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT"]
+
+#: padded tokens per optimizer step; 16k fits a 7B bf16 / 32B nf4 LoRA step without checkpointing
+#: on an 80 GB card at the benchmark's lengths (docs/performance.md), and is ~16 x 1024 tokens
+FAST_MAX_TOKENS_DEFAULT = 16384
+
+
+class TokenBudgetBatchSampler:
+    """Index batches (see the module docstring); ``set_epoch(e)`` reshuffles their order."""
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, max_rows: int, seed: int):
+        if max_rows < 1:
+            raise ValueError(f"TokenBudgetBatchSampler: max_rows must be >= 1, got {max_rows}")
+        # megabatch = everything: one global length sort, so the batch set does not depend on the epoch
+        self.batches = token_budget_batches(list(lengths), max_tokens, seed=seed, megabatch=max(1, len(lengths)),
+                                            max_rows=max_rows)
+        self.batches.sort(key=lambda b: b[0])  # order comes only from (seed, epoch) below
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> list[list[int]]:
+        idx = list(range(len(self.batches)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
+        return [self.batches[i] for i in idx]
+
+    def __iter__(self):
+        yield from self.order(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def collate_train(examples: list[dict], pad_id: int) -> dict:
+    """``{"input_ids", "labels"}`` right-padded (pad id / -100), NO attention mask (see module)."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), int(pad_id), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for b, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[b, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
+        labels[b, :n] = torch.tensor(e["labels"], dtype=torch.long)
+    return {"input_ids": ids, "labels": labels}
+
+
+def fast_loss(model, input_ids, labels, chunk: int = 4096):
+    """Mean next-token cross-entropy over labelled positions, decoder run without a mask.
+
+    ``model``: a PEFT-wrapped or plain HF causal LM. Falls back to the model's own loss when the
+    output layer is trainable (the fused loss assumes a frozen one).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if head.weight.requires_grad:
+        return model(input_ids=input_ids, labels=labels, use_cache=False).loss
+    hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    loss_sum, n = fused_linear_cross_entropy(hidden, head.weight, labels, chunk=chunk)
+    return loss_sum / max(n, 1)
+
+
+def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eval_collator, pad_id: int,
+                      max_tokens: int, max_rows: int, seed: int, processing_class=None, callbacks=None):
+    """A ``transformers.Trainer`` subclass instance training ``train_ex`` by the recipe above.
+
+    ``args``: ``TrainingArguments`` with ``gradient_accumulation_steps == 1`` (the token-budget
+    batch IS the optimizer step; raises ``ValueError`` otherwise). ``eval_collator`` batches dev
+    examples (with an attention mask, the model's own loss).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import Trainer
+
+    if args.gradient_accumulation_steps != 1:
+        raise ValueError(f"fast trainer: gradient_accumulation_steps must be 1 (got {args.gradient_accumulation_steps}); "
+                         "the effective batch is max_rows examples per token-budget batch")
+    sampler = TokenBudgetBatchSampler([len(e["input_ids"]) for e in train_ex], max_tokens, max_rows, seed)
+
+    class FastSFTTrainer(Trainer):
+        token_sampler = sampler
+
+        def get_train_dataloader(self):
+            dl = DataLoader(train_ex, batch_sampler=sampler, collate_fn=lambda b: collate_train(b, pad_id),
+                            num_workers=0, pin_memory=self.args.dataloader_pin_memory)
+            return self.accelerator.prepare(dl)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not model.training or "attention_mask" in inputs:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            labels = inputs["labels"]
+            # real tokens of the step (a row ends with its labelled eos): trainer_state.json keeps the
+            # count across resumes, the manifest and the benchmarks read it
+            pos = torch.arange(labels.shape[1], device=labels.device)
+            self.state.num_input_tokens_seen += int(((labels != IGNORE) * (pos + 1)).amax(dim=1).sum())
+            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], labels)
+
+    return FastSFTTrainer(model=model, args=args, data_collator=eval_collator, train_dataset=train_ex,
+                          eval_dataset=dev_ex or None, processing_class=processing_class, callbacks=callbacks)

@@ -1,0 +1,145 @@
+"""The fast SFT trainer (phases/sft_fast_trainer.py): same loss as the plain path, exact mask, batches.
+
+Run: .venv/bin/pytest -m integration tests/integration/test_sft_fast_trainer.py -q   (~20 s on 2 cores)
+The kill/resume test of this trainer is tests/crash/test_sft_fast_resume.py.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers_models import tiny  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+PAIRS = [("Name a color.", "Blue."), ("What is 2 + 2?", "2 + 2 = 4, which is a small even number."),
+         ("Give the opposite of hot.", "Cold."), ("Say hello in French, then in Spanish.", "Bonjour. Hola.")]
+
+
+def _lora_model(seed=0):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    m = AutoModelForCausalLM.from_pretrained(tiny().path, torch_dtype=torch.float32)
+    m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                     task_type="CAUSAL_LM"))
+    for n, p in m.named_parameters():  # non-zero LoRA B so the adapters change the outputs
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
+def _examples():
+    from phases.sft import encode_example
+
+    return [encode_example(tiny(), i, r) for i, r in PAIRS]
+
+
+def test_fast_loss_and_gradients_equal_the_plain_loss_in_fp32():
+    import torch
+
+    from phases.sft import ResponseOnlyCollator
+    from phases.sft_fast_trainer import collate_train, fast_loss
+
+    ex = _examples()
+    assert len({len(e["input_ids"]) for e in ex}) > 1, "the batch must need padding"
+    m = _lora_model()
+    plain = ResponseOnlyCollator(tiny().eos_token_id)(ex)
+    ref = m(**plain).loss
+    ref.backward()
+    g_ref = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+    m.zero_grad()
+    fast = collate_train(ex, tiny().eos_token_id)
+    assert "attention_mask" not in fast
+    got = fast_loss(m, fast["input_ids"], fast["labels"])
+    got.backward()
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6), (got.item(), ref.item())
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, g_ref[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_fast_batches_label_exactly_the_response_and_eos():
+    from phases.prompts import response_prompt
+    from phases.sft_fast_trainer import collate_train
+
+    loaded = tiny()
+    ex = _examples()
+    b = collate_train(ex, loaded.eos_token_id)
+    for row, ((inst, resp), e) in enumerate(zip(PAIRS, ex)):
+        p = len(loaded.encode(response_prompt(inst)))
+        completion = loaded.encode(" " + resp) + [loaded.eos_token_id]
+        labels = b["labels"][row].tolist()
+        n = p + len(completion)
+        assert labels[:p] == [-100] * p                        # prompt never trained
+        assert labels[p:n] == completion                       # response + eos, exactly
+        assert labels[n - 1] == loaded.eos_token_id
+        assert labels[n:] == [-100] * (len(labels) - n)        # right padding never trained
+        assert b["input_ids"][row, :n].tolist() == e["input_ids"]
+
+
+def test_fast_loss_ignores_prompt_and_pad_tokens():
+    """Changing prompt-side label values that are -100 cannot move the loss; a response label does."""
+    import torch
+
+    from phases.sft_fast_trainer import collate_train, fast_loss
+
+    m = _lora_model()
+    b = collate_train(_examples(), tiny().eos_token_id)
+    with torch.no_grad():
+        base = fast_loss(m, b["input_ids"], b["labels"])
+        ids = b["input_ids"].clone()
+        last_real = [(b["labels"][r] != -100).nonzero().max().item() for r in range(ids.shape[0])]
+        for r, j in enumerate(last_real):
+            ids[r, j + 1:] = 7  # other pad ids after the last real token: no effect without a mask
+        assert torch.equal(fast_loss(m, ids, b["labels"]), base)
+        lab = b["labels"].clone()
+        r = 0
+        j = last_real[r]
+        lab[r, j] = (lab[r, j] + 1) % 400
+        assert not torch.equal(fast_loss(m, b["input_ids"], lab), base)
+
+
+def test_token_budget_sampler():
+    from phases.sft_fast_trainer import TokenBudgetBatchSampler
+
+    lengths = [5, 40, 12, 33, 7, 90, 18, 18, 25, 3, 61, 14, 9]
+    s = TokenBudgetBatchSampler(lengths, max_tokens=80, max_rows=4, seed=3)
+    e0 = list(s)
+    assert sorted(i for b in e0 for i in b) == list(range(len(lengths)))
+    for b in e0:
+        assert len(b) <= 4
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 80
+    s.set_epoch(1)
+    e1 = list(s)
+    assert sorted(map(sorted, e0)) == sorted(map(sorted, e1)) and len(s) == len(e0)  # same batches each epoch
+    assert e0 != e1  # shuffled order per epoch
+    s.set_epoch(0)
+    assert list(s) == e0
+    assert list(TokenBudgetBatchSampler(lengths, 80, 4, seed=3)) == e0
+
+
+def test_the_trainer_reshuffles_batches_each_epoch(tmp_path, monkeypatch):
+    """The Trainer's loop reaches the sampler's set_epoch, so epoch 2 trains a new batch order
+    (and the resume test's match across an epoch boundary is not the trivial one)."""
+    from phases import sft, sft_fast_trainer
+
+    seen: list[int] = []
+    orig = sft_fast_trainer.TokenBudgetBatchSampler.set_epoch
+    monkeypatch.setattr(sft_fast_trainer.TokenBudgetBatchSampler, "set_epoch",
+                        lambda self, e: (seen.append(int(e)), orig(self, e))[1])
+    records = [{"instruction": f"Item {i}.", "response": "word " * (1 + i % 4)} for i in range(8)]
+    params = {"trainer": "fast", "device": "cpu", "epochs": 2.0, "save_steps": 100, "dev_fraction": 0.0,
+              "per_device_batch_size": 1, "grad_accum": 2, "lora_r": 2, "lora_alpha": 4, "max_seq_len": 128,
+              "logging_steps": 1}
+    res = sft.run_sft(records, "tiny-random-qwen2", params, tmp_path / "w", tmp_path / "o", 3, lambda *a, **k: None)
+    assert res["trainer"] == "fast" and res["gradient_checkpointing"] is False
+    assert 0 in seen and 1 in seen, seen
+    assert res["metrics"]["global_step"] == 8  # 4 batches of <= 2 rows per epoch x 2 epochs
+    assert res["metrics"]["tokens_trained"] > 0
