@@ -46,7 +46,8 @@ def test_sft_killed_at_every_checkpoint_still_finishes(tmp_path):
                       "sft": {"max_steps": 8, "save_steps": 2, "per_device_batch_size": 2, "grad_accum": 1,
                               "max_seq_len": 128, "logging_steps": 1, "dev_fraction": 0.0, "lora_r": 4,
                               "lora_alpha": 8, "save_total_limit": 10},
-                      "evaluate": {"max_new_tokens": 4, "arms": ["instruction"], "critic": False, "n_boot": 100}},
+                      "evaluate": {"max_new_tokens": 4, "arms": ["instruction"], "critic": False, "n_boot": 100,
+                                   "ifeval_limit": 0, "task_critic": False, "refusal_critic": False}},
            "gates": {"sft_gate": {"policy": "auto"}}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     args = ("run", "--config", tmp_path / "cfg.yaml", "--run-id", "t")

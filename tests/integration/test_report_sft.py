@@ -33,7 +33,7 @@ def _cfg(path: Path) -> Path:
                    "sft": {"max_steps": 3, "per_device_batch_size": 2, "grad_accum": 1, "max_seq_len": 128,
                            "save_steps": 2, "logging_steps": 1, "dev_fraction": 0.25, "lora_r": 4, "lora_alpha": 8},
                    "evaluate": {"max_new_tokens": 8, "batch_size": 4, "n_boot": 200, "arms": ["raw", "instruction"],
-                                "critic": False}},
+                                "critic": False, "ifeval_limit": 0, "task_critic": False, "refusal_critic": False}},
         "gates": {"sft_gate": {"policy": "auto"}}}))
     return path
 
