@@ -40,7 +40,7 @@ def model_params(model) -> int:
 
 def saved_fraction(rows: Sequence[Sequence[int]]) -> float:
     """Fraction of the rows' tokens the prefix-cached path would not recompute (0 for no rows)."""
-    from phases.models.prefix_cache import shared_prefix_groups
+    from phases.models.prefix_cache import shared_prefix_groups  # lazy: prefix_cache imports torch; the rule module stays light
 
     total = sum(len(r) for r in rows)
     if not total:

@@ -160,7 +160,7 @@ PENDING_LAZY: dict[str, int] = {
     "phases/multiturn_steps.py": 14,
     "phases/refusal.py": 1,
     "phases/regression.py": 12,
-    "phases/sft.py": 2,
+    "phases/sft.py": 3,
     "phases/stage6.py": 8,
     "phases/stage_config.py": 1,
     "phases/steps/base_skill.py": 5,

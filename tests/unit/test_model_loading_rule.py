@@ -25,6 +25,9 @@ ALLOWED = {
     "tests/integration/test_models_guard.py": (1, "a raw tokenizer with its chat template intact, to prove "
                                                   "the guard catches it"),
     "benchmarks/bench_dpo.py": (1, "a tokenizer only, for the benchmark's random-token pairs; no model"),
+    "benchmarks/bench_32b.py": (1, "a tiny tokenizer only, for the benchmark's random-token rows; no model"),
+    "tests/integration/test_sft_fast_trainer.py": (1, "a second copy of the tiny model as the plain-loss reference "
+                                                      "in the fast-vs-plain fp32 equality test"),
     "benchmarks/bench_sft.py": (1, "a tokenizer only, to count tokens of a benchmark dataset; no model"),
     "tests/integration/test_model_cache_race.py": (1, "loads the tokenizer of the cached folder, to prove a "
                                                       "concurrent prepare never leaves a half-written folder"),
