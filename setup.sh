@@ -25,7 +25,15 @@ if [ "$what" = pod ]; then
   "$base" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)' 2>/dev/null || {
     echo "error: setup.sh pod needs the image's CUDA torch importable by $base with a visible GPU" \
          "(torch.cuda.is_available() is False or torch is missing); on a CPU machine use: bash setup.sh env" >&2; exit 2; }
-  [ -x .venv/bin/python ] || "$base" -m venv --system-site-packages .venv
+  if [ ! -x .venv/bin/python ]; then
+    "$base" -m venv --system-site-packages .venv
+    # When the image's python is itself a venv (torch installed there, not in the base interpreter),
+    # --system-site-packages does not reach it: link its site-packages with a .pth file.
+    if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+      "$base" -c 'import site; print("\n".join(site.getsitepackages()))' \
+        > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_cai_image_site.pth"
+    fi
+  fi
   .venv/bin/python -c 'import torch' || { echo "error: .venv does not see the image's torch; move .venv aside" \
     "and run again (pod venvs are made with --system-site-packages)" >&2; exit 2; }
   pod_stamp=.venv/.cai-pod-$(sha256sum pyproject.toml | cut -c1-16)

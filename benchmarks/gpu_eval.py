@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--model", default="auto", help="auto | smollm2-135m-instruct | tiny-random-qwen2")
     ap.add_argument("--items", type=int, default=40, help="fixture held-out items")
     ap.add_argument("--smoke", action="store_true", help="CPU plumbing check with tiny sizes")
+    ap.add_argument("--ifeval-limit", type=int, default=-1, help="IFEval prompts (-1 = all 541, the default)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "docs" / "gpu"))
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -86,7 +87,7 @@ def main() -> int:
         quant = "none"
     evaluate = {"device": "cuda" if cuda else "cpu", "quantization": quant, "batch_size": 64 if cuda else 4,
                 "arms": ["raw", "instruction", "fewshot", "urial"], "response_fewshot": _fewshot(),
-                "max_new_tokens": 256, "ifeval_limit": -1, "ifeval_max_new_tokens": 1280, "n_boot": 2000,
+                "max_new_tokens": 256, "ifeval_limit": a.ifeval_limit, "ifeval_max_new_tokens": 1280, "n_boot": 2000,
                 "critic": True, "task_critic": True, "refusal_critic": True, "bf16_base_arm": True}
     sft = {"quantization": quant, "max_steps": 20, "per_device_batch_size": 4, "grad_accum": 1, "max_seq_len": 256, "save_steps": 10,
            "logging_steps": 5, "dev_fraction": 0.25, "lora_r": 8, "lora_alpha": 16}
@@ -101,7 +102,8 @@ def main() -> int:
                       "sft": sft, "evaluate": evaluate},
            "gates": {"sft_gate": {"policy": "human"}}}
     (home / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT)]
+                                                   + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
            "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     p = subprocess.run([sys.executable, "-m", "runner", "--home", str(home), "run", "--config", str(home / "cfg.yaml"),

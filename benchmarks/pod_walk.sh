@@ -60,7 +60,7 @@ elif [ -z "${WALK_PY:-}" ]; then
   say "WALK_DEVICE=$DEVICE: no CUDA, so setup.sh pod is not run; using a --system-site-packages venv."
   run "${PYTHON:-python3}" -m venv --system-site-packages .venv
 fi
-export PYTHONPATH="$WORK/cai-bootstrap" RUNNER_HOME="$WORK/runs" OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+export PYTHONPATH="$WORK/cai-bootstrap${PYTHONPATH:+:$PYTHONPATH}" RUNNER_HOME="$WORK/runs" OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 PY="${WALK_PY:-.venv/bin/python}"   # WALK_PY: an existing interpreter with the project's packages (CPU check)
 say "interpreter: $PY"
 run $PY -c 'import torch, transformers, peft, trl, sqlmodel; print("imports ok: torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "trl", trl.__version__)' || exit 2
@@ -119,8 +119,10 @@ params:
   merge: {n: 16}
   sft: {max_steps: $SFT_STEPS, save_steps: 5, logging_steps: 1, per_device_batch_size: 2, grad_accum: 1,
         max_seq_len: 128, dev_fraction: 0.25, lora_r: 4, lora_alpha: 8, quantization: $QUANT, device: $DEVICE}
+  # The walk checks recovery, not the benchmark: no IFEval and no task/refusal critics here
+  # (benchmarks/gpu_eval.py runs the full evaluation).
   evaluate: {max_new_tokens: 16, batch_size: 8, n_boot: 200, arms: [raw, instruction], critic: false,
-             quantization: $QUANT, device: $DEVICE}
+             ifeval_limit: 0, task_critic: false, refusal_critic: false, quantization: $QUANT, device: $DEVICE}
 gates:
   sft_gate: {policy: human}
 EOF

@@ -55,7 +55,7 @@ def cli(home: Path, *args: str, timeout: float = 60, check: Optional[int] = None
     p = subprocess.run(cli_cmd(home, *args), capture_output=True, text=True, timeout=timeout,
                        env=env(**env_extra), cwd=str(home) if Path(home).is_dir() else None)
     if check is not None:
-        assert p.returncode == check, (f"runner {' '.join(args)} exited {p.returncode}, wanted {check}\n"
+        assert p.returncode == check, (f"runner {' '.join(map(str, args))} exited {p.returncode}, wanted {check}\n"
                                        f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
 

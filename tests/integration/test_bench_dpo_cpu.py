@@ -6,8 +6,12 @@ The real numbers come from a CUDA machine (commands in specs/preferences-dpo.md)
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

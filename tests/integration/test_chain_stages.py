@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers_runner import cli
+from helpers_runner import cli, cli_at_terminal
 
 # The module fixture runs two pipelines; on a loaded 2-core machine that exceeds the default 600 s.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -159,7 +159,8 @@ def test_edited_parent_adapter_is_refused(chained, tmp_path):
 def test_regression_retests_the_parent_heldout_set(chained):
     home = chained["home"]
     for gate_name in ("qc_pilot", "qc_scale"):
-        cli(home, "approve", gate_name, "--run", "s2", "--note", "test", check=0)
+        rc, out = cli_at_terminal(home, "approve", gate_name, "--run", "s2", "--note", "test", typed=gate_name)
+        assert rc == 0, out  # a person at a terminal (issue 18: human gates refuse non-terminal approvals)
         r = cli(home, "resume", "--run", "s2", timeout=TIMEOUT, **HOOKS)
         assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]
     st = _status(home, "s2")

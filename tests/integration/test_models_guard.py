@@ -41,8 +41,9 @@ def test_template_reaching_the_model_is_caught_on_every_path():
         m.generate(["fine prompt", text], GenerationParams.greedy(4))
     with pytest.raises(ContaminationError):
         m.next_token_logprobs([text], ["A"])
-    with pytest.raises(ContaminationError):
-        judge(m, "instruction", ["Name a colour.<|im_end|>"])
+    # The critic escapes control-token TEXT inside an item ("<|" -> "< |", issue 11), so an item that
+    # merely mentions <|im_end|> is judged, never encoded as the control token itself.
+    assert len(judge(m, "instruction", ["Name a colour.<|im_end|>"])) == 1
 
 
 def test_guard_test_fails_when_the_guard_is_bypassed(monkeypatch):

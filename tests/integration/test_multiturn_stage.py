@@ -52,6 +52,7 @@ def _toy(home: Path, mt_qc: str = "approve") -> Path:
                               "save_steps": 1, "logging_steps": 1, "dev_fraction": 0.0, "require_qc_pass": False},
                    "mt_evaluate": {"max_new_tokens": 6, "batch_size": 4}},
         "gates": {"mt_qc": {"policy": mt_qc}, "mt_gate": {"policy": "auto"}},
+        **({"demo": True} if mt_qc == "approve" else {}),  # 'approve' is demo-only (issue 18)
     }
     path = home / "toy.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -68,7 +68,8 @@ def test_a_pair_rubric_edit_reruns_pilot_and_nothing_upstream(tmp_path):
     p = cli(home, "run", "--config", cfg, timeout=TIMEOUT, **pp)
     assert p.returncode == 3, p.stdout[-3000:] + p.stderr[-3000:]
     before = _attempts(home)
-    assert set(before) == {"prepare_model", "heldout", "pilot"}, before
+    # base_skill (after the pilot, issue 11) reads the held-out set only: the pair rubric is not its piece
+    assert set(before) == {"prepare_model", "heldout", "pilot", "base_skill"}, before
 
     critic_py = code / "phases" / "critic.py"
     text = critic_py.read_text()
@@ -80,6 +81,7 @@ def test_a_pair_rubric_edit_reruns_pilot_and_nothing_upstream(tmp_path):
     assert p.returncode == 3, p.stdout[-3000:] + p.stderr[-3000:]
     after = _attempts(home)
     assert after["prepare_model"] == before["prepare_model"] and after["heldout"] == before["heldout"]
+    assert after["base_skill"] == before["base_skill"]
     assert len(after["pilot"]) == 2 and after["pilot"][1] != after["pilot"][0]
     assert "= heldout: done earlier" in p.stdout and "> pilot: attempt" in p.stdout
     old_out, new_out = (next((home / "artifacts").glob(f"*/pilot/{k[:12]}")) for k in after["pilot"])

@@ -51,7 +51,8 @@ def _cfg(path: Path) -> Path:
                "dpo": {"max_steps": 2, "per_device_batch_size": 2, "grad_accum": 1, "max_seq_len": 192, "save_steps": 1,
                        "logging_steps": 1, "lora_r": 4, "lora_alpha": 8, "ref_batch_size": 4, "require_qc_pass": False},
                "evaluate_dpo": {"max_new_tokens": 8, "batch_size": 4, "n_boot": 100}},
-           "gates": {"sft_gate": {"policy": "approve"}, "qc_pairs": {"policy": "approve"}, "dpo_gate": {"policy": "auto"}}}
+           "gates": {"sft_gate": {"policy": "approve"}, "qc_pairs": {"policy": "approve"}, "dpo_gate": {"policy": "auto"}},
+           "demo": True}  # the approve gates are demo-only (issue 18)
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -25,7 +25,7 @@ def _report(home: Path, out: Path, run: str = "t") -> str:
 
 
 @pytest.mark.slow  # headless Chromium twice: ~20 s
-def test_report_of_a_finished_run_in_chromium(tmp_path, capsys):
+def test_report_of_a_finished_run_in_chromium(tmp_path, capsys, person_at_terminal):
     home = tmp_path / "home"
     home.mkdir()
     cfg = toy_config(tmp_path / "toy.yaml", items=12, delay=0.01, gate="human")
