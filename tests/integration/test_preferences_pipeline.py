@@ -29,7 +29,8 @@ def _cfg(path: Path) -> Path:
                "prepare_model": {"model": "smollm2-135m-instruct"}, "heldout": {"n": 4}, "merge": {"n": 8},
                "sft": {"max_steps": 2, "per_device_batch_size": 2, "grad_accum": 1, "max_seq_len": 128, "save_steps": 2,
                        "logging_steps": 1, "dev_fraction": 0.0, "lora_r": 4, "lora_alpha": 8},
-               "evaluate": {"max_new_tokens": 8, "batch_size": 4, "n_boot": 100, "arms": ["instruction"], "critic": False},
+               "evaluate": {"max_new_tokens": 8, "batch_size": 4, "n_boot": 100, "arms": ["instruction"], "critic": False,
+                            "ifeval_limit": 0},
                "candidates": {
                    "n_prompts": 4, "k": 2, "batch_size": 8,
                    "sampling": {**SAMPLING, "max_new_tokens": 16},
