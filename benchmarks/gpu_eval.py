@@ -88,6 +88,7 @@ def main() -> int:
     evaluate = {"device": "cuda" if cuda else "cpu", "quantization": quant, "batch_size": 64 if cuda else 4,
                 "arms": ["raw", "instruction", "fewshot", "urial"], "response_fewshot": _fewshot(),
                 "max_new_tokens": 256, "ifeval_limit": a.ifeval_limit, "ifeval_max_new_tokens": 1280, "n_boot": 2000,
+                "ifeval_batch_size": 544 if cuda else 0,  # the whole set in one batch: 1,280 decode steps per arm
                 "critic": True, "task_critic": True, "refusal_critic": True, "bf16_base_arm": True}
     sft = {"quantization": quant, "max_steps": 20, "per_device_batch_size": 4, "grad_accum": 1, "max_seq_len": 256, "save_steps": 10,
            "logging_steps": 5, "dev_fraction": 0.25, "lora_r": 8, "lora_alpha": 16}

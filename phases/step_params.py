@@ -46,6 +46,7 @@ EVAL_LIMITS: dict[str, dict] = {
     "max_new_tokens": {"lo": 1}, "batch_size": {"lo": 1},
     "arms": {"choices": sorted(BASE_ARMS)},
     "critic_threshold": {"lo": 0.0}, "ifeval_limit": {"lo": -1}, "ifeval_max_new_tokens": {"lo": 1},
+    "ifeval_batch_size": {"lo": 0},
     "alpha": {"lo": 0.0, "lo_open": True, "hi": 0.5}, "fdr": {"lo": 0.0, "lo_open": True, "hi": 1.0},
     "confidence": {"lo": 0.5, "hi": 0.999}, "n_boot": {"lo": 0}, "max_items": {"lo": 0},
 }

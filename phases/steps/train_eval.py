@@ -214,9 +214,10 @@ def evaluate(ctx):
     gens: dict[str, list] = {}
     scored: dict[str, list] = {}
 
-    def gen(slot, arm, xs, max_new, ledger, stop=None):
-        return ctx.ledger(ledger).run(xs, bs, lambda b, info: ev.generate_batch(slot.get(), arm, b, max_new,
-                                                                                fewshot=fewshot, stop=stop))
+    def gen(slot, arm, xs, max_new, ledger, stop=None, batch=0):
+        n = batch or bs
+        return ctx.ledger(ledger).run(xs, n, lambda b, info: ev.generate_batch(slot.get(), arm, b, max_new,
+                                                                               fewshot=fewshot, stop=stop, batch_size=n))
 
     # 1) base model (the judge for every arm): base arms, their verdicts, the task critic's
     #    calibration, and IFEval for the best base framing (no stop strings, lm-eval settings)
@@ -240,7 +241,7 @@ def evaluate(ctx):
         prompts = load_prompts()
         prompts = prompts if p["ifeval_limit"] < 0 else prompts[: p["ifeval_limit"]]
         if_outs[f"base:{best}"] = gen(base, best, [x.prompt for x in prompts], p["ifeval_max_new_tokens"],
-                                      f"ifeval-{best}", stop=())
+                                      f"ifeval-{best}", stop=(), batch=p["ifeval_batch_size"])
     base.free()
     # 2) CUDA + nf4: the best base framing in bf16 too (the baseline is the best base, not a
     #    handicapped one); judged below by the same base judge
@@ -259,7 +260,7 @@ def evaluate(ctx):
     gens["trained"] = gen(trained, "trained", instructions, p["max_new_tokens"], "gen-trained")
     if prompts:
         if_outs["trained"] = gen(trained, "trained", [x.prompt for x in prompts], p["ifeval_max_new_tokens"],
-                                 "ifeval-trained", stop=())
+                                 "ifeval-trained", stop=(), batch=p["ifeval_batch_size"])
     no_adapter = lambda m: m.model.disable_adapter()  # noqa: E731
     for arm in extra_arms + ["trained"]:
         scored[arm] = judge_outcomes(ctx, trained, items, arm, gens[arm], p, judge_ctx=no_adapter)
