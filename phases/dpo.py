@@ -117,7 +117,7 @@ def build_pair_examples(loaded, pairs: list[dict], max_seq_len: int, source: str
 # -- the model -------------------------------------------------------------------------------
 
 
-def _resolve(params: dict) -> tuple[str, str | None, bool]:
+def _resolve(params: dict) -> tuple[str, str | None, bool | None]:
     import torch
 
     dev = params["device"]
@@ -132,7 +132,8 @@ def _resolve(params: dict) -> tuple[str, str | None, bool]:
         raise ConfigError(f"params.dpo.gradient_checkpointing = {gc!r}; allowed: auto, on, off")
     if params["algorithm"] not in ALGORITHMS:
         raise ConfigError(f"params.dpo.algorithm = {params['algorithm']!r}; allowed: {', '.join(ALGORITHMS)}")
-    return dev, quant, (dev.startswith("cuda") if gc == "auto" else gc == "on")
+    # auto: decided on the loaded model in load_policy (phases.sft.needs_checkpointing); None until then
+    return dev, quant, (None if gc == "auto" else gc == "on")
 
 
 def merged_sft_model(ref: str, sft_adapter: Path | None, device: str, quant: str | None):
@@ -156,13 +157,16 @@ def load_policy(ref: str, sft_adapter: Path | None, params: dict, seed: int):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    from phases.sft import _lora_config
+    from phases.sft import _lora_config, needs_checkpointing
 
     params = {**DPO_DEFAULTS, **params}
     dev, quant, grad_ckpt = _resolve(params)
     set_seed(seed)
     loaded = merged_sft_model(ref, sft_adapter, dev, quant)
     model = loaded.model
+    if grad_ckpt is None:  # auto: off on the CPU; on CUDA the SFT rule (on above 10 B parameters), measured in
+        # benchmarks/bench_dpo.py: no checkpointing + the stored reference pass = 2.2x TRL defaults at 7B
+        grad_ckpt = dev.startswith("cuda") and needs_checkpointing(model)
     if quant == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
     elif grad_ckpt:

@@ -203,6 +203,13 @@ def split_dev(examples: list[dict], dev_fraction: float, seed: int) -> tuple[lis
 COMPLETE = ".complete"
 
 
+def needs_checkpointing(model) -> bool:
+    """The ``auto`` rule for gradient checkpointing on CUDA (SFT's fast trainer and DPO): on only
+    above ``FAST_NO_CKPT_MAX_PARAMS`` parameters, where activations would not fit an 80 GB card."""
+    n_params = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
+    return n_params > FAST_NO_CKPT_MAX_PARAMS  # nf4 packs two weights per stored byte
+
+
 def last_complete_checkpoint(trainer_dir: Path) -> tuple[Path | None, int]:
     """The newest checkpoint with a ``.complete`` marker and its global step; torn ones are deleted."""
     best, best_step = None, -1
@@ -319,8 +326,7 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
                         quantization=quant, backend="hf", run_sentinels=False)
     model = loaded.model
     if tr == "fast" and params["gradient_checkpointing"] == "auto":
-        n_params = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
-        grad_ckpt = n_params > FAST_NO_CKPT_MAX_PARAMS  # nf4 packs two weights per stored byte
+        grad_ckpt = needs_checkpointing(model)
     if tr == "unsloth":
         # Unsloth patches the kernels of the already-loaded (guarded) model in place; the loader's
         # tokenizer/encoder is still the only tokenizer used.
