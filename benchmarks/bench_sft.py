@@ -67,7 +67,10 @@ def _tiny_tokenizer(tmp: str):
 
 TRL_VARIANTS = {"trl": ("TRL SFTTrainer defaults (bs8, grad ckpt)", {}),
                 "trl_liger": ("TRL + Liger kernels", {"use_liger_kernel": True}),
-                "trl_liger_pf": ("TRL + Liger + padding_free", {"use_liger_kernel": True, "padding_free": True})}
+                "trl_liger_pf": ("TRL + Liger + padding_free", {"use_liger_kernel": True, "padding_free": True,
+                                                                 # TRL 1.16 refuses max_length with padding_free
+                                                                 # and no packing; the rows are <= 768 already
+                                                                 "max_length": None})}
 
 
 def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, tmp: str, variant: str = "trl") -> dict:
@@ -286,7 +289,11 @@ def _liger_available() -> bool:
 ABLATIONS = {"rows8": dict(rows8=True), "hfloss": dict(fused=False), "ckpt": dict(ckpt=True)}
 
 
-def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations: tuple[str, ...] = ()) -> list[dict]:
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast")
+
+
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations: tuple[str, ...] = (),
+        variants: tuple[str, ...] = VARIANTS) -> list[dict]:
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
@@ -297,7 +304,7 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
         records = make_records(640, 64, 768)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fn in ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast", *ablations):
+        for fn in (*variants, *ablations):
             try:
                 if fn.startswith("trl_") and not _liger_available():
                     r = {"variant": TRL_VARIANTS[fn][0], "note": "skipped: liger-kernel is not importable here"}
@@ -330,12 +337,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1.5B")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", default="/tmp/bench-sft")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {VARIANTS} (TRL defaults first: x_trl)")
     a = ap.parse_args(argv)
+    variants = tuple(v for v in a.variants.split(",") if v)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"--variants: unknown {bad}; choose from {VARIANTS}")
     dev = "cpu" if a.cpu else "cuda"
     peak = common.ceilings(dev, quick=a.cpu)["matmul_tflops"]
     rows = []
     for s in a.sizes.split(","):
-        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu)
+        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     from state.files import atomic_write_text
 

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The lead's batched GPU runs on a lent 2-GPU H200 machine (kind nvidia-h200-x2), two GPUs used side
+# by side so one call does two independent jobs. Each part ends well inside the 10-minute call limit
+# (every job has its own `timeout`) and leaves one tarball under $OUT.
+#
+#   bash benchmarks/gpu_batch.sh part1   # GPU0: issue 11 evaluation through runner (full IFEval);
+#                                        # GPU1: issue 13 DPO bench, then issue 15 SFT bench (sft step row)
+#   bash benchmarks/gpu_batch.sh part2   # both GPUs: issue 17 scale step 1 vs 2 workers + kill;
+#                                        # then GPU0: issue 13 DPO through runner; GPU1: issue 15 32B bench
+#
+# Needs: the image's CUDA torch, and the wheels under .whl (docs/performance.md "Reproduce").
+set -u
+part="${1:?usage: gpu_batch.sh part1|part2}"
+cd "$(dirname "$0")/.."
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 2; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+OUT="${OUT:-/tmp/gpu-batch-out}"
+R=/tmp/gpu-batch/$part
+rm -rf "$R" && mkdir -p "$R" "$OUT"
+nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
+python3 -c 'import torch, transformers, trl, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "gpus", torch.cuda.device_count())' > "$R/versions.txt" 2>&1
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/timeline.txt"; }
+
+dpo_runner() {  # issue 13: DPO through runner on CUDA (QLoRA), on a tiny random Qwen2 with a 4k context
+  python3 -c 'import sys; sys.path.insert(0, "."); from phases.models.tiny import build_tiny_model; build_tiny_model("/tmp/tiny4k", seed=0, max_position_embeddings=4096)' \
+    > "$R/dpo_runner.log" 2>&1
+  sed 's#model: smollm2-135m-instruct#model: /tmp/tiny4k#; s#model: tiny-random-qwen2#model: /tmp/tiny4k#' benchmarks/gpu_dpo_runner.yaml > /tmp/dpo.yaml
+  timeout "$1" env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" \
+    python3 -m runner --home /tmp/dpo-home run --config /tmp/dpo.yaml --run-id gpu >> "$R/dpo_runner.log" 2>&1
+  stamp "dpo runner rc=$?"
+  mkdir -p "$R/dpo_runner"
+  (cd /tmp/dpo-home/artifacts/gpu 2>/dev/null && find . -maxdepth 3 \( -name '*.json' -o -name 'summary.txt' \) \
+     -path '*dpo*' -exec cp --parents {} "$R/dpo_runner" \;)
+  PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home status > "$R/dpo_runner/status.txt" 2>&1
+}
+
+if [ "$part" = single1 ]; then  # one GPU: the two correctness runs side by side, then the DPO benchmark alone
+  ( stamp "gpu_eval start"; timeout 400 python3 benchmarks/gpu_eval.py --out "$R/eval" > "$R/eval.log" 2>&1
+    stamp "gpu_eval rc=$?" ) &
+  ( stamp "dpo runner start"; dpo_runner 300 ) &
+  wait
+  left=$(( 555 - ($(date +%s) - t0) ))
+  stamp "bench_dpo start ($left s left)"
+  timeout "$left" python3 benchmarks/bench_dpo.py --sizes 1.5B,7B --out "$R/dpo" > "$R/bench_dpo.log" 2>&1
+  stamp "bench_dpo rc=$?"
+elif [ "$part" = single2 ]; then  # one GPU, one job at a time: DPO through runner, 32B, the SFT benchmark
+  stamp "dpo runner start"; dpo_runner 120
+  stamp "bench_32b start"
+  timeout 300 python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
+  stamp "bench_32b rc=$?"
+  left=$(( 555 - ($(date +%s) - t0) ))
+  stamp "bench_sft start ($left s left)"
+  timeout "$left" python3 benchmarks/run_all.py --out "$R/sft" --only sft --sft-sizes 1.5B,7B > "$R/bench_sft.log" 2>&1
+  stamp "bench_sft rc=$?"
+elif [ "$part" = single3 ]; then
+  # issue 13: resume on CUDA a run whose data steps ran on a CPU (a random model's *sampled* instructions on
+  # CUDA all failed the parser; on the CPU they did not): its dpo step (params.dpo.device: cuda) failed there
+  # with "no CUDA GPU"; here `runner resume` trains DPO with QLoRA and runs evaluate_dpo on CUDA.
+  cp -r .gpucarry/dpo-home /tmp/dpo-home && cp -r .gpucarry/tiny4k /tmp/tiny4k && cp .gpucarry/dpo-gpu.yaml /tmp/dpo-gpu.yaml
+  stamp "dpo resume start"
+  timeout 150 env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home resume \
+    > "$R/dpo_runner.log" 2>&1
+  stamp "dpo resume rc=$?"
+  mkdir -p "$R/dpo_runner"
+  (cd /tmp/dpo-home/artifacts/gpu && find . -maxdepth 3 \( -name '*.json' -o -name 'summary.txt' \) -path '*dpo*' \
+     -exec cp --parents {} "$R/dpo_runner" \;)
+  PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home status > "$R/dpo_runner/status.txt" 2>&1
+  tar czf "$R/dpo_runner/home.tgz" -C /tmp dpo-home
+  [ "${SKIP_PF:-0}" = 1 ] && { tar czf "$OUT/$part.tgz" -C /tmp/gpu-batch "$part"; exit 0; }
+  stamp "bench_sft (TRL defaults vs TRL + Liger + padding_free) start"
+  timeout $(( 330 - ($(date +%s) - t0) )) python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,trl_liger_pf \
+    --out "$R/sft_pf" > "$R/bench_sft_pf.log" 2>&1
+  stamp "bench_sft rc=$?"
+elif [ "$part" = part1 ]; then
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    stamp "gpu0: gpu_eval start"
+    timeout 420 python3 benchmarks/gpu_eval.py --out "$R/eval" > "$R/eval.log" 2>&1
+    stamp "gpu0: gpu_eval rc=$?"
+  ) &
+  (
+    export CUDA_VISIBLE_DEVICES=1
+    stamp "gpu1: bench_dpo start"
+    timeout 260 python3 benchmarks/bench_dpo.py --sizes 1.5B,7B --out "$R/dpo" > "$R/bench_dpo.log" 2>&1
+    stamp "gpu1: bench_dpo rc=$?"
+    timeout $(( 540 - ($(date +%s) - t0) )) python3 benchmarks/run_all.py --out "$R/sft" --only sft --sft-sizes 1.5B,7B \
+      > "$R/bench_sft.log" 2>&1
+    stamp "gpu1: bench_sft rc=$?"
+  ) &
+  wait
+elif [ "$part" = part2 ]; then
+  stamp "scale: start"
+  timeout 300 python3 benchmarks/bench_scale.py --workers 2 --size 0.5B --items 4096 --out "$R/scale" > "$R/scale.log" 2>&1
+  stamp "scale rc=$?"
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    timeout $(( 550 - ($(date +%s) - t0) )) env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" \
+      python3 -m runner --home /tmp/dpo-home run --config benchmarks/gpu_dpo_runner.yaml --run-id gpu > "$R/dpo_runner.log" 2>&1
+    stamp "gpu0: dpo runner rc=$?"
+    mkdir -p "$R/dpo_runner"
+    find /tmp/dpo-home/artifacts/gpu/dpo /tmp/dpo-home/artifacts/gpu/evaluate_dpo -maxdepth 2 \
+      \( -name '*.json' -o -name 'summary.txt' \) -exec cp --parents {} "$R/dpo_runner" \; 2>/dev/null
+    PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home status > "$R/dpo_runner/status.txt" 2>&1
+  ) &
+  (
+    export CUDA_VISIBLE_DEVICES=1
+    timeout $(( 550 - ($(date +%s) - t0) )) python3 benchmarks/bench_32b.py --quick --out "$R/32b" > "$R/bench_32b.log" 2>&1
+    stamp "gpu1: bench_32b rc=$?"
+  ) &
+  wait
+else
+  echo "unknown part $part"; exit 2
+fi
+stamp "done"
+tar czf "$OUT/$part.tgz" -C /tmp/gpu-batch "$part"
+ls -la "$OUT"
+cat "$R/timeline.txt"
