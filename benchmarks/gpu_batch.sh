@@ -8,6 +8,13 @@
 #   bash benchmarks/gpu_batch.sh part2   # both GPUs: issue 17 scale step 1 vs 2 workers + kill;
 #                                        # then GPU0: issue 13 DPO through runner; GPU1: issue 15 32B bench
 #
+#   bash benchmarks/gpu_batch.sh single1 # one GPU: issue 11 evaluation + DPO runner side by side, then bench_dpo
+#   bash benchmarks/gpu_batch.sh single2 # one GPU: DPO runner, 32B bench, SFT bench (one at a time)
+#   bash benchmarks/gpu_batch.sh single3 # one GPU: `runner resume` of a CPU-prepared DPO run (docs/gpu/dpo-check.md);
+#     prepare it here first: build /tmp/tiny4k (phases.models.tiny.build_tiny_model(..., max_position_embeddings=4096)),
+#     write gpu_dpo_runner.yaml with that model and params.dpo/evaluate_dpo.device: cuda as /tmp/dpo-gpu.yaml,
+#     `runner --home /tmp/dpo-home run --config /tmp/dpo-gpu.yaml --run-id gpu` (stops at dpo: no CUDA), then copy
+#     /tmp/dpo-home, /tmp/tiny4k and /tmp/dpo-gpu.yaml into .gpucarry/ (git-excluded) and carry it.
 # Needs: the image's CUDA torch, and the wheels under .whl (docs/performance.md "Reproduce").
 set -u
 part="${1:?usage: gpu_batch.sh part1|part2}"
