@@ -70,7 +70,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from runner.shards import worker_main
+    from runner.worker import worker_main
     return worker_main(Path(args.spec), args.index)
 
 

@@ -134,14 +134,8 @@ def test_a_cycle_is_found_when_there_is_one():
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
-# Cycles through in-function imports that came with the integration of parallel work (issue 17's
-# shard workers build a StepContext; StepContext.shards builds a ShardSet). Pending: move the
-# worker's context construction out of runner/shards.py. The list may only shrink.
-KNOWN_CYCLES: set[frozenset[str]] = {frozenset({"runner.context", "runner.shards"})}
-
-
 def test_no_import_cycles():
-    cycles = [c for c in find_cycles(import_graph()) if frozenset(c) not in KNOWN_CYCLES]
+    cycles = find_cycles(import_graph())
     assert not cycles, "import cycles (move the shared code into a module both sides import):\n" + "\n".join(
         " -> ".join(c) for c in cycles)
 
@@ -171,14 +165,12 @@ PENDING_LAZY: dict[str, int] = {
     "runner/cli.py": 18,
     "runner/commands.py": 15,
     "runner/config_checks.py": 1,
-    "runner/context.py": 2,
     "runner/costs.py": 1,
     "runner/engine.py": 3,
     "runner/lease.py": 1,
     "runner/lineage.py": 1,
     "runner/report.py": 3,
     "runner/report_data.py": 2,
-    "runner/shards.py": 5,
     "runner/status.py": 1,
     "state/migrations.py": 1,
 }
