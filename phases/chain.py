@@ -42,6 +42,7 @@ from runner.errors import ConfigError, DataError
 from state.files import atomic_write_json, hash_tree, sha256_file, tree_digest
 
 from phases.steps import common
+from phases.steps.model import prepare_model as base_prepare_model
 from phases.steps.config import expand_stage_config
 from phases.steps.data import DATA_NODES
 from phases.steps.preferences import PREFERENCE_NODES
@@ -174,7 +175,7 @@ class _Params:
 
 
 @step(name="prepare_model", inputs=["parent_model"], outputs=["model.json"], version="1",
-      params=dict(common.prepare_model.__step__.params))
+      params=dict(base_prepare_model.__step__.params))
 def prepare_model(ctx):
     """Stage 1's prepare_model on the parent's merged model (or the configured one), with the lineage."""
     pdir = ctx.input("parent_model")
@@ -185,7 +186,7 @@ def prepare_model(ctx):
         if params.get("quantization"):
             ctx.log("the parent's merged model is loaded with the configured quantization "
                     f"{params['quantization']!r}", kind="chain_note")
-    out = common.prepare_model.__step__.fn(_Params(ctx, params))
+    out = base_prepare_model.__step__.fn(_Params(ctx, params))
     mj = ctx.out_dir / "model.json"
     data = common.load_json(mj)
     data["lineage"] = info["lineage"]

@@ -42,6 +42,7 @@ from state.files import atomic_write_json, atomic_write_text, sha256_file
 from phases.chain import _regression_nodes, parent_model, prepare_model, reduce_parent
 from phases.sft import SFT_DEFAULTS
 from phases.steps import common
+from phases.steps.model import model_info, open_model
 from phases.steps.config import RUNNER_KEYS, stage_keys
 
 KEEP_ALL_ENV = "CAI_TEST_KEEP_ALL"
@@ -145,7 +146,7 @@ def mt_heldout(ctx):
     by = {}
     for p in plans:
         by[p["pattern"]] = by.get(p["pattern"], 0) + 1
-    info = common.model_info(ctx)
+    info = model_info(ctx)
     common.dump(ctx.out_dir / "manifest.json", common.session_manifest(
         ctx, "mt_heldout", info, {"heldout.jsonl": sha}, {"conversations": len(plans), "by_pattern": by},
         heldout_seed=mt.heldout_seed))
@@ -162,7 +163,7 @@ def mt_data(ctx):
     mt = MultiTurnConfig(**p["multiturn"])
     held = common.read_records(ctx.input("mt_heldout") / "heldout.jsonl")
     plans = build_plans(mt, p["seeds"], mt.conversations, ctx.seed, "mt", exclude_requests=[h["request"] for h in held])
-    model, info = common.open_model(ctx, p["batch_size"])
+    model, info = open_model(ctx, p["batch_size"])
     gen = dict(p["responses"])
     gen["stop"] = [f"\n{mt.user_label}:", f"\n{mt.assistant_label}:"]
     answers = generate_turns(ctx, model, plans, p["multiturn"], common.sampling(gen), ctx.seed, "mt", p["batch_size"])
@@ -246,7 +247,7 @@ def mt_sft(ctx):
     from state.files import hash_tree, tree_digest
 
     adapter_sha = tree_digest(hash_tree(ctx.out_dir / "adapter"))
-    info = common.model_info(ctx)
+    info = model_info(ctx)
     atomic_write_json(ctx.out_dir / "training_manifest.json", {
         "schema": "training_manifest/v1", "git_sha": common.git_info()["commit"], "model_ref": ref,
         "lineage": info.get("lineage", []),
@@ -309,7 +310,7 @@ def mt_evaluate(ctx):
     report["metadata"] = {"model_ref": ref, "device": dev, "n_conversations": len(plans),
                           "decoding": {"greedy": True, "max_new_tokens": p["max_new_tokens"], "stop": list(greedy.stop)},
                           "heldout_sha256": sha256_file(ctx.input("mt_heldout") / "heldout.jsonl"),
-                          "lineage": common.model_info(ctx).get("lineage", []),
+                          "lineage": model_info(ctx).get("lineage", []),
                           "history": "each arm answers every turn on its own earlier answers"}
     atomic_write_json(ctx.out_dir / "eval.json", report, indent=2)
     common.write_records(ctx.out_dir / "items.jsonl", [

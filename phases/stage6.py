@@ -40,6 +40,7 @@ from state.files import atomic_write_json, atomic_write_text, sha256_file
 from phases.steps.preferences import PREFERENCE_NODES
 from phases.chain import _Params, _regression_nodes, expand_chain_config, parent_model, prepare_model
 from phases.steps import common
+from phases.steps.model import open_model
 from phases.steps.data import DATA_NODES
 from phases.steps.train_eval import evaluate, sft_gate
 from phases.steps.train_eval import sft as stage1_sft
@@ -123,7 +124,7 @@ def constitution(ctx):
     p = ctx.params
     c = load_constitution(p["file"])
     recs = common.read_records(ctx.input("merge") / "sft.jsonl")
-    model, info = common.open_model(ctx, p["batch_size"])
+    model, info = open_model(ctx, p["batch_size"])
     k, thr = int(p["principles_per_item"]), float(p["threshold"])
     items = []
     for r in recs:
@@ -220,7 +221,7 @@ def adherence(ctx):
     rep = json.loads((ctx.input("evaluate") / "eval.json").read_text(encoding="utf-8"))
     base_arm = rep["baseline"]["arm"]
     rows = common.read_records(ctx.input("evaluate") / "items.jsonl")
-    model, _ = common.open_model(ctx, p["batch_size"])
+    model, _ = open_model(ctx, p["batch_size"])
     items = []
     for r in rows:
         for pr in sample_principles(int(p["principles_per_item"]), derive_seed(ctx.run_seed, "adherence", r["id"]), c):

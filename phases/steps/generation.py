@@ -1,6 +1,6 @@
 """The generation engine of the stage-1 data steps: instructions, critics, responses, records.
 
-Not runnable; used by `heldout`, `pilot` and `scale` (phases/steps/*.py). Every model call goes
+Not runnable; used by `heldout`, `pilot`, `scale` and `merge` (phases/steps/*.py). Every model call goes
 through the batch ledger (``ctx.ledger(name).run(items, batch_size, fn)``), so a killed step
 redoes only unfinished batches, and all prompt building, parsing, cleaning, dedup, critic and
 QC logic is the canonical modules' (prompts, instructions, dedup, critic, cleaning, qc).
@@ -25,11 +25,16 @@ import os
 import random
 from typing import Any, Callable
 
+from phases.pieces import CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC, builder_param
+from phases.steps.common import sampling
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 from state.files import canonical_json, sha256_text
 
-from phases.steps.common import sampling
+# The shared pieces a generate-judge-clean-QC step calls (pilot and scale): their versions enter
+# the cache key (phases/pieces.py).
+DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_builder", "response_builder"),
+               INSTRUCTION_PARSING, DEDUP, CLEANING, QC]
 
 
 def phash(obj: Any) -> str:
@@ -171,6 +176,17 @@ def leakage_check(cands: list[dict], heldout: list[dict], cfg: dict) -> tuple[li
     dropped = ([{**c, "drop_reason": "heldout_leak"} for i, c in enumerate(cands) if i in bad]
                + [{**c, "drop_reason": "ifeval_leak"} for i, c in enumerate(cands) if i in ibad])
     return clean, dropped, rep
+
+
+def leak_summary(rep: dict) -> dict:
+    """The manifest's compact view of a `leakage_check` report (its IFEval part included)."""
+    out = {k: rep[k] for k in ("method", "n_train", "n_heldout", "counts", "passed", "dropped_ids", "pairs",
+                               "pairs_truncated")}
+    if "ifeval" in rep:  # the same check against the IFEval prompts (issue 11)
+        ir = rep["ifeval"]
+        out["ifeval"] = {"n_ifeval": ir["n_heldout"], "counts": ir["counts"], "passed": ir["passed"],
+                         "dropped_ids": ir["dropped_ids"], "pairs": ir["pairs"][:20]}
+    return out
 
 
 def collect_instructions(ctx, model, p: dict, gen: dict, *, seed_base: int, needed: int, tag: str,

@@ -31,8 +31,9 @@ from runner.pipeline import derive_seed
 
 from phases.ifeval.registry import validate_kwargs
 from phases.pieces import CRITIC_INSTRUCTION, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
-from phases.steps.common import (dump, open_model, record_hash, session_manifest, write_records)
+from phases.steps.common import dump, record_hash, session_manifest, write_records
 from phases.steps.generation import collect_instructions, judge_items
+from phases.steps.model import open_model
 
 KEYWORD_POOL = ("simple", "example", "important", "clear", "today", "because", "detail", "result")
 END_PHRASES = ("Is there anything else I can help with?", "That is all.", "Hope this helps.")

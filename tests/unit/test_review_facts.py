@@ -21,7 +21,7 @@ from state.files import write_jsonl
 
 from phases.pipeline import pipeline
 from phases.qc import compute_qc
-from phases.steps.pilot import qc_thresholds
+from phases.steps.qc_gates import qc_thresholds
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "phases" / "stages" / "demo.yaml"
