@@ -2,9 +2,10 @@
 numbers the data steps report.
 
 Not runnable; the gates run inside the pipeline (``runner run --config phases/stages/demo.yaml``),
-placed by phases/steps/data.py: ``qc_pilot`` after `pilot`, ``qc_scale`` after `merge`. The thresholds come from the step's ``qc``
-params (the stage YAML's ``qc:`` section) and are checked once, by `phases.qc.compute_qc`; the
-gate and the reviewer read the verdicts and numbers it wrote to ``qc_summary.json``.
+placed by phases/steps/data.py: ``qc_pilot`` after `pilot`, ``qc_scale`` after `merge`. The
+thresholds come from the step's ``qc`` params (the stage YAML's ``qc:`` section) and are checked
+once, by `phases.qc.compute_qc`; the gate and the reviewer read the verdicts and numbers it wrote
+to ``qc_summary.json``.
 """
 from __future__ import annotations
 
