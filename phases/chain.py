@@ -37,15 +37,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner import Pipeline, step
-from runner.errors import ConfigError, DataError
-from state.files import atomic_write_json, hash_tree, sha256_file, tree_digest
-
+from phases import evaluate as ev
+from phases.models import embedded
+from phases.models.loader import load_model
+from phases.regression import make_regression_step, regression_gate
+from phases.sft import model_ref
 from phases.steps import common
 from phases.steps.config import expand_stage_config
 from phases.steps.data import DATA_NODES
+from phases.steps.model import prepare_model as base_prepare_model
 from phases.steps.preferences import PREFERENCE_NODES
 from phases.steps.train_eval import TRAIN_EVAL_NODES
+from runner import Pipeline, step
+from runner.errors import ConfigError, DataError
+from state.files import atomic_write_json, hash_tree, sha256_file, tree_digest
 
 __all__ = ["parent_model", "prepare_model", "pipeline", "expand_chain_config", "reduce_parent"]
 
@@ -94,10 +99,6 @@ def merge_adapter(base_ref: str, adapter: Path, dest: Path, device: str = "cpu")
     weights is lossy); dtype is the loader's default for ``device`` (fp32 CPU, bf16 CUDA).
     Returns the marker written to ``dest/cai_model.json``.
     """
-    from phases import evaluate as ev
-    from phases.models import embedded
-    from phases.models.loader import load_model
-
     loaded = load_model(base_ref, device=device, backend="hf", run_sentinels=False)
     ev.attach_adapter(loaded, adapter)
     merged = loaded.model.merge_and_unload()
@@ -138,7 +139,6 @@ def parent_model(ctx):
     prior: list = []
     if "parent_model" in outs:
         prior = common.load_json(_verify_output("parent_model", outs["parent_model"]) / "parent.json").get("lineage") or []
-    from phases.sft import model_ref
 
     base_ref = model_ref(pm_dir / "model.json")
     success = common.load_json(sft_dir / "TRAINING_SUCCESS")
@@ -174,7 +174,7 @@ class _Params:
 
 
 @step(name="prepare_model", inputs=["parent_model"], outputs=["model.json"], version="1",
-      params=dict(common.prepare_model.__step__.params))
+      params=dict(base_prepare_model.__step__.params))
 def prepare_model(ctx):
     """Stage 1's prepare_model on the parent's merged model (or the configured one), with the lineage."""
     pdir = ctx.input("parent_model")
@@ -185,7 +185,7 @@ def prepare_model(ctx):
         if params.get("quantization"):
             ctx.log("the parent's merged model is loaded with the configured quantization "
                     f"{params['quantization']!r}", kind="chain_note")
-    out = common.prepare_model.__step__.fn(_Params(ctx, params))
+    out = base_prepare_model.__step__.fn(_Params(ctx, params))
     mj = ctx.out_dir / "model.json"
     data = common.load_json(mj)
     data["lineage"] = info["lineage"]
@@ -194,8 +194,6 @@ def prepare_model(ctx):
 
 
 def _regression_nodes(adapter_step: str) -> list:
-    from phases.regression import make_regression_step, regression_gate
-
     return [make_regression_step(adapter_step), regression_gate]
 
 

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from phases.ifeval import follows
+from phases.ifeval.registry import validate_kwargs
 from runner.errors import ConfigError
 
 __all__ = ["CheckDef", "REGISTRY", "validate_spec", "draw", "verify", "has_word"]
@@ -95,8 +97,6 @@ def _bullets(a, rng):
 
 
 def _ifeval(a, rng):
-    from phases.ifeval.registry import validate_kwargs
-
     kwargs = validate_kwargs(a["instruction_id"], a.get("kwargs") or {}, where="check 'ifeval'")
     return str(a["text"]), a["instruction_id"], kwargs
 
@@ -182,8 +182,6 @@ def verify(instance: dict, response: str) -> bool:
     if not response.strip():
         return False
     if instance.get("instruction_id"):
-        from phases.ifeval import follows
-
         return bool(follows(instance["instruction_id"], instance["kwargs"], response)[0])
     kw = instance["kwargs"]
     if "words" in kw:

@@ -41,7 +41,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from phases.evaluate import attach_adapter
+from phases.models.loader import load_model
 from phases.prompts import response_prompt
+from phases.sft import COMPLETE, _callbacks, _lora_config, last_complete_checkpoint, needs_checkpointing
 from runner.errors import ConfigError, DataError
 
 __all__ = ["DPO_DEFAULTS", "ALGORITHMS", "encode_pair", "build_pair_examples", "load_policy", "sequence_logps",
@@ -138,9 +141,6 @@ def _resolve(params: dict) -> tuple[str, str | None, bool | None]:
 
 def merged_sft_model(ref: str, sft_adapter: Path | None, device: str, quant: str | None):
     """The guarded base model with the SFT adapter merged in (the reference), as a ``LoadedModel``."""
-    from phases.evaluate import attach_adapter
-    from phases.models.loader import load_model
-
     loaded = load_model(ref, device=device, dtype=None if device.startswith("cuda") else "float32",
                         quantization=quant, backend="hf", run_sentinels=False)
     if sft_adapter is not None:
@@ -156,8 +156,6 @@ def load_policy(ref: str, sft_adapter: Path | None, params: dict, seed: int):
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
-
-    from phases.sft import _lora_config, needs_checkpointing
 
     params = {**DPO_DEFAULTS, **params}
     dev, quant, grad_ckpt = _resolve(params)
@@ -340,8 +338,6 @@ def train_dpo(loaded, model, examples: list[dict], pairs_text: list[dict], param
     import gc
 
     import torch
-
-    from phases.sft import COMPLETE, _callbacks, last_complete_checkpoint
 
     params = {**DPO_DEFAULTS, **params}
     trainer_dir = Path(work_dir) / "trainer"

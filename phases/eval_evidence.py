@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from phases.stats import compare_paired, noninferiority_paired
+
 __all__ = ["LENGTH_MATCH_RATIO", "constraint_direction", "item_direction", "constraint_type", "words",
            "length_stats", "brief", "collect"]
 
@@ -90,8 +92,6 @@ def _both(o: dict) -> bool:
 
 
 def _paired(a: list[bool], b: list[bool], labels, params: dict, seed: int, types=None) -> dict | None:
-    from phases.stats import compare_paired
-
     if not a:
         return None
     return compare_paired(a, b, types=types, labels=labels, confidence=params["confidence"],
@@ -120,8 +120,6 @@ def collect(items: list[dict], outs: dict[str, list[dict]], baseline: str, candi
     ``constraint_only``/``task_only`` (brief blocks), ``task_judged``, ``safety``, ``length``,
     ``truncation``, ``task_calibration``, ``ifeval``, ``protected_types``.
     """
-    from phases.stats import noninferiority_paired
-
     labels = (baseline, candidate)
     A, B = outs[baseline], outs[candidate]
     n = len(items)

@@ -33,6 +33,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from phases.checks import draw, validate_spec, verify
+from phases.prompts import transcript_prompt
+from phases.stats import compare_paired
 from runner.errors import ConfigError
 
 __all__ = ["PATTERNS", "MultiTurnConfig", "validate_multiturn", "build_plans", "score_conversation",
@@ -64,8 +67,6 @@ class MultiTurnConfig:
 
 
 def _inst(spec: dict, rng: random.Random, source_turn: int) -> dict:
-    from phases.checks import draw
-
     return {**draw(spec, rng), "source_turn": source_turn}
 
 
@@ -83,8 +84,6 @@ def _carry_constraint(request, n, args, rng, cfg):
 
 
 def _recall_fact(request, n, args, rng, cfg):
-    from phases.checks import validate_spec
-
     name = rng.choice(args["facts"])
     spec = validate_spec({"name": "recall", "args": {"facts": [name]}}, "recall_fact")
     c = _inst(spec, rng, 1)
@@ -96,8 +95,6 @@ def _recall_fact(request, n, args, rng, cfg):
 
 
 def _resolve_reference(request, n, args, rng, cfg):
-    from phases.checks import validate_spec
-
     first, second = rng.choice(args["pairs"])
     spec = validate_spec({"name": "resolve_reference", "args": {"referent": first}}, "resolve_reference")
     c = _inst(spec, rng, 1)
@@ -109,8 +106,6 @@ def _resolve_reference(request, n, args, rng, cfg):
 
 
 def _correction(request, n, args, rng, cfg):
-    from phases.checks import validate_spec
-
     word = rng.choice(args["words"])
     c = _inst(validate_spec({"name": "avoid", "args": {"words": [word]}}, "correction"), rng, 2)
     turns = [{"user": request, "checks": []},
@@ -131,8 +126,6 @@ PATTERNS: dict[str, tuple[Callable, dict[str, type], tuple[str, ...]]] = {
 
 def validate_multiturn(raw: Any, where: str) -> MultiTurnConfig:
     """Check the stage's ``multiturn:`` mapping; errors name ``where`` (the file), key and value."""
-    from phases.checks import draw, validate_spec
-
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: multiturn = {raw!r}: expected a mapping (see phases/stages/multiturn.yaml)")
     unknown = sorted(set(raw) - set(DEFAULTS))
@@ -225,8 +218,6 @@ def score_conversation(plan: dict, responses: Sequence[str]) -> dict:
     Returns ``{"turns": [{"turn", "scored", "success", "checks": [{"check", "source_turn",
     "remembered", "passed"}]}], "success": bool, "remembered_total", "remembered_passed"}``.
     """
-    from phases.checks import verify
-
     if len(responses) != len(plan["turns"]):
         raise ValueError(f"conversation {plan['id']}: {len(responses)} responses for {len(plan['turns'])} turns")
     out, rem_t, rem_p = [], 0, 0
@@ -256,8 +247,6 @@ def encode_conversation(encode: Callable[[str], list[int]], header: str, turns: 
     at inference, so the model learns where its turn ends (the role EOS plays in single-turn SFT).
     Returns ``{"input_ids", "labels", "assistant_spans": [(start, end), ...]}``.
     """
-    from phases.prompts import transcript_prompt
-
     if not turns:
         raise ValueError("a conversation needs at least one (user, assistant) turn")
     ids: list[int] = []
@@ -287,8 +276,6 @@ def paired_report(plans: list[dict], base: list[dict], trained: list[dict], labe
     GO = conversation-level improvement with McNemar p < ``alpha`` and no turn position or
     check kind significantly worse after BH; the reasons are named.
     """
-    from phases.stats import compare_paired
-
     conv = compare_paired([b["success"] for b in base], [t["success"] for t in trained],
                           types=[p["pattern"] for p in plans], labels=labels, seed=seed)
     ta, tb, ttypes, ca, cb, ctypes = [], [], [], [], [], []

@@ -34,15 +34,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from phases import evaluate as ev
+from phases.chain import _regression_nodes, parent_model, prepare_model, reduce_parent
+from phases.models.backends.base import GenerationParams
+from phases.models.loader import load_model
+from phases.multiturn import (MultiTurnConfig, build_plans, encode_conversation, paired_report, score_conversation,
+                              validate_multiturn)
+from phases.prompts import TRANSCRIPT_HEADER, transcript_prompt
+from phases.sft import SFT_DEFAULTS, model_ref, run_sft
+from phases.stage_config import load_stage
+from phases.steps import common
+from phases.steps.config import RUNNER_KEYS, stage_keys
+from phases.steps.model import model_info, open_model
 from runner import Pipeline, gate, step
 from runner.errors import ConfigError, DataError
 from runner.pipeline import GateCheck, derive_seed
-from state.files import atomic_write_json, atomic_write_text, sha256_file
-
-from phases.chain import _regression_nodes, parent_model, prepare_model, reduce_parent
-from phases.sft import SFT_DEFAULTS
-from phases.steps import common
-from phases.steps.config import RUNNER_KEYS, stage_keys
+from state.files import atomic_write_json, atomic_write_text, hash_tree, sha256_file, tree_digest
 
 KEEP_ALL_ENV = "CAI_TEST_KEEP_ALL"
 DELAY_ENV = "CAI_TEST_MT_BATCH_DELAY_S"  # seconds slept after each generation batch (crash tests only)
@@ -51,9 +58,6 @@ MT_EVAL_DEFAULTS = {"device": "auto", "max_new_tokens": 96, "batch_size": 8, "ma
 
 def expand_multiturn_config(raw: dict, path: Any) -> dict:
     """``expand_config`` hook: shared stage keys (load_stage), the ``multiturn`` section, per-step params."""
-    from phases.multiturn import validate_multiturn
-    from phases.stage_config import load_stage
-
     if path is None:
         raise ConfigError("the multi-turn pipeline needs a stage file (e.g. --config phases/stages/multiturn.yaml)")
     path = Path(path)
@@ -81,8 +85,6 @@ def expand_multiturn_config(raw: dict, path: Any) -> dict:
 
 
 def _header(mt: dict) -> str:
-    from phases.prompts import TRANSCRIPT_HEADER
-
     return TRANSCRIPT_HEADER if mt["header"] is None else mt["header"]
 
 
@@ -103,8 +105,6 @@ def generate_turns(ctx, model, plans: list[dict], mt: dict, gen, seed_base: int,
     whose answer came back empty stops there (its later turns are answered ""). Returns
     ``{plan id: [answer per turn]}``.
     """
-    from phases.prompts import transcript_prompt
-
     labels = (mt["user_label"], mt["assistant_label"])
     params = gen
     delay = float(os.environ.get(DELAY_ENV) or 0)
@@ -136,8 +136,6 @@ def generate_turns(ctx, model, plans: list[dict], mt: dict, gen, seed_base: int,
       params={"multiturn": {}, "seeds": {}})
 def mt_heldout(ctx):
     """Held-out conversation plans, made first, from their own seed."""
-    from phases.multiturn import MultiTurnConfig, build_plans
-
     mt = MultiTurnConfig(**ctx.params["multiturn"])
     plans = build_plans(mt, ctx.params["seeds"], mt.heldout_conversations, derive_seed(mt.heldout_seed, "mt-heldout"),
                         "mt-ho")
@@ -145,7 +143,7 @@ def mt_heldout(ctx):
     by = {}
     for p in plans:
         by[p["pattern"]] = by.get(p["pattern"], 0) + 1
-    info = common.model_info(ctx)
+    info = model_info(ctx)
     common.dump(ctx.out_dir / "manifest.json", common.session_manifest(
         ctx, "mt_heldout", info, {"heldout.jsonl": sha}, {"conversations": len(plans), "by_pattern": by},
         heldout_seed=mt.heldout_seed))
@@ -156,13 +154,11 @@ def mt_heldout(ctx):
       version="1", params={"multiturn": {}, "seeds": {}, "responses": {}, "batch_size": 8})
 def mt_data(ctx):
     """Training conversations: the model answers turn by turn; every turn is checked."""
-    from phases.multiturn import MultiTurnConfig, build_plans, score_conversation
-
     p = ctx.params
     mt = MultiTurnConfig(**p["multiturn"])
     held = common.read_records(ctx.input("mt_heldout") / "heldout.jsonl")
     plans = build_plans(mt, p["seeds"], mt.conversations, ctx.seed, "mt", exclude_requests=[h["request"] for h in held])
-    model, info = common.open_model(ctx, p["batch_size"])
+    model, info = open_model(ctx, p["batch_size"])
     gen = dict(p["responses"])
     gen["stop"] = [f"\n{mt.user_label}:", f"\n{mt.assistant_label}:"]
     answers = generate_turns(ctx, model, plans, p["multiturn"], common.sampling(gen), ctx.seed, "mt", p["batch_size"])
@@ -208,8 +204,6 @@ mt_qc = gate("mt_qc", check=_mt_qc_check, policy="review+human",
 
 
 def _encoder(header: str, labels: tuple[str, str]):
-    from phases.multiturn import encode_conversation
-
     def encode_records(loaded, records: list[dict], max_seq_len: int):
         out, counts = [], {"records": len(records), "kept": 0, "dropped_too_long": 0, "dropped_empty": 0}
         for r in records:
@@ -231,8 +225,6 @@ def _encoder(header: str, labels: tuple[str, str]):
       params={**SFT_DEFAULTS}, version="1")
 def mt_sft(ctx):
     """SFT on the kept conversations, loss on the assistant turns only."""
-    from phases.sft import model_ref, run_sft
-
     qc = common.load_json(ctx.input("mt_data") / "qc.json")
     if not qc["thresholds_passed"] and ctx.params["require_qc_pass"]:
         raise DataError(f"{ctx.input('mt_data') / 'qc.json'}: QC did not pass ({qc['failed_reasons']}); not training")
@@ -243,10 +235,9 @@ def mt_sft(ctx):
     ref = model_ref(ctx.input("prepare_model") / "model.json")
     res = run_sft(records, ref, dict(ctx.params), ctx.work_dir, ctx.out_dir, ctx.seed % (2 ** 32), ctx.log,
                   encode_records=_encoder(_header(mt), (mt["user_label"], mt["assistant_label"])))
-    from state.files import hash_tree, tree_digest
 
     adapter_sha = tree_digest(hash_tree(ctx.out_dir / "adapter"))
-    info = common.model_info(ctx)
+    info = model_info(ctx)
     atomic_write_json(ctx.out_dir / "training_manifest.json", {
         "schema": "training_manifest/v1", "git_sha": common.git_info()["commit"], "model_ref": ref,
         "lineage": info.get("lineage", []),
@@ -270,12 +261,6 @@ def mt_sft(ctx):
 def mt_evaluate(ctx):
     """Paired evaluation per turn and per conversation: this stage's starting model vs + adapter."""
     import torch
-
-    from phases import evaluate as ev
-    from phases.models.backends.base import GenerationParams
-    from phases.models.loader import load_model
-    from phases.multiturn import paired_report, score_conversation
-    from phases.sft import model_ref
 
     p = {**MT_EVAL_DEFAULTS, **dict(ctx.params)}
     plans = common.read_records(ctx.input("mt_heldout") / "heldout.jsonl")
@@ -309,7 +294,7 @@ def mt_evaluate(ctx):
     report["metadata"] = {"model_ref": ref, "device": dev, "n_conversations": len(plans),
                           "decoding": {"greedy": True, "max_new_tokens": p["max_new_tokens"], "stop": list(greedy.stop)},
                           "heldout_sha256": sha256_file(ctx.input("mt_heldout") / "heldout.jsonl"),
-                          "lineage": common.model_info(ctx).get("lineage", []),
+                          "lineage": model_info(ctx).get("lineage", []),
                           "history": "each arm answers every turn on its own earlier answers"}
     atomic_write_json(ctx.out_dir / "eval.json", report, indent=2)
     common.write_records(ctx.out_dir / "items.jsonl", [

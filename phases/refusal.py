@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 
 from phases.cleaning import first_paragraph
+from phases.critic import judge
 
 __all__ = ["REFUSAL_PATTERNS", "COMPLY_PATTERNS", "rule_verdict", "combine", "judge_refusals"]
 
@@ -98,8 +99,6 @@ def judge_refusals(scorer, pairs: list[dict], threshold: float, use_critic: bool
     rules = [rule_verdict(p["response"]) for p in pairs]
     critics: list[dict | None] = [None] * len(pairs)
     if use_critic and scorer is not None:
-        from phases.critic import judge
-
         idx = [i for i, p in enumerate(pairs) if p["response"].strip()]
         verdicts = judge(scorer, "refusal", [pairs[i] for i in idx], threshold)
         for i, v in zip(idx, verdicts):

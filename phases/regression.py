@@ -20,12 +20,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from phases import evaluate as ev
+from phases.ifeval import load_prompts, score_responses
+from phases.models.loader import load_model
+from phases.sft import model_ref
+from phases.stats import compare_paired
+from phases.steps import common
 from runner import gate, step
 from runner.errors import DataError
 from runner.pipeline import GateCheck
 from state.files import atomic_write_json, atomic_write_text, hash_tree, tree_digest
-
-from phases.steps import common
 
 __all__ = ["make_regression_step", "regression_gate", "decide", "REGRESSION_DEFAULTS"]
 
@@ -75,11 +79,6 @@ def make_regression_step(adapter_step: str):
         """Re-test every earlier stage's held-out set and IFEval: starting model vs + this stage's adapter."""
         import torch
 
-        from phases import evaluate as ev
-        from phases.models.loader import load_model
-        from phases.sft import model_ref
-        from phases.stats import compare_paired
-
         p = {**REGRESSION_DEFAULTS, **dict(ctx.params)}
         lineage = common.load_json(ctx.input("parent_model") / "parent.json")["lineage"]
         sets, skipped = earlier_sets(lineage)
@@ -89,8 +88,6 @@ def make_regression_step(adapter_step: str):
         data = {s["label"]: ev.load_heldout(Path(s["path"]), p["max_items"]) for s in sets}
         prompts = []
         if p["ifeval_limit"] != 0 and sets:
-            from phases.ifeval import load_prompts
-
             prompts = load_prompts()
             prompts = prompts if p["ifeval_limit"] < 0 else prompts[: p["ifeval_limit"]]
         outs: dict[str, dict[str, list]] = {}
@@ -119,8 +116,6 @@ def make_regression_step(adapter_step: str):
             blocks[f"held-out {label}"] = compare_paired(ok["start"], ok["trained"], types=[r["family"] for r in items],
                                                          labels=("start", "trained"), seed=seed)
         if prompts:
-            from phases.ifeval import score_responses
-
             strict = {a: [r["follow_all_strict"] for r in score_responses(
                 prompts, {x.key: g["response"] for x, g in zip(prompts, outs[a]["ifeval"])})["per_prompt"]] for a in outs}
             blocks["IFEval"] = compare_paired(strict["start"], strict["trained"], labels=("start", "trained"), seed=seed)

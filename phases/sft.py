@@ -50,6 +50,7 @@ from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
 from runner.context import PROGRESS_EVENT
 from runner.errors import ConfigError, DataError
+from runner.progress import Progress
 from state.files import read_json
 
 __all__ = ["SFT_DEFAULTS", "REQUIRED_MANIFEST_FIELDS", "check_merge_inputs", "model_ref", "encode_example",
@@ -255,7 +256,6 @@ def _callbacks(early_stop: int, has_dev: bool, on_checkpoint: Callable[[str, int
         bar = None
 
         def on_train_begin(self, args, state, control, **kw):
-            from runner.progress import Progress
             self.bar = Progress("sft/optimizer-steps", state.max_steps, done=state.global_step)
 
         def on_step_end(self, args, state, control, **kw):
@@ -439,7 +439,7 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
     if fast:
         from transformers import TrainingArguments
 
-        from phases.sft_fast_trainer import make_fast_trainer
+        from phases.sft_fast_trainer import make_fast_trainer  # lazy: it imports torch at its top (phases/sft_fast.py)
 
         rows = int(params["per_device_batch_size"]) * int(params["grad_accum"])
         kw.update(gradient_accumulation_steps=1, per_device_train_batch_size=rows)

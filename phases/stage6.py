@@ -32,17 +32,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from phases.chain import _Params, _regression_nodes, expand_chain_config, parent_model, prepare_model
+from phases.constitution import load_constitution, sample_principles
+from phases.critic import Rubric, first_paragraph, judge
+from phases.prompts import principle_revision_prompt
+from phases.stats import compare_paired
+from phases.steps import common
+from phases.steps.data import DATA_NODES
+from phases.steps.model import open_model
+from phases.steps.preferences import PREFERENCE_NODES
+from phases.steps.train_eval import evaluate, sft as stage1_sft, sft_gate
 from runner import Pipeline, step
 from runner.errors import ConfigError
 from runner.pipeline import derive_seed
 from state.files import atomic_write_json, atomic_write_text, sha256_file
-
-from phases.steps.preferences import PREFERENCE_NODES
-from phases.chain import _Params, _regression_nodes, expand_chain_config, parent_model, prepare_model
-from phases.steps import common
-from phases.steps.data import DATA_NODES
-from phases.steps.train_eval import evaluate, sft_gate
-from phases.steps.train_eval import sft as stage1_sft
 
 CONSTITUTION_DEFAULTS: dict[str, Any] = {
     "principles_per_item": 2, "threshold": 1.0, "file": None, "batch_size": 8,
@@ -53,8 +56,6 @@ CONSTITUTION_DEFAULTS: dict[str, Any] = {
 
 def validate_constitution_section(raw: Any, where: str) -> dict:
     """Check the stage's ``constitution:`` mapping; errors name the file, key and value."""
-    from phases.constitution import load_constitution
-
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -88,15 +89,11 @@ def expand_stage6_config(raw: dict, path: Any) -> dict:
 
 
 def principle_rubric(p) -> Any:
-    from phases.critic import Rubric
-
     return Rubric(name=f"principle:{p.id}", task=f"Judge whether the response below follows this principle: {p.text}",
                   good="follows the principle", bad="goes against the principle", fields=("instruction", "response"))
 
 
 def _judge(model, principle, pairs: list[dict], threshold: float) -> list[dict]:
-    from phases.critic import judge
-
     return [v.to_dict() for v in judge(model, principle_rubric(principle), pairs, threshold)]
 
 
@@ -116,14 +113,10 @@ def _judge_mixed(model, by_id: dict, items: list[dict], threshold: float, field:
       params=dict(CONSTITUTION_DEFAULTS), version="1")
 def constitution(ctx):
     """Critique (A/B per principle) and revise the merged SFT data; track which principle changed what."""
-    from phases.constitution import load_constitution, sample_principles
-    from phases.critic import first_paragraph
-    from phases.prompts import principle_revision_prompt
-
     p = ctx.params
     c = load_constitution(p["file"])
     recs = common.read_records(ctx.input("merge") / "sft.jsonl")
-    model, info = common.open_model(ctx, p["batch_size"])
+    model, info = open_model(ctx, p["batch_size"])
     k, thr = int(p["principles_per_item"]), float(p["threshold"])
     items = []
     for r in recs:
@@ -211,16 +204,13 @@ def adherence(ctx):
     """Principle adherence of the best base framing vs the trained model on the held-out answers."""
     import json
 
-    from phases.constitution import load_constitution, sample_principles
-    from phases.stats import compare_paired
-
     p = ctx.params
     c = load_constitution(p["file"])
     by_id = {x.id: x for x in c.principles}
     rep = json.loads((ctx.input("evaluate") / "eval.json").read_text(encoding="utf-8"))
     base_arm = rep["baseline"]["arm"]
     rows = common.read_records(ctx.input("evaluate") / "items.jsonl")
-    model, _ = common.open_model(ctx, p["batch_size"])
+    model, _ = open_model(ctx, p["batch_size"])
     items = []
     for r in rows:
         for pr in sample_principles(int(p["principles_per_item"]), derive_seed(ctx.run_seed, "adherence", r["id"]), c):

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phases.prompts import (DEFAULT_LIST_HEADER, END_MARKER, FRAMING_BUILDERS, INSTRUCTION_BUILDERS,
-                            RESPONSE_BUILDERS)
+from phases.checks import draw, validate_spec
+from phases.prompts import DEFAULT_LIST_HEADER, END_MARKER, FRAMING_BUILDERS, INSTRUCTION_BUILDERS, RESPONSE_BUILDERS
 from phases.qc import MAX_RETRIES, QCThresholds
 from runner.config import ConfigDoc, load_yaml, read_yaml
 from runner.errors import ConfigError, DataError
@@ -431,8 +431,6 @@ def _validate_checks(specs: list, where: str) -> list[dict]:
     """Each ``checks`` entry names a registry check (phases/checks.py) that IFEval can score,
     since the held-out set is scored by `phases.ifeval` (memory checks belong to multi-turn)."""
     import random
-
-    from phases.checks import draw, validate_spec
 
     out = []
     for i, spec in enumerate(specs):

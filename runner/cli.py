@@ -17,6 +17,9 @@ from typing import Callable
 
 from runner.errors import EXIT_CODES, EXIT_DONE, EXIT_USAGE, ConfigError, RunnerError
 from runner.home import home_dir, open_store, resolve_run
+from runner.status import run_state
+from state.errors import LeaseLost, StateError
+from state.reader import open_reader
 
 EPILOG_EXIT = "exit codes: " + "; ".join(f"{k} {v.split(':')[0].split(' (')[0]}" for k, v in EXIT_CODES.items())
 
@@ -31,7 +34,7 @@ def say_next(command: str, why: str = "") -> None:
 
 # ---- commands ---------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    from runner.commands import _pipeline_path, init_run, load_run_inputs
+    from runner.commands import _pipeline_path, init_run, load_run_inputs  # lazy: sqlmodel, yaml (not for `status`)
     # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
     if not args.from_run:
         load_run_inputs(_pipeline_path(args.pipeline, args.config), args.config)
@@ -51,7 +54,8 @@ def _set_workers(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.commands import _pipeline_path, find_or_init, load_run_inputs, resume_run
+    from runner.commands import (  # lazy: sqlmodel, yaml (not for `status`)
+        _pipeline_path, find_or_init, load_run_inputs, resume_run)
     _set_workers(args)
     # Validate before open_store creates .runner/: a bad config or pipeline leaves the home untouched.
     if not args.from_run:
@@ -63,71 +67,69 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from runner.commands import resume_run
+    from runner.commands import resume_run  # lazy: sqlmodel, yaml (not for `status`)
     _set_workers(args)
     store = open_store(args)
     return resume_run(store, resolve_run(store, args), detach=args.detach, home=_home(args), db_url=args.db_url)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from runner.shards import worker_main
+    from runner.worker import worker_main  # lazy: sqlmodel (not for `status`)
     return worker_main(Path(args.spec), args.index)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from runner.status import run_state
     store = None
     if not (args.db_url or os.environ.get("RUNNER_DB_URL")):
-        from state.reader import open_reader
         store = open_reader(home_dir(args))  # stdlib sqlite3, read-only: no sqlalchemy import (fast cold start)
     store = store or open_store(args)
     st = run_state(store, resolve_run(store, args))
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True, default=str))
     else:
-        from runner.render import print_status
+        from runner.render import print_status  # lazy: rich, sqlmodel (not for `status --json`)
         print_status(st)
     return EXIT_DONE
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from runner.commands import wait_run
+    from runner.commands import wait_run  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return wait_run(store, resolve_run(store, args), args.timeout, args.json)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from runner.commands import decide
+    from runner.commands import decide  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return decide(store, resolve_run(store, args), args.gate, "approve", args.note, args.who)
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
-    from runner.commands import decide
+    from runner.commands import decide  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return decide(store, resolve_run(store, args), args.gate, "reject", args.reason, args.who)
 
 
 def cmd_regate(args: argparse.Namespace) -> int:
-    from runner.commands import regate
+    from runner.commands import regate  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return regate(store, resolve_run(store, args), args.gate, args.who)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from runner.commands import retry_step
+    from runner.commands import retry_step  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return retry_step(store, resolve_run(store, args), args.step)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from runner.commands import rerun_step
+    from runner.commands import rerun_step  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return rerun_step(store, resolve_run(store, args), args.step)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from runner.render import print_events
+    from runner.render import print_events  # lazy: rich, sqlmodel (not for `status --json`)
     store = open_store(args)
     run_id = resolve_run(store, args)
     kinds = args.kind or None
@@ -141,19 +143,19 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from runner.render import print_gate
+    from runner.render import print_gate  # lazy: rich, sqlmodel (not for `status --json`)
     store = open_store(args)
     return print_gate(store, resolve_run(store, args), args.gate, args.json)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from runner.commands import validate_config
+    from runner.commands import validate_config  # lazy: sqlmodel, yaml (not for `status`)
     print(validate_config(args.pipeline, args.config))
     return EXIT_DONE
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from runner.commands import review_gate
+    from runner.commands import review_gate  # lazy: sqlmodel, yaml (not for `status`)
     store = open_store(args)
     return review_gate(store, resolve_run(store, args), args.gate)
 
@@ -291,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return EXIT_USAGE
-    from state.errors import LeaseLost, StateError
     try:
         return int(args.fn(args) or 0)
     except RunnerError as e:

@@ -9,8 +9,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from runner.config import load_run_inputs  # noqa: F401 (it lived here; gate_review and the CLI import it)
+from runner.approval import human_command, verify
+from runner.config import effective_params, load_run_inputs, load_yaml
+from runner.engine import Engine
 from runner.errors import EXIT_DONE, EXIT_LOCKED, ConfigError, RunnerError
+from runner.gate_review import make_review_hook, review_now
+from runner.lease import owner_alive
+from runner.lineage import parent_view, resolve_from_key
+from runner.status import run_state
+from state.db import StateError
 from state.store import Store
 
 
@@ -18,7 +25,6 @@ def _pipeline_path(pipeline: Optional[str], config: Optional[str]) -> str:
     if pipeline:
         return pipeline
     if config:
-        from runner.config import load_yaml
         p = load_yaml(Path(config)).get("pipeline")
         if isinstance(p, str):
             return p
@@ -27,7 +33,6 @@ def _pipeline_path(pipeline: Optional[str], config: Optional[str]) -> str:
 
 def stored_parent(store: Store, run_id: str) -> Optional[dict]:
     """The parent's view, recomputed now, for a run created with --from-run (else None)."""
-    from runner.lineage import parent_view
     fr = json.loads(store.get_run(run_id).config_json or "{}").get("from_run")
     return parent_view(store, fr["run_id"]) if isinstance(fr, dict) and fr.get("run_id") else None
 
@@ -35,7 +40,6 @@ def stored_parent(store: Store, run_id: str) -> Optional[dict]:
 def validate_config(pipeline: Optional[str], config: Optional[str]) -> str:
     pipe, cfg = load_run_inputs(_pipeline_path(pipeline, config), config)
     lines = [f"OK: pipeline {pipe.name!r}: {len(pipe.steps)} steps, {len(pipe.gates)} gates; config valid"]
-    from runner.config import effective_params
     for name in pipe.steps:
         text = json.dumps(effective_params(pipe, cfg, name), sort_keys=True)
         lines.append(f"  step {name}: {text if len(text) <= 160 else text[:157] + '...'}")
@@ -48,7 +52,6 @@ def init_run(store: Store, pipeline: Optional[str], config: Optional[str], run_i
              from_run: Optional[str] = None) -> str:
     path = _pipeline_path(pipeline, config)
     parent = None
-    from runner.lineage import parent_view, resolve_from_key
     from_run = from_run or resolve_from_key(store, config)
     if from_run:
         parent = parent_view(store, from_run)
@@ -79,7 +82,6 @@ def find_or_init(store: Store, pipeline: Optional[str], config: Optional[str],
 
 
 def resume_run(store: Store, run_id: str, detach: bool, home: Path, db_url: Optional[str]) -> int:
-    from runner.lease import owner_alive
     lease = store.get_lease(run_id)
     if owner_alive(lease, time.time()):
         print(f"run {run_id} is already being run by host {lease.host} pid {lease.pid}; not starting another")
@@ -89,8 +91,6 @@ def resume_run(store: Store, run_id: str, detach: bool, home: Path, db_url: Opti
         return _detach(store, run_id, home, db_url)
     run = store.get_run(run_id)
     pipe, cfg = load_run_inputs(run.pipeline, run.config_path, stored_parent(store, run_id))
-    from runner.engine import Engine
-    from runner.gate_review import make_review_hook
     engine = Engine(store, run_id, pipe, cfg, review_hook=make_review_hook(store, run_id, cfg))
     outcome = engine.resume()
     print(outcome.message)
@@ -130,7 +130,6 @@ def _detach(store: Store, run_id: str, home: Path, db_url: Optional[str]) -> int
 
 
 def wait_run(store: Store, run_id: str, timeout: float, as_json: bool) -> int:
-    from runner.status import run_state
     deadline = time.time() + timeout
     st = run_state(store, run_id)
     start_events = st["events"]
@@ -163,7 +162,6 @@ def _pending_gate(store: Store, run_id: str, gate: str):
 
 
 def _human_cmd(store: Store, run_id: str, gate: str, action: str) -> str:
-    from runner.approval import human_command
     return human_command(f" --home {store.home}", run_id, gate, action)
 
 
@@ -171,8 +169,6 @@ def decide(store: Store, run_id: str, gate: str, decision: str, note: Optional[s
     """`runner approve` / `runner reject`: check and write in one transaction (exactly one
     decision per gate instance under any race); gates that need a person need a person
     (runner/approval.py)."""
-    from runner.approval import verify
-    from state.db import StateError
     _run, g = _pending_gate(store, run_id, gate)
     want = "approved" if decision == "approve" else "rejected"
     if g.status == want:
@@ -203,8 +199,6 @@ def decide(store: Store, run_id: str, gate: str, decision: str, note: Optional[s
 def regate(store: Store, run_id: str, gate: str, who: Optional[str]) -> int:
     """`runner regate GATE`: adopt the config's current policy for a waiting gate whose policy
     was frozen when it was requested. A person's act (runner/approval.py), recorded as an event."""
-    from runner.approval import verify
-    from state.db import StateError
     run, g = _pending_gate(store, run_id, gate)
     if g.status != "pending":
         raise RunnerError(f"gate {gate!r} is {g.status}; only a waiting gate's policy can be changed")
@@ -240,7 +234,6 @@ def _check_step(run, step: str) -> list[dict]:
 
 
 def _refuse_if_live(store: Store, run_id: str) -> None:
-    from runner.lease import owner_alive
     lease = store.get_lease(run_id)
     if owner_alive(lease, time.time()):
         raise RunnerError(f"a live runner (host {lease.host} pid {lease.pid}) is working on {run_id}; "
@@ -272,6 +265,5 @@ def rerun_step(store: Store, run_id: str, step: str) -> int:
 
 
 def review_gate(store: Store, run_id: str, gate: str) -> int:
-    from runner.gate_review import review_now
     return review_now(store, run_id, gate)
 

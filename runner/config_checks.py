@@ -22,6 +22,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from runner.errors import ConfigError
+from runner.review.config import ReviewerConfig
 
 
 def _no_password(url: Any, where: str) -> None:
@@ -41,7 +42,6 @@ def _no_password(url: Any, where: str) -> None:
 
 def check_reviewers(cfg: dict, source: str) -> None:
     """Parse every reviewer block the run could use; raise ConfigError naming file and key."""
-    from runner.review.config import ReviewerConfig
     top = cfg.get("reviewer")
     blocks: list[tuple[str, dict]] = []
     if isinstance(top, dict):

@@ -23,6 +23,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from runner.pipeline import derive_seed
+from runner.progress import Progress
+from runner.shards import ShardSet
 from state.files import atomic_write_bytes, sha256_file
 from state.schema import Attempt
 from state.store import PROGRESS_EVENT, Fence, Store
@@ -78,7 +80,6 @@ class BatchLedger:
                              attempt_id=self.ctx.attempt.id,
                              data={"ledger": self.name, "n_batches": n_batches, "items": len(items),
                                    "batch_size": batch_size})
-        from runner.progress import Progress
         bar = Progress(f"{self.ctx.step}/{self.name}", len(items),
                        done=sum(min(batch_size, len(items) - i * batch_size) for i in done if i < n_batches))
         if resumed:
@@ -140,12 +141,11 @@ class StepContext:
     def ledger(self, name: str = "main") -> BatchLedger:
         return BatchLedger(self, name)
 
-    # Set by runner/shards.py when this context runs inside a `runner worker` process.
+    # Set by runner/worker.py when this context runs inside a `runner worker` process.
     worker = None
 
-    def shards(self, name: str = "main"):  # noqa: ANN201
+    def shards(self, name: str = "main") -> ShardSet:
         """A sharded part of this step, run by 1..N worker processes; see runner/shards.py."""
-        from runner.shards import ShardSet
         return ShardSet(self, name)
 
     def log(self, message: str, kind: str = "step_log", **data: Any) -> None:

@@ -95,7 +95,7 @@ def cost_ledger(store: Any, run_id: str, config: Mapping[str, Any]) -> dict[str,
 def _attempt_costs(store: Any, run_id: str, step: str) -> dict[int, dict[str, float]]:
     from sqlmodel import select
 
-    from state.schema import Cost
+    from state.schema import Cost  # lazy: sqlmodel; `runner status` reads costs without it
     with store.db.read() as s:
         rows = s.exec(select(Cost).where(Cost.run_id == run_id, Cost.step == step)).all()
     out: dict[int, dict[str, float]] = {}

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 from runner.config import effective_params
 from runner.context import GateContext, StepContext
-from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED,
-                           EXIT_REJECTED, EXIT_USAGE)
+from runner.costs import BUDGET_GATE, budget_plan_node, check_budget, record_gpu_time, step_units
+from runner.errors import EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_REJECTED, EXIT_USAGE
 from runner.gate_policy import effective_policy, reviewer_passes
 from runner.lease import DEFAULT_TTL_S, Heartbeat, dead_reason, this_owner
 from runner.pipeline import GateCheck, GateSpec, Pipeline, StepSpec, cache_key
@@ -62,7 +62,6 @@ class Engine:
         self.fence: Optional[Fence] = None
         self._attempt: Optional[Attempt] = None
         self._plan = self.pipeline.plan()  # stored in the run, with each step's resolved key
-        from runner.costs import budget_plan_node
         if budget_plan_node(config) is not None:
             self._plan.append(budget_plan_node(config))
 
@@ -172,7 +171,6 @@ class Engine:
 
     def _budget_check(self, spec: StepSpec, key: str, params: dict, outputs: dict) -> Optional[Outcome]:
         """Before a GPU step: stop at the ``budget`` gate if spent + projected > budget (runner/costs.py)."""
-        from runner.costs import BUDGET_GATE, check_budget
         res = check_budget(self, spec, key, params, {i: outputs[i][0] for i in spec.inputs})
         if res is None:
             return None
@@ -190,7 +188,6 @@ class Engine:
                        "or raise 'budget' in the config and `runner resume`")
 
     def _record_gpu(self, spec: StepSpec, attempt: Attempt, ctx: StepContext) -> None:
-        from runner.costs import record_gpu_time, step_units
         record_gpu_time(self.store, self.fence, attempt, spec, step_units(spec, ctx.inputs, ctx.params))
 
     def _note_key(self, step: str, key: str) -> None:

@@ -36,7 +36,7 @@ def process_start_time(pid: int) -> Optional[float]:
 
 
 def this_owner() -> "Owner":
-    from state.store import Owner
+    from state.store import Owner  # lazy: sqlmodel; `runner status` checks owners without it
     pid = os.getpid()
     return Owner(owner_id=uuid.uuid4().hex, host=hostname(), pid=pid,
                  pid_start_time=process_start_time(pid) or 0.0)

@@ -36,7 +36,7 @@ def resolve_from_key(store: Any, config_path: str | None) -> str | None:
     """
     from pathlib import Path
 
-    from runner.config import load_yaml
+    from runner.config import load_yaml  # lazy: yaml; kept off the `runner status` path
 
     if not config_path:
         return None

@@ -23,6 +23,8 @@ from typing import Any
 
 from runner.errors import EXIT_DONE, RunnerError
 from runner.home import open_store, resolve_run
+from runner.report_data import collect
+from state.files import atomic_write_bytes
 
 TEMPLATE = "report.html.j2"
 
@@ -46,7 +48,7 @@ def render(data: dict) -> str:
     """The HTML page for ``collect()``'s data (plots are drawn here)."""
     import jinja2
 
-    from runner import report_plots as P
+    from runner import report_plots as P  # lazy: matplotlib, only when a report has plots to draw
 
     now = time.time()
     plots: dict[str, Any] = {"timeline": _uri(P.timeline(data["timeline"], data["gates"], now)),
@@ -95,9 +97,6 @@ def render(data: dict) -> str:
 
 def write_report(store: Any, run_id: str, out_dir: Path | None = None) -> Path:
     """Collect, render and atomically write ``report.html``; returns its path."""
-    from runner.report_data import collect
-    from state.files import atomic_write_bytes
-
     html = render(collect(store, run_id))
     out_dir = Path(out_dir) if out_dir else store.home / "artifacts" / run_id / "report"
     out_dir.mkdir(parents=True, exist_ok=True)

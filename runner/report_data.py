@@ -32,6 +32,9 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from runner.status import run_state
+from state.store import loads
+
 MAX_ROWS = 5000
 MAX_JSON_BYTES = 5_000_000
 MAX_PNG_BYTES = 3_000_000
@@ -224,9 +227,6 @@ def scan_output(root: Path, rel_root: str, provenance: dict) -> dict:
 
 def collect(store: Any, run_id: str) -> dict:
     """The whole report's data. Reads the DB and committed artifacts; writes nothing."""
-    from runner.status import run_state
-    from state.store import loads
-
     st = run_state(store, run_id)
     run = store.get_run(run_id)
     plan = json.loads(run.plan_json or "[]")

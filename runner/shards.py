@@ -13,7 +13,7 @@ A step hands its shards to ``ctx.shards(name).run(specs, fn, top_up=...)``:
 Workers (``runner resume --workers N``, which sets ``RUNNER_WORKERS``; default 1):
 - N = 1: the runner's own process claims and runs the shards one by one.
 - N > 1: the runner (the *coordinator*) spawns N processes ``python -m runner worker``, worker
-  i with ``CUDA_VISIBLE_DEVICES`` = the i-th entry of ``RUNNER_WORKER_DEVICES`` (comma list;
+  i (runner/worker.py) with ``CUDA_VISIBLE_DEVICES`` = the i-th entry of ``RUNNER_WORKER_DEVICES`` (comma list;
   default: the runner's own ``CUDA_VISIBLE_DEVICES`` list, else ``0..N-1``). Each worker
   re-enters the step function (so it loads its own model) and, at ``run``, claims shards until
   every shard is done; the coordinator never calls ``fn``. It restarts a worker that died while
@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional
 from runner.lease import dead_reason, this_owner
 from state import shards as claims
 from state.files import atomic_write_json, fsync_tree, hash_tree, tree_digest
-from state.store import Fence, LeaseLost
+from state.store import LeaseLost
 
 POLL_S = 0.2  # how often the coordinator and idle workers look at the claims table
 
@@ -314,72 +314,3 @@ def _terminate(p: subprocess.Popen) -> None:
         p.wait()
     except ProcessLookupError:
         p.wait()
-
-
-def _exit_with_parent() -> None:
-    """A worker whose coordinator died exits at once: its writes would fail on the fence anyway,
-    and on a GPU it would hold the memory the next coordinator's worker needs."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                print("runner worker: the coordinator is gone; exiting", flush=True)
-                os._exit(4)
-
-    threading.Thread(target=watch, name="worker-parent-watch", daemon=True).start()
-
-
-def worker_main(spec_path: Path, index: int) -> int:
-    """Entry of ``runner worker``: rebuild the step's context and re-enter the step function.
-
-    Exit codes: 0 every shard of the set is done; 1 a shard failed for good or the step errored;
-    4 the coordinator lost the run lease (this worker must not write).
-    """
-    from runner.context import StepContext
-    from runner.errors import EXIT_DONE, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE
-    from runner.pipeline import load_pipeline
-    from state.schema import Attempt
-    from state.store import Store
-
-    try:
-        spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        print(f"runner worker: cannot read the worker spec {spec_path}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    store = Store.open(Path(spec["home"]), db_url=spec["db_url"], create=False)
-    try:
-        pipe = load_pipeline(spec["pipeline"])
-        step = pipe.steps[spec["step"]]
-        with store.db.read() as s:
-            attempt = s.get(Attempt, spec["attempt_id"])
-        fence = Fence(spec["run_id"], spec["fence"]["owner_id"], int(spec["fence"]["generation"]))
-        work_dir = Path(spec["work_dir"])
-        out_dir = work_dir / f".worker-{spec['shard_set']}-{index}-out"  # what the step writes outside shards: discarded
-        shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True)
-        ctx = StepContext(store, fence, spec["run_id"], int(spec["run_seed"]), spec["step"], spec["cache_key"],
-                          spec["params"], {k: Path(v) for k, v in spec["inputs"].items()}, out_dir, work_dir,
-                          attempt, spec["config"])
-        ctx.worker = WorkerRole(spec["shard_set"], index)
-        _exit_with_parent()
-        print(f"runner worker {index}: pid {os.getpid()}, step {spec['step']}, shard set {spec['shard_set']}, "
-              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
-        try:
-            step.fn(ctx)
-        except WorkerFinished:
-            print(f"runner worker {index}: every shard of {spec['shard_set']} is done", flush=True)
-            return EXIT_DONE
-        except LeaseLost as e:
-            print(f"runner worker {index}: {e}", flush=True)
-            return EXIT_LOCKED
-        except Exception:
-            traceback.print_exc()
-            return EXIT_FAILED
-        print(f"runner worker {index}: step {spec['step']} returned without reaching shard set "
-              f"{spec['shard_set']!r}", flush=True)
-        return EXIT_FAILED
-    finally:
-        shutil.rmtree(Path(spec["work_dir"]) / f".worker-{spec['shard_set']}-{index}-out", ignore_errors=True)
-        store.close()

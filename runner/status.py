@@ -11,10 +11,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from runner.errors import (EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_REJECTED,
-                           EXIT_STILL_RUNNING)
-from runner.lease import owner_alive
 from runner.costs import cost_ledger
+from runner.errors import EXIT_DONE, EXIT_FAILED, EXIT_GATE, EXIT_INTERRUPTED, EXIT_REJECTED, EXIT_STILL_RUNNING
+from runner.lease import owner_alive
+from runner.lineage import lineage_line
 
 if TYPE_CHECKING:  # run_state takes a Store or a state.reader.Reader (same read methods)
     from state.store import Store
@@ -35,7 +35,6 @@ def _last_line(text: Optional[str]) -> str:
 
 def _lineage(config_json: Optional[str]) -> Optional[dict]:
     """The chain this run was made from (``runner init --from-run``), or None."""
-    from runner.lineage import lineage_line
     cfg = json.loads(config_json or "{}")
     fr = cfg.get("from_run")
     if not isinstance(fr, dict):

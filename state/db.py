@@ -22,7 +22,7 @@ from sqlmodel import Session, SQLModel
 
 from state import migrations
 from state.errors import StateError  # noqa: F401  (re-exported: state.db.StateError)
-from state.fs import filesystem_kind
+from state.mounts import filesystem_kind
 from state.schema import SCHEMA_VERSION, SchemaMigration
 
 BUSY_TIMEOUT_S = 30.0
@@ -67,7 +67,7 @@ class Database:
         self.url = url
         self.path = path
         self.journal_mode = journal_mode
-        self.fs = None  # state.fs.FsKind of the SQLite file's directory (set by open_database)
+        self.fs = None  # state.mounts.FsKind of the SQLite file's directory (set by open_database)
         if path is not None:
             self.writer = _sqlite_engine(path, immediate=True, journal_mode=journal_mode)
             self.reader = _sqlite_engine(path, immediate=False, journal_mode=journal_mode)
@@ -103,7 +103,7 @@ def open_database(url: str | None = None, path: Path | None = None, create: bool
     """Open (and create or migrate) the state database.
 
     Exactly one of ``url``/``path`` is used: ``path`` for the default SQLite file. On a network
-    file system (detected from /proc/self/mountinfo, see ``state/fs.py``; ``RUNNER_FS_TYPE``
+    file system (detected from /proc/self/mountinfo, see ``state/mounts.py``; ``RUNNER_FS_TYPE``
     overrides the detection), where SQLite's WAL and locks are unsafe, ``RUNNER_NETWORK_FS``
     decides: ``delete`` (default) uses journal_mode=DELETE, ``refuse`` raises a StateError that
     says what to do. ``db.fs`` records what was detected, for `runner brief`/`supervise`.

@@ -13,7 +13,7 @@ from typing import Callable
 
 from sqlalchemy.engine import Connection
 
-from state.schema import Review
+from state.schema import Review, ShardClaim
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,6 @@ def _add_reviews(conn: Connection) -> None:
 
 def _add_shard_claims(conn: Connection) -> None:
     """v3: shards of a sharded step are claimed by worker processes (per-shard lease + fencing)."""
-    from state.schema import ShardClaim
-
     ShardClaim.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 

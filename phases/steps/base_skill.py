@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import time
 
+from phases import evaluate as ev
+from phases.gate_criteria import decide_base_skill
+from phases.models.loader import load_model
 from phases.pieces import CRITIC_REFUSAL, CRITIC_TASK, IFEVAL, STATS, builder_param
+from phases.sft import model_ref
 from phases.steps import sizes
+from phases.steps.train_eval import _arms, judge_outcomes
 from runner import gate, step
 from runner.errors import ConfigError
 from runner.pipeline import GateCheck
@@ -44,12 +49,6 @@ BASE_SKILL_DEFAULTS: dict = {
 def base_skill(ctx):
     """Evaluate the base arms on the held-out set before any training is paid for."""
     import torch
-
-    from phases import evaluate as ev
-    from phases.gate_criteria import decide_base_skill
-    from phases.models.loader import load_model
-    from phases.sft import model_ref
-    from phases.steps.train_eval import _arms, judge_outcomes
 
     p = {**BASE_SKILL_DEFAULTS, **dict(ctx.params)}
     if p["metric"] not in ("both", "constraint"):

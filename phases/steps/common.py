@@ -1,15 +1,11 @@
-"""Shared plumbing of the stage-1 data steps: the model step, model handles, manifests.
+"""Shared plumbing of the pipeline's steps: step-output files, sampling params, manifests.
 
-Not runnable; imported by `phases/steps/*.py`. Heavy imports (torch, transformers) happen
-inside functions only, so `runner status` never pays for them.
+Not runnable; imported by `phases/steps/*.py` and the stage modules. Heavy imports (torch,
+transformers) happen inside functions only, so `runner status` never pays for them. The model
+step and model handles are in `phases/steps/model.py`.
 
-- `prepare_model` (a step): loads the model once through the canonical loader
-  (`phases.models.loader.load_model`, which runs the contamination guard and sentinels) and
-  writes ``model.json`` = ``{"request": {model, device, dtype, quantization, backend},
-  "provenance": <loader provenance incl. sentinel results>, "fingerprint", "sentinels_passed"}``.
-- `open_model(ctx)`: later steps load the same model once per step with the same request,
-  skipping the sentinel generations (already recorded by prepare_model for the same files),
-  and refuse to go on if the loader's fingerprint differs from model.json's.
+- `dump` / `load_json` / `read_records` / `write_records`: a step's JSON and JSONL outputs
+  (atomic writes; a missing or malformed input is a `DataError` naming the step to re-run).
 - `session_manifest(ctx, ...)`: METHOD.md's session manifest (environment, git, loader
   provenance, params, seeds); its ``created_at`` is the only wall-clock time in the outputs,
   so datasets themselves are byte-identical across interrupted and uninterrupted runs.
@@ -26,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from phases.models.backends.base import GenerationParams
-from phases.models.embedded import ModelNotPreparedError
-from phases.models.loader import fingerprint, load_model
-from runner import step
 from runner.errors import DataError
 from state.files import atomic_write_json, canonical_json, read_json, read_jsonl, sha256_file, sha256_text, write_jsonl
 
@@ -38,7 +31,6 @@ from state.files import atomic_write_json, canonical_json, read_json, read_jsonl
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 def dump(path: Path, obj: Any) -> None:
@@ -73,78 +65,6 @@ def sampling(d: dict, batch_size: int | None = None):
     return GenerationParams(max_new_tokens=int(d["max_new_tokens"]), temperature=float(d["temperature"]),
                             top_p=float(d["top_p"]), repetition_penalty=float(d["repetition_penalty"]),
                             do_sample=bool(d["do_sample"]), stop=tuple(d.get("stop") or ()))
-
-
-# ---- the model ------------------------------------------------------------------------------
-
-def _request(p: Any) -> dict:
-    req = {"model": p["model"], "device": p["device"], "dtype": p["dtype"] or None,
-           "quantization": p["quantization"] or None, "backend": p["backend"]}
-    if p.get("kind"):
-        req["kind"] = p["kind"]  # only when declared: older model.json records have no kind
-    return req
-
-
-# kind: "" (the profile says; an unknown folder is "unknown" and its sentinel failures only warn)
-# or "base" (a pod's local base-model folder: a sentinel failure aborts prepare_model) / "instruct".
-@step(outputs=["model.json"], version="1", gpu=True,
-      params={"model": DEFAULT_MODEL, "device": "auto", "dtype": "", "quantization": "", "backend": "auto",
-              "kind": ""})
-def prepare_model(ctx):
-    """Load the model through the canonical loader and record its provenance and sentinels."""
-    req = _request(ctx.params)
-    try:
-        m = load_model(req["model"], device=req["device"], dtype=req["dtype"], quantization=req["quantization"],
-                       backend=req["backend"], kind=req.get("kind"))
-    except (FileNotFoundError, ModelNotPreparedError) as e:
-        raise DataError(f"{e} (the model is params.prepare_model.model in the run config)") from e
-    prov = m.provenance
-    sentinels = prov.get("sentinels") or {}
-    passed = bool(sentinels.get("all_passed")) if not sentinels.get("skipped") else None
-    dump(ctx.out_dir / "model.json", {"request": req, "provenance": prov, "fingerprint": fingerprint(prov),
-                                      "sentinels_passed": passed})
-    ctx.log(f"model {m.model_id} ({m.kind}) on {m.device}/{m.dtype} via {prov['backend']}; sentinels passed: {passed}")
-    return {"model": m.model_id, "kind": m.kind, "device": m.device, "backend": prov["backend"],
-            "sentinels_passed": passed, "stand_in_note": m.stand_in_note}
-
-
-MODEL_IDENTITY = ("model_id", "model_revision", "file_hashes", "quantization", "dtype", "device", "backend",
-                  "template_disabled", "add_special_tokens", "eos_token", "stop_tokens")
-
-
-def model_info(ctx) -> dict:
-    return load_json(ctx.input("prepare_model") / "model.json")
-
-
-def open_model(ctx, batch_size: int):
-    """Load the recorded model once for this step (no sentinel re-run; fingerprint checked)."""
-    info = model_info(ctx)
-    req = info["request"]
-    m = load_model(req["model"], device=req["device"], dtype=req["dtype"], quantization=req["quantization"],
-                   backend=req["backend"], batch_size=batch_size, run_sentinels=False, kind=req.get("kind"))
-    # The model's identity, not the loader fingerprint: that includes the checkout's git SHA,
-    # which moves with every commit to the repo while a run is in progress.
-    old, new = info["provenance"], m.provenance
-    changed = [k for k in MODEL_IDENTITY if old.get(k) != new.get(k)]
-    if changed:
-        raise DataError(f"the model loaded by step {ctx.step} is not the one prepare_model recorded "
-                        f"(changed: {', '.join(changed)}). Run `runner rerun prepare_model`.")
-    if old.get("loader_version") != new.get("loader_version"):
-        ctx.log(f"loader version moved from {old.get('loader_version')} to {new.get('loader_version')} "
-                "since prepare_model; same model files and settings")
-    return m, info
-
-
-def record_meta(info: dict, gen_params: dict | None = None) -> dict:
-    """METHOD.md SFT-record metadata (no wall-clock time: see the module docstring)."""
-    prov = info["provenance"]
-    out = {"git_sha": prov.get("loader_version"), "loader_version": prov.get("loader_version"),
-           "model": prov.get("model_id"), "model_revision": prov.get("model_revision"),
-           "quantization": prov.get("quantization"), "template_disabled": prov.get("template_disabled"),
-           "add_special_tokens": prov.get("add_special_tokens")}
-    if gen_params is not None:
-        out["generation_params"] = gen_params
-    return out
 
 
 # ---- environment and manifests ---------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The generation engine of the stage-1 data steps: instructions, critics, responses, records.
 
-Not runnable; used by `heldout`, `pilot` and `scale` (phases/steps/*.py). Every model call goes
+Not runnable; used by `heldout`, `pilot`, `scale` and `merge` (phases/steps/*.py). Every model call goes
 through the batch ledger (``ctx.ledger(name).run(items, batch_size, fn)``), so a killed step
 redoes only unfinished batches, and all prompt building, parsing, cleaning, dedup, critic and
 QC logic is the canonical modules' (prompts, instructions, dedup, critic, cleaning, qc).
@@ -25,11 +25,23 @@ import os
 import random
 from typing import Any, Callable
 
+from phases.cleaning import clean_response, runaway_reason
+from phases.critic import judge
+from phases.dedup import dedup, leakage_report
+from phases.ifeval import load_prompts
+from phases.instructions import parse_instructions
+from phases.pieces import CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC, builder_param
+from phases.prompts import get_builder
+from phases.qc import is_kept
+from phases.steps.common import sampling
 from runner.errors import DataError
 from runner.pipeline import derive_seed
 from state.files import canonical_json, sha256_text
 
-from phases.steps.common import sampling
+# The shared pieces a generate-judge-clean-QC step calls (pilot and scale): their versions enter
+# the cache key (phases/pieces.py).
+DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_builder", "response_builder"),
+               INSTRUCTION_PARSING, DEDUP, CLEANING, QC]
 
 
 def phash(obj: Any) -> str:
@@ -56,8 +68,6 @@ def verdict_dict(v: Any) -> dict:
 
 def prompt_spec(p: dict, seed_base: int, index: int, family: str | None = None) -> dict:
     """The family, examples and prompt of global instruction-generation prompt ``index``."""
-    from phases.prompts import get_builder
-
     rng = random.Random(derive_seed(seed_base, "iprompt", index))
     fams = sorted(p["families"])
     if family is None:
@@ -80,8 +90,6 @@ def generate_instruction_lists(ctx, model, p: dict, specs: list[dict], gen: dict
     Returns one dict per prompt: ``index, family, completion, n_tokens, finish_reason,
     kept: [instruction...], dropped: [[text, reason]...], counts``.
     """
-    from phases.instructions import parse_instructions
-
     ig = p["instruction_generation"]
     params = sampling(gen)
 
@@ -121,8 +129,6 @@ def parse_counts(lists: list[dict]) -> dict:
 
 def dedup_candidates(cands: list[dict], p: dict) -> tuple[list[dict], list[dict]]:
     """Exact + near-duplicate removal (ROUGE-L) in order, also against the seed instructions."""
-    from phases.dedup import dedup
-
     seeds = [s for fam in sorted(p["seeds"]) for s in p["seeds"][fam]]
     res = dedup([c["instruction"] for c in cands], p["instruction_generation"]["near_dup_threshold"], against=seeds)
     dropped = [{**cands[d["index"]], "drop_reason": f"dedup_{d['reason']}" + ("_seed" if d["match_against"] is not None else ""),
@@ -133,8 +139,6 @@ def dedup_candidates(cands: list[dict], p: dict) -> tuple[list[dict], list[dict]
 @functools.lru_cache(maxsize=1)
 def ifeval_prompt_texts() -> tuple[str, ...]:
     """The 541 IFEval prompts (the benchmark's inputs), for the training-data leakage check."""
-    from phases.ifeval import load_prompts
-
     return tuple(x.prompt for x in load_prompts())
 
 
@@ -148,8 +152,6 @@ def leakage_check(cands: list[dict], heldout: list[dict], cfg: dict) -> tuple[li
     with ``ifeval_key``). Dropped records carry ``drop_reason`` ``heldout_leak`` or ``ifeval_leak``
     (a candidate leaking into both is counted as a held-out leak).
     """
-    from phases.dedup import leakage_report
-
     kw = dict(min_tokens=cfg["min_tokens"], min_fraction=cfg["min_fraction"], rouge_threshold=cfg["rouge_threshold"])
     texts = [c["instruction"] for c in cands]
     rep = leakage_report(texts, [h["base_instruction"] for h in heldout], **kw)
@@ -171,6 +173,17 @@ def leakage_check(cands: list[dict], heldout: list[dict], cfg: dict) -> tuple[li
     dropped = ([{**c, "drop_reason": "heldout_leak"} for i, c in enumerate(cands) if i in bad]
                + [{**c, "drop_reason": "ifeval_leak"} for i, c in enumerate(cands) if i in ibad])
     return clean, dropped, rep
+
+
+def leak_summary(rep: dict) -> dict:
+    """The manifest's compact view of a `leakage_check` report (its IFEval part included)."""
+    out = {k: rep[k] for k in ("method", "n_train", "n_heldout", "counts", "passed", "dropped_ids", "pairs",
+                               "pairs_truncated")}
+    if "ifeval" in rep:  # the same check against the IFEval prompts (issue 11)
+        ir = rep["ifeval"]
+        out["ifeval"] = {"n_ifeval": ir["n_heldout"], "counts": ir["counts"], "passed": ir["passed"],
+                         "dropped_ids": ir["dropped_ids"], "pairs": ir["pairs"][:20]}
+    return out
 
 
 def collect_instructions(ctx, model, p: dict, gen: dict, *, seed_base: int, needed: int, tag: str,
@@ -241,8 +254,6 @@ def judge_items(ctx, model, rubric: str, items: list, threshold: float, batch_si
     ``enforce=False`` (stage key ``critics.enforce``, demo profiles only) keeps the verdict as the
     critic gave it and adds ``not_enforced: true``: QC still counts it, the keep rule ignores it.
     """
-    from phases.critic import judge
-
     override = os.environ.get(TEST_KEEP_ALL_ENV) == "1"
 
     def work(batch: list, info) -> list[dict]:
@@ -263,9 +274,6 @@ def generate_responses(ctx, model, p: dict, recs: list[dict], gen: dict, seed_ba
     ``raw_completion`` is every generated token decoded (a stop string included, a final eos
     token excluded), so the cleaner sees the end marker even when it stopped generation.
     """
-    from phases.cleaning import clean_response, runaway_reason
-    from phases.prompts import get_builder
-
     build = get_builder(p["response_builder"])
     fewshot = [tuple(x) for x in p["response_fewshot"]]
     params = sampling(gen)
@@ -305,8 +313,6 @@ def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: 
     response) and ``kept`` (`phases.qc.is_kept`: both critics good, so a rejected instruction
     is never kept).
     """
-    from phases.qc import is_kept
-
     if not p["critics"].get("both_orders", True):
         raise DataError("critics.both_orders: false is not supported; the canonical critic always scores both "
                         "label orders (position bias, METHOD.md)")

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import random
 
+from phases.checks import draw
+from phases.ifeval.registry import validate_kwargs
+from phases.pieces import CRITIC_INSTRUCTION, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
 from phases.steps import sizes
+from phases.steps.common import dump, record_hash, session_manifest, write_records
+from phases.steps.generation import collect_instructions, judge_items
+from phases.steps.model import open_model
 from runner import step
 from runner.errors import DataError
 from runner.pipeline import derive_seed
-
-from phases.ifeval.registry import validate_kwargs
-from phases.pieces import CRITIC_INSTRUCTION, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
-from phases.steps.common import (dump, open_model, record_hash, session_manifest, write_records)
-from phases.steps.generation import collect_instructions, judge_items
 
 KEYWORD_POOL = ("simple", "example", "important", "clear", "today", "because", "detail", "result")
 END_PHRASES = ("Is there anything else I can help with?", "That is all.", "Hope this helps.")
@@ -89,8 +90,6 @@ def draw_constraint(seed: int, checks: list[dict] | None = None) -> dict:
     """
     rng = random.Random(seed)
     if checks:
-        from phases.checks import draw
-
         spec = checks[rng.randrange(len(checks))]
         inst = draw(spec, rng)
         validate_kwargs(inst["instruction_id"], inst["kwargs"], where=f"held-out check {spec['name']}")

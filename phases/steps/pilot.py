@@ -1,4 +1,4 @@
-"""Step `pilot` and gate `qc_pilot`: the pilot dataset, its QC summary and automatic retries.
+"""Step `pilot`: the pilot dataset, its QC summary and automatic retries (gate `qc_pilot`: phases/steps/qc_gates.py).
 
 Runs inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (after `heldout`).
 
@@ -26,34 +26,22 @@ from __future__ import annotations
 
 import math
 import os
-import random
 
-from runner import GateCheck, step
-from runner.errors import DataError
-from runner.pipeline import derive_seed
-
-from phases.pieces import (CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC,
-                            builder_param)
 from phases.prompts import END_MARKER
-from phases.qc import QCThresholds, compute_qc, plan_retry
+from phases.qc import compute_qc, plan_retry
 from phases.steps import sizes
-from phases.steps.common import dump, load_json, open_model, read_records, record_meta, session_manifest, write_records
-from phases.steps.generation import build_records, collect_instructions, leakage_check, phash, sft_record
+from phases.steps.common import dump, load_json, read_records, session_manifest, write_records
+from phases.steps.generation import (DATA_PIECES, build_records, collect_instructions, leak_summary, leakage_check,
+                                     phash, sft_record)
+from phases.steps.model import open_model, record_meta
+from phases.steps.qc_gates import qc_numbers, qc_thresholds
+from runner import step
+from runner.errors import DataError
 
 PILOT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
                   "instruction_generation": {}, "critics": {}, "batch_size": 16, "response_builder": "instruction_response",
                   "end_marker": END_MARKER, "response_fewshot": [], "generation": {}, "size": 150, "qc": {},
                   "leakage": {}, "stage_name": ""}
-
-# The shared pieces a generate-judge-clean-QC step calls (pilot and scale): their versions enter
-# the cache key (phases/pieces.py).
-DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_builder", "response_builder"),
-               INSTRUCTION_PARSING, DEDUP, CLEANING, QC]
-
-
-def qc_thresholds(qc: dict):
-    return QCThresholds.from_params(qc)
-
 
 def plant_heldout(cands: list[dict], heldout: list[dict]) -> list[dict]:
     n = int(os.environ.get("CAI_TEST_PLANT_HELDOUT") or 0)
@@ -128,76 +116,7 @@ def pilot(ctx):
     dump(ctx.out_dir / "leakage.json", res["leakage"])
     counts = {"generated": len(res["records"]), "kept": len(kept), "tries": len(history), **res["counts"]}
     dump(ctx.out_dir / "manifest.json", session_manifest(
-        ctx, "pilot", info, files, counts, leakage=_leak_summary(res["leakage"]), tries=history,
+        ctx, "pilot", info, files, counts, leakage=leak_summary(res["leakage"]), tries=history,
         heldout_sha256=load_json(ctx.input("heldout") / "manifest.json")["files"]["heldout.jsonl"],
         seeds_detail={"pilot_seed_base": ctx.seed, "item_seeds": "derive_seed(pilot_seed_base, kind, global index or id)"}))
     return qc_numbers(qc)
-
-
-def _leak_summary(rep: dict) -> dict:
-    out = {k: rep[k] for k in ("method", "n_train", "n_heldout", "counts", "passed", "dropped_ids", "pairs",
-                               "pairs_truncated")}
-    if "ifeval" in rep:  # the same check against the IFEval prompts (issue 11)
-        ir = rep["ifeval"]
-        out["ifeval"] = {"n_ifeval": ir["n_heldout"], "counts": ir["counts"], "passed": ir["passed"],
-                         "dropped_ids": ir["dropped_ids"], "pairs": ir["pairs"][:20]}
-    return out
-
-
-def qc_numbers(qc: dict) -> dict:
-    """The QC numbers shown in `runner status` and given to the gate (compact)."""
-    c = qc["counts"]
-    return {"generated": c["generated"], "responses": c["responses"], "kept": c["kept"],
-            "rates": qc["rates"],
-            "instruction_acceptance": qc["acceptance"]["instruction"]["rate"],
-            "pair_acceptance": qc["acceptance"]["pair"]["rate"],
-            "median_cleaned_tokens_kept": qc["tokens"]["cleaned_kept"]["median"],
-            "token_limit_hits": c["token_limit_hits"], "runaway": c["runaway"],
-            "marker_leaks_kept": c["marker_leaks_kept"],
-            "checks": {ch["name"]: ch["passed"] for ch in qc["checks"]},
-            "thresholds": {ch["name"]: f"{ch['op']} {ch['threshold']}" for ch in qc["checks"]},
-            "thresholds_passed": qc["thresholds_passed"], "failed_reasons": qc["failed_reasons"],
-            **({"try": qc["try"]} if "try" in qc else {})}
-
-
-def qc_gate_check(step_name: str):
-    """Gate check: the step's QC summary's thresholds_passed, with its numbers and reasons."""
-    def check(gctx) -> GateCheck:
-        qc = load_json(gctx.output(step_name) / "qc_summary.json")
-        return GateCheck(bool(qc["thresholds_passed"]), summary=qc_numbers(qc), reasons=list(qc["failed_reasons"]))
-    check.__name__ = f"check_{step_name}"
-    return check
-
-
-def qc_gate_evidence(step_name: str, kept_file: str, n_kept: int = 10, n_rejected: int = 5):
-    """Evidence for the LLM reviewer: ``qc_checks`` (each check's name, measured value, operator,
-    configured threshold and result, as `phases.qc.compute_qc` evaluated them), the whole QC
-    summary, and a fixed-seed sample of kept and rejected items."""
-    def evidence(gctx) -> dict:
-        out = gctx.output(step_name)
-        qc = load_json(out / "qc_summary.json")
-        kept = read_records(out / kept_file)
-        records = read_records(out / "records.jsonl") if (out / "records.jsonl").is_file() else []
-        rejected = [r for r in records if not r.get("kept")]
-        rng = random.Random(derive_seed(gctx.run_seed, gctx.gate, "evidence"))
-        pick = lambda xs, n: [xs[i] for i in sorted(rng.sample(range(len(xs)), min(n, len(xs))))]  # noqa: E731
-        show = lambda r, why: {"id": r["id"], "family": r.get("family"), "instruction": r["instruction"],  # noqa: E731
-                               "response": r.get("response"), "why": why,
-                               "instruction_verdict": (r.get("instruction_verdict") or {}).get("label"),
-                               "pair_verdict": (r.get("pair_verdict") or {}).get("label")}
-        samples = [show(r, "kept") for r in pick(kept, n_kept)]
-        samples += [show(r, "rejected: " + _why(r)) for r in pick(rejected, n_rejected)]
-        return {"qc_checks": qc["checks"], "qc_summary": qc, "samples": samples}
-    evidence.__name__ = f"evidence_{step_name}"
-    return evidence
-
-
-def _why(r: dict) -> str:
-    iv, pv = r.get("instruction_verdict") or {}, r.get("pair_verdict") or {}
-    if not iv.get("keep"):
-        return "instruction critic " + ("bad" if iv.get("confident") else "low confidence")
-    if not r.get("response"):
-        return "empty response after cleaning"
-    if r.get("runaway"):
-        return f"runaway ({r['runaway']})"
-    return "pair critic " + ("bad" if pv.get("confident") else "low confidence")

@@ -182,7 +182,7 @@ MOUNTINFO = """\
 
 
 def test_mountinfo_classification():
-    from state.fs import classify, parse_mountinfo
+    from state.mounts import classify, parse_mountinfo
     mounts = parse_mountinfo(MOUNTINFO)
     assert ("/mnt/my disk", "xfs") in mounts
     assert classify(Path("/workspace/runs"), mounts).network is True

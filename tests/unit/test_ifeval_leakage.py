@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from phases.ifeval import load_prompts
 from phases.steps.generation import leakage_check
-from phases.steps.pilot import _leak_summary
+from phases.steps.generation import leak_summary
 
 CFG = {"min_tokens": 13, "min_fraction": 0.6, "rouge_threshold": 0.7}
 
@@ -27,7 +27,7 @@ def test_planted_ifeval_prompt_is_detected_and_dropped():
     assert {d["id"]: d["drop_reason"] for d in dropped} == {"c2": "ifeval_leak", "c3": "ifeval_leak"}
     assert rep["ifeval"]["dropped_ids"] == ["c2", "c3"] and rep["ifeval"]["passed"] is False
     assert rep["ifeval"]["counts"]["exact"] >= 1
-    summary = _leak_summary(rep)
+    summary = leak_summary(rep)
     assert summary["ifeval"]["n_ifeval"] == len(ifeval) == 541
     assert summary["ifeval"]["dropped_ids"] == ["c2", "c3"]
 

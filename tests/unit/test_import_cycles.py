@@ -13,6 +13,7 @@ of modules that closes it; break it by moving the shared piece into a module bot
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,14 +135,8 @@ def test_a_cycle_is_found_when_there_is_one():
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
-# Cycles through in-function imports that came with the integration of parallel work (issue 17's
-# shard workers build a StepContext; StepContext.shards builds a ShardSet). Pending: move the
-# worker's context construction out of runner/shards.py. The list may only shrink.
-KNOWN_CYCLES: set[frozenset[str]] = {frozenset({"runner.context", "runner.shards"})}
-
-
 def test_no_import_cycles():
-    cycles = [c for c in find_cycles(import_graph()) if frozenset(c) not in KNOWN_CYCLES]
+    cycles = find_cycles(import_graph())
     assert not cycles, "import cycles (move the shared code into a module both sides import):\n" + "\n".join(
         " -> ".join(c) for c in cycles)
 
@@ -149,61 +144,59 @@ def test_no_import_cycles():
 # ---- imports at module top --------------------------------------------------------------------
 # Files whose in-function project imports are not converted yet (count = how many remain). The
 # list may only shrink: converting a file means moving its imports to the top and deleting its
-# entry here. They are left for after the parallel branches merge (other issues edit these files).
+# entry here. These three are being edited by parallel branches; convert them after those merge.
 PENDING_LAZY: dict[str, int] = {
-    "phases/chain.py": 5,
-    "phases/checks.py": 2,
-    "phases/dpo.py": 4,
-    "phases/eval_evidence.py": 2,
     "phases/evaluate.py": 14,
-    "phases/multiturn.py": 8,
-    "phases/multiturn_steps.py": 14,
-    "phases/refusal.py": 1,
-    "phases/regression.py": 12,
-    "phases/sft.py": 3,
-    "phases/stage6.py": 8,
-    "phases/stage_config.py": 1,
-    "phases/steps/base_skill.py": 5,
-    "phases/steps/generation.py": 9,
-    "phases/steps/heldout.py": 1,
-    "phases/steps/preferences.py": 26,
+    "phases/steps/preferences.py": 25,
     "phases/steps/train_eval.py": 12,
-    "runner/cli.py": 18,
-    "runner/commands.py": 15,
-    "runner/config_checks.py": 1,
-    "runner/context.py": 2,
-    "runner/costs.py": 1,
-    "runner/engine.py": 3,
-    "runner/lease.py": 1,
-    "runner/lineage.py": 1,
-    "runner/report.py": 3,
-    "runner/report_data.py": 2,
-    "runner/shards.py": 5,
-    "runner/status.py": 1,
-    "state/migrations.py": 1,
 }
+
+# An import that must stay inside a function says why on its line: ``# lazy: <reason>``.
+LAZY_MARK = re.compile(r"#\s*lazy:\s*\S")
+
+
+def lazy_project_imports(text: str, rel: str) -> list[str]:
+    """``rel:line: code`` for each project import inside a function whose line has no
+    ``# lazy: <reason>`` (a nested function's import is counted once)."""
+    lines = text.splitlines()
+    hits: dict[int, str] = {}
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.ImportFrom):
+                project = sub.level > 0 or (sub.module or "").split(".")[0] in ROOTS
+            elif isinstance(sub, ast.Import):
+                project = any(a.name.split(".")[0] in ROOTS for a in sub.names)
+            else:
+                continue
+            if project and not LAZY_MARK.search(lines[sub.lineno - 1]):
+                hits[sub.lineno] = f"{rel}:{sub.lineno}: {lines[sub.lineno - 1].strip()}"
+    return [hits[n] for n in sorted(hits)]
 
 
 def _in_function_project_imports() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for root in ROOTS:
         for path in sorted((REPO / root).rglob("*.py")):
-            text = path.read_text(encoding="utf-8")
-            lines = text.splitlines()
-            for node in ast.walk(ast.parse(text)):
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    continue
-                for sub in ast.walk(node):
-                    if isinstance(sub, ast.ImportFrom):
-                        project = sub.level > 0 or (sub.module or "").split(".")[0] in ROOTS
-                    elif isinstance(sub, ast.Import):
-                        project = any(a.name.split(".")[0] in ROOTS for a in sub.names)
-                    else:
-                        continue
-                    if project and "# lazy:" not in lines[sub.lineno - 1]:
-                        rel = str(path.relative_to(REPO))
-                        out.setdefault(rel, []).append(f"{rel}:{sub.lineno}: {lines[sub.lineno - 1].strip()}")
+            rel = str(path.relative_to(REPO))
+            hits = lazy_project_imports(path.read_text(encoding="utf-8"), rel)
+            if hits:
+                out[rel] = hits
     return out
+
+
+def test_a_lazy_import_needs_its_reason_on_the_line():
+    src = ("import json\n"
+           "def f():\n"
+           "    from runner.store import x  # lazy: sqlmodel, off the status path\n"
+           "    from state.files import y\n"
+           "    from phases import z  # lazy:\n"
+           "    import json as j\n"
+           "    def g():\n"
+           "        from runner import w\n")
+    assert lazy_project_imports(src, "m.py") == [
+        "m.py:4: from state.files import y", "m.py:5: from phases import z  # lazy:", "m.py:8: from runner import w"]
 
 
 def test_project_imports_sit_at_module_top():
@@ -215,3 +208,5 @@ def test_project_imports_sit_at_module_top():
         "\n".join(new)
     grown = {rel: len(found.get(rel, [])) for rel in PENDING_LAZY if len(found.get(rel, [])) > PENDING_LAZY[rel]}
     assert not grown, f"in-function imports grew in pending files (move them to the top): {grown}"
+    done = sorted(rel for rel in PENDING_LAZY if rel not in found)
+    assert not done, f"no in-function import is left in {done}: delete their PENDING_LAZY entries"

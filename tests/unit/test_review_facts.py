@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.config import load_config
+from runner.config import effective_params, load_config
 from runner.context import GateContext
 from runner.gate_review import build_request, experiment_text
 from runner.review import SYSTEM_PROMPT
@@ -21,7 +21,7 @@ from state.files import write_jsonl
 
 from phases.pipeline import pipeline
 from phases.qc import compute_qc
-from phases.steps.pilot import qc_thresholds
+from phases.steps.qc_gates import qc_thresholds
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "phases" / "stages" / "demo.yaml"
@@ -53,7 +53,8 @@ def _gate_inputs(tmp_path: Path, max_runaway_rate: float | None):
     out = tmp_path / "pilot"
     out.mkdir()
     records = _records()
-    qc = compute_qc(records, qc_thresholds(cfg["params"]["pilot"]["qc"]), True)
+    # the params the engine hands the pilot step (defaults + config), read the way the step reads them
+    qc = compute_qc(records, qc_thresholds(effective_params(pipeline, cfg, "pilot")["qc"]), True)
     (out / "qc_summary.json").write_text(json.dumps(qc))
     write_jsonl(out / "records.jsonl", records)
     write_jsonl(out / "kept.jsonl", [r for r in records if r["kept"]])

@@ -78,7 +78,7 @@ def test_constitution_step_revises_violations_and_tracks_principles(tmp_path, mo
     recs = [{"id": "a", "instruction": "Tell me about X.", "response": "A BAD answer."},
             {"id": "b", "instruction": "Tell me about Y.", "response": "A fine answer."}]
     model = FakeModel()
-    monkeypatch.setattr(stage6.common, "open_model", lambda ctx, bs: (model, {"request": {}, "provenance": {},
+    monkeypatch.setattr(stage6, "open_model", lambda ctx, bs: (model, {"request": {}, "provenance": {},
                                                                               "fingerprint": "f", "sentinels_passed": None}))
     ctx = _ctx(tmp_path, recs, principles_per_item=2, batch_size=3)
     summary = stage6.constitution.__step__.fn(ctx)
@@ -103,7 +103,7 @@ def test_constitution_step_revises_violations_and_tracks_principles(tmp_path, mo
 
 def test_a_revision_the_critic_still_rejects_is_not_used(tmp_path, monkeypatch):
     model = FakeModel(revision="Still BAD.")
-    monkeypatch.setattr(stage6.common, "open_model", lambda ctx, bs: (model, {"request": {}, "provenance": {},
+    monkeypatch.setattr(stage6, "open_model", lambda ctx, bs: (model, {"request": {}, "provenance": {},
                                                                               "fingerprint": "f", "sentinels_passed": None}))
     ctx = _ctx(tmp_path, [{"id": "a", "instruction": "Q?", "response": "BAD."}], principles_per_item=1)
     assert stage6.constitution.__step__.fn(ctx)["changed"] == 0

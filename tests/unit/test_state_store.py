@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from state.db import StateError
-from state.fs import FsKind, classify, filesystem_kind, is_network_fstype, parse_mountinfo
+from state.mounts import FsKind, classify, filesystem_kind, is_network_fstype, parse_mountinfo
 from state.schema import Attempt
 from state.store import LeaseLost, Owner, Store
 
