@@ -1,9 +1,10 @@
 """THE go/no-go decision of an evaluation gate: evidence in, criteria with numbers and verdicts out.
 
-Not runnable; pure Python (no torch). Used by the ``sft_gate`` (phases/steps/train_eval.py) and
-the ``base_skill_gate`` (phases/steps/base_skill.py); later gates (DPO, stages 2-6) call the same
-``decide`` on evidence from `phases.eval_evidence.collect` with their own arms, so every stage is
-judged by the same rules. Tests: ``pytest tests/unit/test_gate_criteria.py``.
+Not runnable; pure Python (no torch). Used by the ``sft_gate`` (phases/steps/train_eval.py), the
+``base_skill_gate`` (phases/steps/base_skill.py) and the ``dpo_gate`` (phases/steps/preferences.py:
+SFT vs DPO, improvement not required, plus its own non-inferiority and win-rate criteria); later
+gates (stages 2-6) call the same ``decide`` on evidence from `phases.eval_evidence.collect` with
+their own arms, so every stage is judged by the same rules. Tests: ``pytest tests/unit/test_gate_criteria.py``.
 Contract (also in specs/evaluation-statistics.md, "Gate criteria"):
 
 ``decide(evidence, policy=None, extra=None) -> {"go", "line", "criteria", "reasons", "policy"}``
