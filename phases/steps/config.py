@@ -34,7 +34,7 @@ from phases.evaluate import BASE_ARMS
 from phases.prompts import canonical_builder_name
 from phases.stage_config import StageConfig, load_stage, stage_from_doc
 from phases.step_params import check_step_params
-from phases.steps.preferences import SHARED_EVAL_KEYS
+from phases.steps.preferences import SHARED_EVAL_KEYS, check_gate_criteria
 from runner.config import TOP_KEYS, in_file_order, source_of
 from runner.errors import ConfigError
 
@@ -149,6 +149,12 @@ def expand_stage_config(raw: dict, path: Any, extra_keys: frozenset = frozenset(
         errors.append(f"{where('params', 'evaluate', 'arms')}: params.evaluate.arms: the evaluated framings come "
                       "from the stage key prompts.eval_arms; set them there instead")
     check_step_params(params, sources, errors)
+    dpo_eval = params.get("evaluate_dpo")
+    if isinstance(dpo_eval, dict) and "gate" in dpo_eval:  # refused at validate, not after the DPO run
+        try:
+            check_gate_criteria(dpo_eval["gate"])
+        except ConfigError as e:
+            errors.append(f"{where('params', 'evaluate_dpo', 'gate')}: {e}")
     if errors:
         raise ConfigError("\n".join(in_file_order("\n".join(errors).splitlines())))
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}

@@ -223,3 +223,17 @@ def test_a_stage_config_gives_the_dpo_evaluation_the_sft_evaluations_rules():
     assert dpo["task_calibration_limit"] == params["evaluate"]["task_calibration_limit"] == 32
     assert dpo["safety_margin"] == params["evaluate"]["safety_margin"] and dpo["task_critic"] is True
     assert dpo["gate"]["min_win_rate"] == 0.55 and dpo["max_new_tokens"] == 48  # its own keys stay its own
+
+
+def test_a_stage_config_with_an_unknown_dpo_gate_key_is_refused_at_validate(tmp_path):
+    from runner.config import load_yaml
+    from runner.errors import ConfigError
+
+    from phases.steps.config import expand_stage_config
+
+    demo = Path(__file__).resolve().parents[2] / "phases" / "stages" / "demo.yaml"
+    cfg = tmp_path / "stage.yaml"
+    cfg.write_text(f"include: {demo}\nparams:\n  evaluate_dpo:\n    gate: {{min_win_rate: 0.6, min_winrate: 0.7}}\n")
+    with pytest.raises(ConfigError, match=r"stage.yaml:\d+: params.evaluate_dpo.gate.min_winrate: unknown DPO gate "
+                                          r"criterion 'min_winrate'"):
+        expand_stage_config(load_yaml(cfg), cfg)
