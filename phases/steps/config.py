@@ -15,7 +15,7 @@ list, deep merge, duplicate keys refused, each key's ``file:line`` kept):
 - ``prompts.eval_arms`` is where the evaluated base framings are set: it becomes
   ``params.evaluate.arms`` (setting that param directly in a stage config is an error);
 - the judging rules and gate thresholds set in ``params.evaluate`` (``SHARED_EVAL_KEYS`` of
-  `phases.steps.preferences`) are copied into ``params.evaluate_dpo`` when the config has that
+  `phases.steps.dpo_eval`) are copied into ``params.evaluate_dpo`` when the config has that
   section, unless it sets them itself (the DPO gate uses the SFT gate's rules);
 - ``seed`` is shared: it is the run seed (every per-batch/per-item seed derives from it);
 - any other top-level key is an error naming the file and the key.
@@ -34,7 +34,7 @@ from phases.evaluate import BASE_ARMS
 from phases.prompts import canonical_builder_name
 from phases.stage_config import StageConfig, load_stage, stage_from_doc
 from phases.step_params import check_step_params
-from phases.steps.preferences import SHARED_EVAL_KEYS, check_gate_criteria
+from phases.steps.dpo_eval import SHARED_EVAL_KEYS, check_gate_criteria
 from runner.config import TOP_KEYS, in_file_order, source_of
 from runner.errors import ConfigError
 

@@ -167,7 +167,7 @@ def test_dpo_gate_uses_the_very_evidence_of_the_sft_gate():
 
     from phases import evaluate as ev
     from phases.gate_criteria import decide
-    from phases.steps.preferences import _evidence
+    from phases.steps.dpo_eval import _evidence
 
     items, base, brief = _planted(120)
     rep = ev.build_report(items, {"sft": base, "trained": brief}, ["sft"], PARAMS, 0, {}, task_calibration=CAL)
