@@ -14,6 +14,9 @@ list, deep merge, duplicate keys refused, each key's ``file:line`` kept):
   validated by `phases.stage_config.stage_from_doc` (errors name the file:line and dotted key);
 - ``prompts.eval_arms`` is where the evaluated base framings are set: it becomes
   ``params.evaluate.arms`` (setting that param directly in a stage config is an error);
+- the judging rules and gate thresholds set in ``params.evaluate`` (``SHARED_EVAL_KEYS`` of
+  `phases.steps.dpo_eval`) are copied into ``params.evaluate_dpo`` when the config has that
+  section, unless it sets them itself (the DPO gate uses the SFT gate's rules);
 - ``seed`` is shared: it is the run seed (every per-batch/per-item seed derives from it);
 - any other top-level key is an error naming the file and the key.
 
@@ -31,6 +34,7 @@ from phases.evaluate import BASE_ARMS
 from phases.prompts import canonical_builder_name
 from phases.stage_config import StageConfig, load_stage, stage_from_doc
 from phases.step_params import check_step_params
+from phases.steps.dpo_eval import SHARED_EVAL_KEYS, check_gate_criteria
 from runner.config import TOP_KEYS, in_file_order, source_of
 from runner.errors import ConfigError
 
@@ -145,6 +149,12 @@ def expand_stage_config(raw: dict, path: Any, extra_keys: frozenset = frozenset(
         errors.append(f"{where('params', 'evaluate', 'arms')}: params.evaluate.arms: the evaluated framings come "
                       "from the stage key prompts.eval_arms; set them there instead")
     check_step_params(params, sources, errors)
+    dpo_eval = params.get("evaluate_dpo")
+    if isinstance(dpo_eval, dict) and "gate" in dpo_eval:  # refused at validate, not after the DPO run
+        try:
+            check_gate_criteria(dpo_eval["gate"])
+        except ConfigError as e:
+            errors.append(f"{where('params', 'evaluate_dpo', 'gate')}: {e}")
     if errors:
         raise ConfigError("\n".join(in_file_order("\n".join(errors).splitlines())))
     out = {k: v for k, v in raw.items() if k in RUNNER_KEYS}
@@ -168,6 +178,11 @@ def expand_stage_config(raw: dict, path: Any, extra_keys: frozenset = frozenset(
         ps = params.setdefault(name, {})
         if isinstance(ps, dict):
             ps.setdefault("response_fewshot", fewshot)
+    # The DPO gate judges by the SFT gate's rules and thresholds: the shared keys set in
+    # params.evaluate reach params.evaluate_dpo unless it sets them itself (one rule set, not two).
+    if isinstance(params.get("evaluate_dpo"), dict):
+        shared = {k: params["evaluate"][k] for k in SHARED_EVAL_KEYS if k in params["evaluate"]}
+        params["evaluate_dpo"] = {**shared, **params["evaluate_dpo"]}
     out["params"] = params
     _refuse_demo_switches(raw, stage, params, path)
     return out

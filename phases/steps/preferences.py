@@ -14,9 +14,10 @@ specs/preferences-dpo.md.
   dedup and pair QC (``pair_qc.json``).
 - gate ``qc_pairs``: pair QC's ``thresholds_passed``; evidence = the QC summary + sampled pairs.
 - ``dpo``: stored reference log-probs (ledger ``ref-logps``) then TRL's DPOTrainer (phases/dpo.py).
-- ``evaluate_dpo``: the SFT model vs SFT+DPO on the held-out items with the same checkers, arms
-  and statistics as ``evaluate`` (``phases.evaluate.build_report``), plus a pair-critic win rate.
-- gate ``dpo_gate``: ``dpo_gate_decision`` (thin; the seam for the shared gate criteria).
+- ``evaluate_dpo`` and gate ``dpo_gate`` (defined in `phases.steps.dpo_eval`, re-exported here):
+  SFT vs SFT+DPO judged, reported and decided exactly as the SFT gate (`judge_outcomes`,
+  `build_report`, `phases.gate_criteria.decide`), plus overall non-inferiority and a pair-critic
+  win rate; every criterion is listed with its number and verdict.
 """
 from __future__ import annotations
 
@@ -28,16 +29,19 @@ from pathlib import Path
 
 from phases.constitution_revision import REVISION_DEFAULTS
 from phases.dpo import DPO_DEFAULTS
-from phases.evaluate import EVAL_DEFAULTS
 from phases.pair_qc import PAIR_QC_DEFAULTS
 from phases.prompts import END_MARKER
+# the DPO gate's evaluation lives in its own module; its names stay importable from here
+from phases.steps.dpo_eval import (DPO_GATE_CRITERIA, EVALUATE_DPO_DEFAULTS, SHARED_EVAL_KEYS, check_gate_criteria,
+                                   dpo_gate, dpo_gate_decision, dpo_report, evaluate_dpo, win_rate)
 from runner import gate, step
 from runner.errors import DataError
 from runner.pipeline import GateCheck, derive_seed
-from state.files import atomic_write_json, atomic_write_text, hash_tree, read_jsonl, sha256_file, tree_digest, write_jsonl
+from state.files import atomic_write_json, hash_tree, read_jsonl, sha256_file, tree_digest, write_jsonl
 
-__all__ = ["CANDIDATES_DEFAULTS", "PAIRS_DEFAULTS", "EVALUATE_DPO_DEFAULTS", "candidates", "pairs", "qc_pairs", "dpo",
-           "evaluate_dpo", "dpo_gate", "dpo_gate_decision", "PREFERENCE_NODES"]
+__all__ = ["CANDIDATES_DEFAULTS", "PAIRS_DEFAULTS", "EVALUATE_DPO_DEFAULTS", "DPO_GATE_CRITERIA", "SHARED_EVAL_KEYS",
+           "candidates", "pairs", "qc_pairs", "dpo", "evaluate_dpo", "dpo_gate", "dpo_gate_decision", "dpo_report",
+           "check_gate_criteria", "win_rate", "PREFERENCE_NODES"]
 
 CANDIDATES_DEFAULTS = {
     "n_prompts": 2000, "k": 4, "batch_size": 16, "safety_threshold": 1.0,
@@ -53,11 +57,6 @@ PAIRS_DEFAULTS = {
                                  "under_explanation", "wrong_fact"], "per_prompt": 1},
     "revision": dict(REVISION_DEFAULTS), "qc": dict(PAIR_QC_DEFAULTS),
 }
-DPO_GATE_CRITERIA = {"require_significant_improvement": False, "min_win_rate": 0.5, "non_inferiority_margin": 0.05}
-EVALUATE_DPO_DEFAULTS = {**EVAL_DEFAULTS, "win_tie_band": 0.0, "gate": dict(DPO_GATE_CRITERIA)}
-EVALUATE_DPO_DEFAULTS.pop("arms")
-EVALUATE_DPO_DEFAULTS.pop("ifeval_limit")
-EVALUATE_DPO_DEFAULTS.pop("ifeval_max_new_tokens")
 STOP = ("\nInstruction:", "\n# Query:", END_MARKER)
 
 
@@ -422,155 +421,5 @@ def _read(path: Path) -> dict:
         raise DataError(f"{path} is missing; re-run the step that writes it")
     return json.loads(path.read_text(encoding="utf-8"))
 
-
-@step(inputs=["prepare_model", "heldout", "sft", "dpo"], outputs=["eval.json", "items.jsonl", "summary.txt", "winrate.json"],
-      params=EVALUATE_DPO_DEFAULTS, version="1")
-def evaluate_dpo(ctx):
-    """SFT vs SFT+DPO on the held-out items (same checkers and statistics as evaluate) + a critic win rate."""
-    from phases import evaluate as ev
-    from phases.dpo import merged_sft_model
-    from phases.stats import wilson_ci
-
-    p = {**EVALUATE_DPO_DEFAULTS, **dict(ctx.params)}
-    items = ev.load_heldout(ctx.input("heldout") / "heldout.jsonl", p["max_items"])
-    ref = _model_ref(ctx)
-    sft_adapter, dpo_adapter = ctx.input("sft") / "adapter", ctx.input("dpo") / "adapter"
-    bs, thr = p["batch_size"], p["critic_threshold"]
-    import torch
-
-    dev = p["device"] if p["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    q = p["quantization"]
-    quant = ("nf4" if dev.startswith("cuda") else None) if q == "auto" else (None if q == "none" else "nf4")
-    instructions = [r["instruction"] for r in items]
-    outs, crit = {}, {}
-
-    def run_arm(arm: str, load):
-        slot = ev.ModelSlot(load)
-        outs[arm] = ctx.ledger(f"gen-{arm}").run(instructions, bs, lambda b, info: ev.generate_batch(slot.get(), "trained", b,
-                                                                                                    p["max_new_tokens"]))
-        slot.free()
-
-    def load_sft():
-        m = merged_sft_model(ref, None, dev, quant)
-        ev.attach_adapter(m, sft_adapter)
-        return m
-
-    def load_dpo():
-        m = merged_sft_model(ref, sft_adapter, dev, quant)
-        ev.attach_adapter(m, dpo_adapter)
-        return m
-
-    run_arm("sft", load_sft)
-    run_arm("trained", load_dpo)
-    # the judge: the base model alone (as in evaluate), both label orders, both arms' responses
-    judge = ev.ModelSlot(lambda: merged_sft_model(ref, None, dev, quant))
-    from phases.critic import judge as critic_judge
-    from phases.steps.generation import verdict_dict
-
-    for arm in ("sft", "trained"):
-        crit[arm] = ctx.ledger(f"critic-{arm}").run(
-            [{"instruction": r["instruction"], "response": o["response"] or " "} for r, o in zip(items, outs[arm])], bs,
-            lambda b, info: [verdict_dict(v) for v in critic_judge(judge.get(), "pair", b, thr)])
-    judge.free()
-    scored = {a: [{**g, **ev.score_item(r, g["response"], g["truncated"]),
-                   "critic": {"is_good": c["is_good"], "margin": c["margin"], "confident": c["confident"]}}
-                  for r, g, c in zip(items, outs[a], crit[a])] for a in outs}
-    seed = ctx.seed_for("bootstrap") % (2 ** 32)
-    meta = {"model_ref": ref, "arms_meaning": {"sft": "base + SFT adapter", "trained": "SFT merged + DPO adapter"},
-            "sft_adapter_sha256": _tree_sha256(sft_adapter), "dpo_adapter_sha256": _tree_sha256(dpo_adapter),
-            "heldout_sha256": sha256_file(ctx.input("heldout") / "heldout.jsonl"), "device": dev, "quantization": quant,
-            "git_sha": _git_sha(), "critic_judge": "base model", "batch_size": bs}
-    report = ev.build_report(items, scored, ["sft"], p, seed, meta)
-    report["baseline"]["rule"] = "the SFT model (the DPO gate compares DPO with the model it started from)"
-    band = float(p["win_tie_band"])
-    from phases.pairs import critic_score
-
-    diffs = [critic_score(b) - critic_score(a) for a, b in zip(crit["sft"], crit["trained"])]
-    wins, losses = sum(d > band for d in diffs), sum(d < -band for d in diffs)
-    ties = len(diffs) - wins - losses
-    decided = wins + losses
-    lo, hi = wilson_ci(wins, decided, p["confidence"]) if decided else (0.0, 1.0)
-    win = {"n": len(diffs), "wins": wins, "losses": losses, "ties": ties, "tie_band": band,
-           "win_rate": wins / decided if decided else None, "wilson_ci": [lo, hi],
-           "judge": "pair critic (base model), both label orders per response; win = DPO's signed score > SFT's + band",
-           "note": "ties excluded from the rate"}
-    report["win_rate"] = win
-    unknown = sorted(set(p["gate"]) - set(DPO_GATE_CRITERIA))
-    if unknown:
-        raise DataError(f"params.evaluate_dpo.gate: unknown key(s) {unknown}; known: {sorted(DPO_GATE_CRITERIA)}")
-    report["dpo_gate_criteria"] = {**DPO_GATE_CRITERIA, **p["gate"]}
-    atomic_write_json(ctx.out_dir / "eval.json", report)
-    atomic_write_json(ctx.out_dir / "winrate.json", win)
-    write_jsonl(ctx.out_dir / "items.jsonl", [{"id": r["id"], "family": r["family"], "instruction": r["instruction"],
-                                               "arms": {a: scored[a][i] for a in scored}, "critic_diff": round(diffs[i], 6)}
-                                              for i, r in enumerate(items)])
-    rates = report["arms"]
-    wr = "n/a" if win["win_rate"] is None else f"{win['win_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
-    text = (f"DPO vs SFT on {len(items)} held-out items ({ref}; greedy, max_new_tokens={p['max_new_tokens']})\n"
-            f"{report['summary_text']['by_family']}\n\nBy constraint type:\n{report['summary_text']['by_constraint']}\n\n"
-            f"Pair-critic win rate of DPO over SFT: {wr} (wins {wins}, losses {losses}, ties {ties})\n")
-    atomic_write_text(ctx.out_dir / "summary.txt", text)
-    ov = report["comparison"]["overall"]
-    return {"headline": f"DPO {100 * rates['trained']['rate']:.1f}% vs SFT {100 * rates['sft']['rate']:.1f}%, "
-                        f"lift {100 * ov['lift']:+.1f} pts, p={ov['mcnemar']['p_value']:.3g}; win rate {wr}",
-            "n": len(items), "rates": {a: round(b["rate"], 3) for a, b in rates.items()}, "lift": round(ov["lift"], 3),
-            "win_rate": None if win["win_rate"] is None else round(win["win_rate"], 3)}
-
-
-
-def dpo_gate_decision(report: dict, criteria: dict | None = None) -> tuple[bool, list[str], dict]:
-    """The DPO gate's rule over ``evaluate_dpo``'s eval.json; (passed, reasons, numbers).
-
-    Criteria: ``DPO_GATE_CRITERIA`` < the YAML's ``params.evaluate_dpo.gate`` (recorded in
-    eval.json as ``dpo_gate_criteria``) < ``criteria``.
-
-    THE SEAM: the checker statistics come from ``phases.evaluate.build_report`` (the SFT gate's
-    arms and rules: report["gate"], per-type regressions on protected types). When the shared
-    gate-criteria function lands (issue 11), call it here on ``report`` instead of reading
-    ``report["gate"]``; the win-rate and non-inferiority lines stay.
-    - no significant (BH) regression on a protected type (safety, format): from report["gate"];
-    - non-inferiority: the overall lift's lower CI bound >= -``non_inferiority_margin``;
-    - ``require_significant_improvement``: the SFT gate's full GO (McNemar p < alpha, improvement);
-    - the pair-critic win rate of DPO over SFT >= ``min_win_rate``.
-    """
-    c = {**DPO_GATE_CRITERIA, **(report.get("dpo_gate_criteria") or {}), **(criteria or {})}
-    ov = report["comparison"]["overall"]
-    reasons = [r for r in report["gate"]["reasons"] if "protected type" in r]
-    lo = ov["lift_ci"][0]
-    if lo < -float(c["non_inferiority_margin"]):
-        reasons.append(f"non-inferiority fails: lift CI lower bound {100 * lo:+.1f} pts < -{100 * c['non_inferiority_margin']:.1f} pts")
-    if c["require_significant_improvement"] and not report["gate"]["go"]:
-        reasons += [r for r in report["gate"]["reasons"] if r not in reasons]
-    wr = report.get("win_rate", {}).get("win_rate")
-    if wr is None or wr < float(c["min_win_rate"]):
-        reasons.append(f"pair-critic win rate {wr if wr is None else round(wr, 3)} < min_win_rate {c['min_win_rate']}")
-    nums = {"lift": ov["lift"], "lift_ci": ov["lift_ci"], "p_value": ov["mcnemar"]["p_value"],
-            "win_rate": wr, "win_rate_ci": report.get("win_rate", {}).get("wilson_ci"), "criteria": c,
-            "rates": {a: round(b["rate"], 4) for a, b in report["arms"].items()}}
-    return not reasons, reasons, nums
-
-
-def _dpo_report(gctx) -> dict:
-    return json.loads((gctx.output("evaluate_dpo") / "eval.json").read_text(encoding="utf-8"))
-
-
-def _dpo_gate_check(gctx) -> GateCheck:
-    ok, reasons, nums = dpo_gate_decision(_dpo_report(gctx))  # criteria: params.evaluate_dpo.gate, in eval.json
-    return GateCheck(passed=ok, summary=nums, reasons=reasons)
-
-
-def _dpo_gate_evidence(gctx) -> dict:
-    rows = read_jsonl(gctx.output("evaluate_dpo") / "items.jsonl")
-    sample = random.Random(gctx.run_seed).sample(rows, min(6, len(rows)))
-    return {"summary": (gctx.output("evaluate_dpo") / "summary.txt").read_text(encoding="utf-8"),
-            "decision": dpo_gate_decision(_dpo_report(gctx))[1], "samples": sample}
-
-
-dpo_gate = gate("dpo_gate", check=_dpo_gate_check, evidence=_dpo_gate_evidence, policy="review",
-                criteria=["No significant regression on protected types (safety, format) and the overall lift is "
-                          "non-inferior (CI lower bound >= -5 pts) on the same checkers as the SFT gate",
-                          "The pair critic prefers DPO over SFT on held-out prompts (win rate >= 0.5, both orders)",
-                          "The samples show DPO answers that are better, not merely longer"],
-                description="Keep the DPO adapter only if it is at least as good as SFT and preferred by the critic.")
 
 PREFERENCE_NODES: list = [candidates, pairs, qc_pairs, dpo, evaluate_dpo, dpo_gate]

@@ -26,6 +26,7 @@ import random
 import time
 from pathlib import Path
 
+from phases import evaluate as ev
 from phases.evaluate import EVAL_DEFAULTS
 from phases.models.devices import DeviceError, resolve_placement
 from phases.pieces import CRITIC_PAIR, CRITIC_REFUSAL, CRITIC_TASK, IFEVAL, STATS, builder_param, builder_piece
@@ -37,7 +38,8 @@ from runner.pipeline import GateCheck
 from state.files import (atomic_write_json, atomic_write_text, hash_tree, read_jsonl, sha256_file,
                          tree_digest, write_jsonl)
 
-__all__ = ["sft", "evaluate", "sft_gate", "TRAIN_EVAL_NODES"]
+__all__ = ["sft", "evaluate", "sft_gate", "judge_outcomes", "task_calibration", "item_rows", "result_numbers",
+           "TRAIN_EVAL_NODES"]
 
 
 def _git_sha() -> str:
@@ -168,6 +170,43 @@ def judge_outcomes(ctx, slot, items: list[dict], arm: str, gens: list[dict], p: 
     return outs
 
 
+def task_calibration(ctx, slot, p: dict) -> dict | None:
+    """The task critic's accuracy on the labelled set with the judge model in ``slot`` (ledger
+    ``task-calibration``), logged; None when ``p["task_critic"]`` is off."""
+    if not p["task_critic"]:
+        return None
+    calibration = ctx.ledger("task-calibration").run(
+        [0], 1, lambda b, info: [ev.calibrate_task_critic(slot.get(), p["critic_threshold"],
+                                                         limit=int(p["task_calibration_limit"]))])[0]
+    ctx.log(f"task critic calibration: {calibration['correct']}/{calibration['n']} = "
+            f"{100 * calibration['accuracy']:.1f}% on {calibration['path']}", kind="task_calibration")
+    return calibration
+
+
+def item_rows(items: list[dict], scored: dict[str, list[dict]]) -> list[dict]:
+    """items.jsonl: per held-out item, its fields and every arm's outcome."""
+    return [{"id": r["id"], "family": r["family"], "instruction": r["instruction"],
+             "refusal_expected": bool(r.get("refusal_expected")),
+             "instruction_id_list": r["instruction_id_list"], "kwargs": r["kwargs"],
+             "arms": {a: scored[a][i] for a in scored}} for i, r in enumerate(items)]
+
+
+def result_numbers(report: dict, calibration: dict | None) -> dict:
+    """The step result's numbers (after its headline): rates, lift, length-controlled lift, safety
+    bound, calibration, truncation per arm, the gate's go."""
+    ov = report["comparison"]["overall"]
+    ln = report["length"]["neutral"]
+    return {"n": report["metadata"]["n_items"],
+            "rates": {a: round(b["both_rate"], 3) for a, b in report["arms"].items()},
+            "constraint_rates": {a: round(b["rate"], 3) for a, b in report["arms"].items()},
+            "baseline": report["baseline"]["arm"], "lift": round(ov["lift"], 3),
+            "p": float(f"{ov['mcnemar']['p_value']:.3g}"),
+            "length_controlled_lift": round(ln["lift"], 3) if ln else None,
+            "safety_lower_bound": round(report["safety"]["lower"], 3) if report["safety"].get("n") else None,
+            "task_calibration_accuracy": round(calibration["accuracy"], 3) if calibration else None,
+            "truncated": {a: b["truncated"] for a, b in report["arms"].items()}, "go": report["gate"]["go"]}
+
+
 @step(inputs=["prepare_model", "heldout", "sft"],
       outputs=["eval.json", "items.jsonl", "summary.txt", "per_type.png"],
       params=dict(EVAL_DEFAULTS), version="2",
@@ -226,13 +265,7 @@ def evaluate(ctx):
         gens[arm] = gen(base, arm, instructions, p["max_new_tokens"], f"gen-{arm}")
     for arm in base_arms:
         scored[arm] = judge_outcomes(ctx, base, items, arm, gens[arm], p)
-    calibration = None
-    if p["task_critic"]:
-        calibration = ctx.ledger("task-calibration").run(
-            [0], 1, lambda b, info: [ev.calibrate_task_critic(base.get(), p["critic_threshold"],
-                                                             limit=int(p["task_calibration_limit"]))])[0]
-        ctx.log(f"task critic calibration: {calibration['correct']}/{calibration['n']} = "
-                f"{100 * calibration['accuracy']:.1f}% on {calibration['path']}", kind="task_calibration")
+    calibration = task_calibration(ctx, base, p)
     best = max(base_arms, key=lambda a: (sum(o["both"] for o in scored[a]), -base_arms.index(a)))
     prompts, if_outs = [], {}
     if p["ifeval_limit"] != 0:
@@ -281,13 +314,7 @@ def evaluate(ctx):
                              ifeval=ife)
     report["ifeval"] = ife or {"enabled": False}
     atomic_write_json(ctx.out_dir / "eval.json", report)
-    rows = []
-    for i, r in enumerate(items):
-        rows.append({"id": r["id"], "family": r["family"], "instruction": r["instruction"],
-                     "refusal_expected": bool(r.get("refusal_expected")),
-                     "instruction_id_list": r["instruction_id_list"], "kwargs": r["kwargs"],
-                     "arms": {a: scored[a][i] for a in scored}})
-    write_jsonl(ctx.out_dir / "items.jsonl", rows)
+    write_jsonl(ctx.out_dir / "items.jsonl", item_rows(items, scored))
     atomic_write_text(ctx.out_dir / "summary.txt", _summary_text(report))
     plot_per_type(report["per_type_arms"], list(report["arms"]), ctx.out_dir / "per_type.png",
                   title=f"Held-out success per family ({ref})")
@@ -298,14 +325,7 @@ def evaluate(ctx):
     best = report["baseline"]["arm"]
     head = (f"{report['gate']['line'].split(':')[0]}: trained {100 * rates['trained']['both_rate']:.1f}% vs {best} "
             f"{100 * rates[best]['both_rate']:.1f}% (both), lift {100 * ov['lift']:+.1f} pts, p={ov['mcnemar']['p_value']:.3g}")
-    ln = report["length"]["neutral"]
-    out = {"headline": head, "n": len(items), "rates": {a: round(b["both_rate"], 3) for a, b in report["arms"].items()},
-           "constraint_rates": {a: round(b["rate"], 3) for a, b in report["arms"].items()},
-           "baseline": best, "lift": round(ov["lift"], 3), "p": float(f"{ov['mcnemar']['p_value']:.3g}"),
-           "length_controlled_lift": round(ln["lift"], 3) if ln else None,
-           "safety_lower_bound": round(report["safety"]["lower"], 3) if report["safety"].get("n") else None,
-           "task_calibration_accuracy": round(calibration["accuracy"], 3) if calibration else None,
-           "truncated": {a: b["truncated"] for a, b in report["arms"].items()}, "go": report["gate"]["go"]}
+    out = {"headline": head, **result_numbers(report, calibration)}
     if prompts:
         out["ifeval_prompt_strict"] = {a: round(v["metrics"]["prompt_level_strict_acc"], 3)
                                        for a, v in report["ifeval"]["arms"].items()}
@@ -316,11 +336,16 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:5.1f}%"
 
 
-def _summary_text(report: dict) -> str:
+def _summary_text(report: dict, *, what: str = "base vs trained", baseline_line: str | None = None,
+                  extra_lines: list[str] | None = None) -> str:
+    """summary.txt of a paired evaluation: arms (both, constraint, task, refused, truncated, median
+    words, critic agreement), baseline, length control, safety, families and constraint types,
+    IFEval, then every gate criterion and the decision line. ``what``, ``baseline_line`` and
+    ``extra_lines`` (before the criteria) let another evaluation (the DPO gate's) reuse it."""
     from phases.gate_criteria import criteria_table
 
     md = report["metadata"]
-    lines = [f"Evaluation of {md['model_ref']} base vs trained on {md['n_items']} held-out items "
+    lines = [f"Evaluation of {md['model_ref']} {what} on {md['n_items']} held-out items "
              f"(greedy, max_new_tokens={md['decoding']['max_new_tokens']}, one stop rule for every arm: turn "
              "boundaries + end markers)"]
     if md.get("stand_in_note"):
@@ -340,7 +365,8 @@ def _summary_text(report: dict) -> str:
     td = report["length"]["distributions"].get("training_data")
     if td:
         lines.append(f"training data: median {td['median']} words (p10 {td['p10']}, p90 {td['p90']}, n={td['n']})")
-    lines.append(f"Baseline that counts: base arm '{report['baseline']['arm']}' (best base framing, 'both' rate).")
+    lines.append(baseline_line or f"Baseline that counts: base arm '{report['baseline']['arm']}' (best base framing, "
+                                  "'both' rate).")
     ln, lm = report["length"]["neutral"], report["length"]["matched"]
     lines.append("Length control: " + (f"lift on length-neutral items {100 * ln['lift']:+.1f} pts (p={ln['p_value']:.3g}, "
                                        f"n={ln['n']})" if ln else "no length-neutral items") +
@@ -367,6 +393,7 @@ def _summary_text(report: dict) -> str:
         pr = ife.get("paired_prompt_level_strict")
         if pr:
             lines.append(f"  paired prompt-level strict: lift {100 * pr['lift']:+.1f} pts, McNemar p={pr['p_value']:.3g}")
+    lines += extra_lines or []
     lines.append("Gate criteria:")
     lines.append(criteria_table(report["gate"]))
     lines.append(report["gate"]["line"])

@@ -82,6 +82,14 @@ def test_preference_nodes_end_to_end(tmp_path):
     ev = json.loads((final_dir(tmp_path, "evaluate_dpo") / "eval.json").read_text())
     assert set(ev["arms"]) == {"sft", "trained"} and ev["win_rate"]["n"] == 4
     assert ev["dpo_gate_criteria"]["min_win_rate"] == 0.5
+    # the DPO gate runs the SFT gate's evaluation: task critic + refusal checker, every criterion listed
+    ids = [c["id"] for c in ev["gate"]["criteria"]]
+    assert ids[-2:] == ["non_inferiority", "win_rate"] and {"safety", "length_control", "task_judge"} <= set(ids)
+    assert ev["task_calibration"]["n"] > 0 and ev["baseline"]["arm"] == "sft"
+    items = [json.loads(x) for x in (final_dir(tmp_path, "evaluate_dpo") / "items.jsonl").read_text().splitlines()]
+    assert all(r["arms"][a]["task_done"] is not None for r in items for a in ("sft", "trained"))
+    summary = (final_dir(tmp_path, "evaluate_dpo") / "summary.txt").read_text()
+    assert "Pair-critic win rate of DPO over SFT" in summary and "] win_rate: " in summary
     gates = {g[0]: g[1] for g in rows(tmp_path, "SELECT name, status FROM gates")}
     assert "dpo_gate" in gates
     # every step reused on resume

@@ -108,7 +108,7 @@ def test_stage1_pair_rubric_edit_changes_exactly_the_judging_steps(monkeypatch):
     before = _stage1_keys()
     monkeypatch.setitem(critic.RUBRICS, "pair", dataclasses.replace(critic.RUBRICS["pair"], task="Judge this response."))
     after = _stage1_keys()
-    assert {k for k in before if before[k] != after[k]} == {"pilot", "scale", "evaluate"}
+    assert {k for k in before if before[k] != after[k]} == {"pilot", "scale", "evaluate", "evaluate_dpo"}
     monkeypatch.setitem(critic.RUBRICS, "instruction",
                         dataclasses.replace(critic.RUBRICS["instruction"], good="clear and safe"))
     again = _stage1_keys()
