@@ -33,12 +33,10 @@ python3 -c 'import torch, transformers, trl, peft; print("torch", torch.__versio
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/timeline.txt"; }
 
-dpo_runner() {  # issue 13: DPO through runner on CUDA (QLoRA), on a tiny random Qwen2 with a 4k context
-  python3 -c 'import sys; sys.path.insert(0, "."); from phases.models.tiny import build_tiny_model; build_tiny_model("/tmp/tiny4k", seed=0, max_position_embeddings=4096)' \
-    > "$R/dpo_runner.log" 2>&1
-  sed 's#model: smollm2-135m-instruct#model: /tmp/tiny4k#; s#model: tiny-random-qwen2#model: /tmp/tiny4k#' benchmarks/gpu_dpo_runner.yaml > /tmp/dpo.yaml
+dpo_runner() {  # issue 13: DPO through runner on CUDA (QLoRA), benchmarks/gpu_dpo_runner.yaml as is
+  cp benchmarks/gpu_dpo_runner.yaml /tmp/dpo.yaml
   timeout "$1" env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" \
-    python3 -m runner --home /tmp/dpo-home run --config /tmp/dpo.yaml --run-id gpu >> "$R/dpo_runner.log" 2>&1
+    python3 -m runner --home /tmp/dpo-home run --config /tmp/dpo.yaml --run-id gpu > "$R/dpo_runner.log" 2>&1
   stamp "dpo runner rc=$?"
   mkdir -p "$R/dpo_runner"
   (cd /tmp/dpo-home/artifacts/gpu 2>/dev/null && find . -maxdepth 3 \( -name '*.json' -o -name 'summary.txt' \) \
