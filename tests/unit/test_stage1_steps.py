@@ -39,7 +39,7 @@ def test_demo_expands_into_per_step_params():
     p = out["params"]
     assert out["pipeline"] == "phases.pipeline:pipeline" and out["seed"] == 1234
     assert p["pilot"]["generation"]["responses"]["max_new_tokens"] == 48
-    assert p["pilot"]["size"] == 24 and p["heldout"]["heldout"] == {"size": 16, "seed": 1001}
+    assert p["pilot"]["size"] == 24 and p["heldout"]["heldout"] == {"size": 16, "seed": 1001, "max_family_rounds": 2}
     assert p["scale"]["scale"] == {"target_kept": 48, "shard_size": 24, "max_top_up_rounds": 2}
     assert p["merge"]["target_kept"] == 48
     assert "responses" not in p["heldout"] and "generation" not in p["heldout"]
