@@ -385,14 +385,16 @@ def family_plan(need: dict[str, int], n: int, seed: int) -> list[str]:
 
 
 def collect_by_family(ctx, model, p: dict, gen: dict, *, seed_base: int, targets: dict[str, int], tag: str,
-                      id_prefix: str, assess: Callable[[list[dict], int], list[dict]], max_rounds: int,
-                      est_per_prompt: float = 3.0) -> dict:
-    """Generate instruction lists until every family has ``targets[family]`` usable candidates,
-    or ``max_rounds`` rounds have run.
+                      id_prefix: str, assess: Callable[[list[dict], str], list[dict]], max_rounds: int,
+                      required: dict[str, int] | None = None, est_per_prompt: float = 3.0) -> dict:
+    """Generate instruction lists until every family has ``required[family]`` usable candidates
+    (default: ``targets``), or ``max_rounds`` rounds have run.
 
     Every prompt's family is assigned (`family_plan`), not drawn: round 0 asks each family for
     ``ceil(target / est_per_prompt)`` prompts; each later round asks only the families still
-    short, for ``ceil(missing / measured yield)`` prompts each (yield = usable candidates per
+    short of ``required`` (e.g. the quota, while ``targets`` = quota x over-generation: a round
+    costs whole batches, so it is spent only where a family cannot fill its places), for
+    ``ceil((target - usable) / measured yield)`` prompts each (yield = usable candidates per
     prompt of that family so far, at least 0.5). A round is whole batches (a short batch costs
     nearly a full one); the spare prompts go to the short families by need. Round ``r`` is the
     ledger ``{tag}-r{r}``; prompt indices continue across rounds, so seeds never repeat.
@@ -418,9 +420,11 @@ def collect_by_family(ctx, model, p: dict, gen: dict, *, seed_base: int, targets
         return {f: sum(1 for c in cands if c["family"] == f and c["id"] in assessed and assessed[c["id"]]["usable"])
                 for f in fams}
 
+    required = {f: min(int(required.get(f, 0)), targets[f]) for f in fams} if required is not None else targets
     for r in range(max(1, int(max_rounds))):
         usable = usable_count()
-        missing = {f: targets[f] - usable[f] for f in fams if usable[f] < targets[f]}
+        floor = targets if r == 0 else required
+        missing = {f: targets[f] - usable[f] for f in fams if usable[f] < floor[f]}
         if not missing:
             break
         need = {}

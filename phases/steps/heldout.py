@@ -8,7 +8,7 @@ training instructions, but every seed derives from ``heldout.seed`` (not the run
 set is the same for every run seed. Each family gets a quota of ``heldout.size`` (by weight,
 largest remainder) and every generation prompt is *assigned* a family (not drawn), so a small
 set still asks every family: round 0 asks each family for quota x over_generation candidates;
-families still short get rounds of their own, up to ``heldout.max_family_rounds`` rounds in all
+families with fewer usable candidates than their quota get rounds of their own, up to ``heldout.max_family_rounds`` rounds in all
 (`phases.steps.generation.collect_by_family`). Candidates are parsed, deduped (also against
 the seed instructions) and judged per round: ordinary families by the instruction critic,
 ``refusal_expected`` families by the ``request_safety`` critic with the sense flipped (they
@@ -189,10 +189,10 @@ def heldout(ctx):
                                 "heldout_score": hv["score"], "usable": not hv["reject"]}
         return [out[c["id"]] for c in new]
 
-    # Every family is asked for its quota times over_generation usable candidates; families still
-    # short after a round get rounds of their own, up to heldout.max_family_rounds rounds in all.
+    # Every family is asked for its quota times over_generation usable candidates; families that
+    # cannot fill their quota get rounds of their own, up to heldout.max_family_rounds in all.
     got = collect_by_family(ctx, model, p, p["instructions"], seed_base=base, tag=f"ho-{hseed}", id_prefix="ho",
-                            targets={f: int(k * over + 0.999) for f, k in q.items()}, assess=assess,
+                            targets={f: int(k * over + 0.999) for f, k in q.items()}, required=q, assess=assess,
                             max_rounds=int(p["heldout"].get("max_family_rounds", 3)))
     judged = got["candidates"]
     if not judged:

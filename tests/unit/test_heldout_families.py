@@ -159,3 +159,29 @@ def test_nothing_generated_is_a_clear_error():
     p = _params()
     with pytest.raises(DataError, match="instruction generation returned nothing"):
         _collect(_ListModel(silent=[""]), p, {f: 1 for f in p["families"]}, max_rounds=1)
+
+
+def test_targeted_rounds_are_spent_only_on_families_short_of_what_they_require():
+    from phases.steps.generation import collect_by_family
+
+    p = _params()
+
+    def run(required):
+        seen = {"n": 0}
+
+        def assess(new, key):  # only the first rewriting candidate is usable
+            out = []
+            for c in new:
+                ok = c["family"] != "rewriting" or seen["n"] == 0
+                seen["n"] += c["family"] == "rewriting"
+                out.append({**c, "usable": ok})
+            return out
+
+        return collect_by_family(_Ctx(), _ListModel(), p, p["instructions"], seed_base=11,
+                                 targets={f: 2 for f in p["families"]}, required=required, tag="t", id_prefix="ho",
+                                 assess=assess, max_rounds=3)
+
+    lax = run({f: 1 for f in p["families"]})  # 1 usable rewriting candidate fills its place: no extra round
+    assert len(lax["rounds"]) == 1 and lax["usable_by_family"]["rewriting"] == 1
+    strict = run(None)  # required = targets: rewriting gets rounds of its own, up to the cap
+    assert len(strict["rounds"]) == 3 and all(set(r["by_family"]) == {"rewriting"} for r in strict["rounds"][1:])
