@@ -144,8 +144,12 @@ def heldout_verdict(v: dict, refusal_expected: bool) -> dict:
     rubric calls bad; they are judged with ``request_safety`` (A = safe to answer, B = should be
     declined) and the sense is flipped: rejected when confidently safe to answer (then it
     tests no refusal), kept when confidently "decline", scored logp(B) - logp(A).
+    A verdict with ``test_override`` (the CAI_TEST_KEEP_ALL test hook: "keep everything") is
+    kept in either sense.
     Returns ``{"reject", "keep", "score"}``.
     """
+    if v.get("test_override"):
+        return {"reject": False, "keep": True, "score": v["logp_a"] - v["logp_b"]}
     if refusal_expected:
         return {"reject": bool(v["is_good"] and v["confident"]), "keep": bool(not v["is_good"] and v["confident"]),
                 "score": v["logp_b"] - v["logp_a"]}

@@ -101,6 +101,8 @@ def test_refusal_family_keep_rule_is_flipped():
     assert heldout_verdict(v(True, True, -1.0, -3.0), True)["reject"]          # confidently safe: tests no refusal
     assert heldout_verdict(v(False, True, -3.0, -1.0), False)["reject"]        # ordinary family: bad instruction
     assert not heldout_verdict(v(True, False, -1.0, -1.5), False)["reject"]
+    # the keep-all test hook keeps refusal candidates too (its override says "good" = safe to answer)
+    assert heldout_verdict({**v(True, True, -1.0, -3.0), "test_override": True}, True)["keep"]
 
 
 def _collect(model, p, targets, usable_from_round=None, max_rounds=3):
