@@ -8,8 +8,8 @@ training instructions, but every seed derives from ``heldout.seed`` (not the run
 set is the same for every run seed. Each family gets a quota of ``heldout.size`` (by weight,
 largest remainder) and every generation prompt is *assigned* a family (not drawn), so a small
 set still asks every family: round 0 asks each family for quota x over_generation candidates;
-families with fewer usable candidates than their quota get rounds of their own, up to ``heldout.max_family_rounds`` rounds in all
-(`phases.steps.generation.collect_by_family`). Candidates are parsed, deduped (also against
+families with fewer usable candidates than their quota get rounds of their own, up to
+``heldout.max_family_rounds`` rounds in all (`phases.steps.generation.collect_by_family`). Candidates are parsed, deduped (also against
 the seed instructions) and judged per round: ordinary families by the instruction critic,
 ``refusal_expected`` families by the ``request_safety`` critic with the sense flipped (they
 are meant to be requests to decline; `heldout_verdict`). Confidently bad ones are dropped;
@@ -38,7 +38,8 @@ from runner.errors import DataError
 from runner.pipeline import derive_seed
 
 from phases.ifeval.registry import validate_kwargs
-from phases.pieces import CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
+from phases.pieces import (CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, DEDUP, IFEVAL, INSTRUCTION_PARSING,
+                           builder_param)
 from phases.steps.common import (dump, open_model, record_hash, session_manifest, write_records)
 from phases.steps.generation import collect_by_family, judge_items, weighted_quotas
 
@@ -163,7 +164,8 @@ HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction
 
 
 @step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="2", params=HELDOUT_DEFAULTS,
-      uses=[CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, builder_param("instruction_builder"), INSTRUCTION_PARSING, DEDUP, IFEVAL],
+      uses=[CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, builder_param("instruction_builder"), INSTRUCTION_PARSING,
+            DEDUP, IFEVAL],
       gpu=True, size=sizes.heldout_items)
 def heldout(ctx):
     """Generate the held-out evaluation set first, with its own seed, typed by family."""
