@@ -109,6 +109,9 @@ CRITIC_TASK = Piece("critic.task", lambda: (critic.RUBRICS["task"], cleaning.fir
 CRITIC_REFUSAL = Piece("critic.refusal", lambda: (critic.RUBRICS["refusal"], cleaning.first_paragraph,
                                                   *_critic_code()),
                        "the refusal critic's rubric, first_paragraph and the A/B critic code")
+CRITIC_REQUEST_SAFETY = Piece("critic.request_safety", lambda: (critic.RUBRICS["request_safety"], *_critic_code()),
+                              "the request-safety critic's rubric (should a request be declined?) and the A/B "
+                              "critic code")
 
 # Per builder: its source, the helpers it calls and the constants it formats.
 _BUILDER_PARTS: dict[str, Callable[[], tuple]] = {

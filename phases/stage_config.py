@@ -102,6 +102,9 @@ class InstructionGenConfig:
 class HeldoutConfig:
     size: int = _f(1000, lo=1)
     seed: int = _f(1001)
+    max_family_rounds: int = _f(3, lo=1, doc="instruction-generation rounds in all: round 0 asks every family "
+                                            "for its quota, later rounds only the families still short; a "
+                                            "family short after the cap is reported (manifest, log)")
 
 
 @dataclass

@@ -353,3 +353,124 @@ def sft_record(rec: dict, meta: dict, gen: dict, source: str) -> dict:
         "metadata": {**meta, "generation_params": gen["responses"], "instruction_generation_params": gen["instructions"],
                      "seed": rec["response_seed"]},
     }
+
+
+# ---- family-targeted instruction generation (the held-out set) ------------------------------
+
+def weighted_quotas(weights: dict[str, float], n: int, min_one: bool = False) -> dict[str, int]:
+    """``n`` split over the names with a positive weight, proportional to weight (largest
+    remainder, ties by name). ``min_one``: every such name first gets 1 when ``n`` allows (so a
+    small split still covers every name), the rest is split by weight."""
+    names = sorted(f for f in weights if float(weights[f]) > 0)
+    if not names or n <= 0:
+        return {f: 0 for f in names}
+    base = {f: (1 if min_one and n >= len(names) else 0) for f in names}
+    left = n - sum(base.values())
+    total = sum(float(weights[f]) for f in names)
+    raw = {f: left * float(weights[f]) / total for f in names}
+    q = {f: base[f] + int(raw[f]) for f in names}
+    for f in sorted(names, key=lambda f: (-(raw[f] - int(raw[f])), f))[: n - sum(q.values())]:
+        q[f] += 1
+    return q
+
+
+def family_plan(need: dict[str, int], n: int, seed: int) -> list[str]:
+    """The families of ``n`` instruction-generation prompts. When ``n`` covers the total need,
+    every family gets its ``need`` and the spare places are split by need; otherwise every
+    family with a positive need gets one prompt (when ``n`` allows) and the rest is split by
+    need. The order is a seeded shuffle (so batches mix families)."""
+    total = sum(max(0, int(k)) for k in need.values())
+    if n >= total:
+        extra = weighted_quotas({f: float(k) for f, k in need.items()}, n - total)
+        q = {f: int(need[f]) + extra.get(f, 0) for f in need if need[f] > 0}
+    else:
+        q = weighted_quotas({f: float(k) for f, k in need.items()}, n, min_one=True)
+    plan = [f for f, k in sorted(q.items()) for _ in range(k)]
+    random.Random(seed).shuffle(plan)
+    return plan
+
+
+def collect_by_family(ctx, model, p: dict, gen: dict, *, seed_base: int, targets: dict[str, int], tag: str,
+                      id_prefix: str, assess: Callable[[list[dict], str], list[dict]], max_rounds: int,
+                      required: dict[str, int] | None = None, est_per_prompt: float = 3.0) -> dict:
+    """Generate instruction lists until every family has ``required[family]`` usable candidates
+    (default: ``targets``), or ``max_rounds`` rounds have run.
+
+    Every prompt's family is assigned (`family_plan`), not drawn: round 0 asks each family for
+    ``ceil(target / est_per_prompt)`` prompts; each later round asks only the families still
+    short of ``required`` (e.g. the quota, while ``targets`` = quota x over-generation: a round
+    costs whole batches, so it is spent only where a family cannot fill its places), for
+    ``ceil((target - usable) / measured yield)`` prompts each (yield = usable candidates per
+    prompt of that family so far, at least 0.5). A round is whole batches (a short batch costs
+    nearly a full one); the spare prompts go to the short families by need. Round ``r`` is the
+    ledger ``{tag}-r{r}``; prompt indices continue across rounds, so seeds never repeat.
+
+    ``assess(candidates, key)`` annotates candidates (e.g. with critic verdicts, through a
+    ledger named with ``key``, unique per call) and sets ``usable`` (bool) on each. Only as many
+    of a family's candidates as it still misses are assessed, in order, more when some come
+    back unusable; the rest are ``surplus_unjudged`` (in ``dropped``, counted). Dedup is greedy
+    in candidate order, so earlier candidates keep their status when rounds are added.
+    Returns ``{"candidates" (assessed, unique, in order), "dropped", "lists", "counts",
+    "rounds": [{"round", "prompts", "by_family": {family: prompts}}], "usable_by_family"}``.
+    """
+    fams = sorted(f for f in targets if targets[f] > 0)
+    lists: list[dict] = []
+    assessed: dict[str, dict] = {}
+    cands: list[dict] = []
+    dropped: list[dict] = []
+    rounds: list[dict] = []
+    index = 0
+    bs = int(p["batch_size"])
+
+    def usable_count() -> dict[str, int]:
+        return {f: sum(1 for c in cands if c["family"] == f and c["id"] in assessed and assessed[c["id"]]["usable"])
+                for f in fams}
+
+    required = {f: min(int(required.get(f, 0)), targets[f]) for f in fams} if required is not None else targets
+    for r in range(max(1, int(max_rounds))):
+        usable = usable_count()
+        floor = targets if r == 0 else required
+        missing = {f: targets[f] - usable[f] for f in fams if usable[f] < floor[f]}
+        if not missing:
+            break
+        need = {}
+        for f, m in missing.items():
+            n_prompts = sum(1 for li in lists if li["family"] == f)
+            per = usable[f] / n_prompts if n_prompts else est_per_prompt
+            need[f] = math.ceil(m / max(per, 0.5))
+        count = math.ceil(sum(need.values()) / bs) * bs
+        plan = family_plan(need, count, derive_seed(seed_base, "family_plan", r))
+        specs = [prompt_spec(p, seed_base, index + i, fam) for i, fam in enumerate(plan)]
+        index += count
+        rounds.append({"round": r, "prompts": count,
+                       "by_family": {f: plan.count(f) for f in sorted(set(plan))}})
+        lists += generate_instruction_lists(ctx, model, p, specs, gen, f"{tag}-r{r}")
+        cands, dropped = dedup_candidates(candidates_from(lists, id_prefix), p)
+        # Assess (judge) only as many of a family's new candidates as it still misses, in order;
+        # when some come back unusable, the next ones of that family follow (slice j).
+        j = 0
+        while True:
+            usable = usable_count()
+            pick, per_fam = [], {}
+            for c in cands:
+                f = c["family"]
+                if c["id"] in assessed or f not in missing:
+                    continue
+                if per_fam.get(f, 0) < targets[f] - usable[f]:
+                    pick.append(c)
+                    per_fam[f] = per_fam.get(f, 0) + 1
+            if not pick:
+                break
+            for c in assess(pick, f"r{r}-{j}"):
+                assessed[c["id"]] = c
+            j += 1
+    if not lists or not any(li["completion"].strip() for li in lists):
+        raise DataError(f"instruction generation returned nothing ({len(lists)} prompts, all completions empty); "
+                        "check the model (prepare_model's sentinels) and generation.instructions params")
+    out = [assessed[c["id"]] for c in cands if c["id"] in assessed]
+    surplus = [{**c, "drop_reason": "surplus_unjudged"} for c in cands if c["id"] not in assessed]
+    counts = {**parse_counts(lists), "candidates_unique": len(cands), "candidates_used": len(out),
+              "candidates_surplus": len(surplus),
+              "dropped_dedup": sum(1 for d in dropped if d["drop_reason"].startswith("dedup"))}
+    return {"candidates": out, "dropped": dropped + surplus, "lists": lists, "counts": counts, "rounds": rounds,
+            "usable_by_family": {f: sum(1 for c in out if c["family"] == f and c["usable"]) for f in fams}}

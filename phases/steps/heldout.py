@@ -5,11 +5,19 @@ Runs inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (step 
 
 How: instruction lists are generated with the canonical numbered-list builder exactly like
 training instructions, but every seed derives from ``heldout.seed`` (not the run seed), so the
-set is the same for every run seed; candidates are parsed, filtered, deduped (also against
-the seed instructions) and judged by the instruction critic; confidently bad ones are dropped,
-critic-kept ones come first and, if too few, the rest by the critic's good-minus-bad score
-(counted as ``below_keep_bar_used``); they are taken per family (quota by weight, largest
-remainder) up to ``heldout.size``.
+set is the same for every run seed. Each family gets a quota of ``heldout.size`` (by weight,
+largest remainder) and every generation prompt is *assigned* a family (not drawn), so a small
+set still asks every family: round 0 asks each family for quota x over_generation candidates;
+families with fewer usable candidates than their quota get rounds of their own, up to
+``heldout.max_family_rounds`` rounds in all (`phases.steps.generation.collect_by_family`). Candidates are parsed, deduped (also against
+the seed instructions) and judged per round: ordinary families by the instruction critic,
+``refusal_expected`` families by the ``request_safety`` critic with the sense flipped (they
+are meant to be requests to decline; `heldout_verdict`). Confidently bad ones are dropped;
+critic-kept ones come first and, if too few, the rest by the critic's score (counted as
+``below_keep_bar_used``); they are taken per family up to its quota, then the places of a
+family that came out short are filled from the others, and the manifest says so
+(``quota_by_family``, ``shortfall_by_family``, ``usable_by_family``, ``generation_rounds``;
+one log line per short family).
 Each gets ONE verifiable constraint appended, drawn seeded from `CONSTRAINTS` (IFEval ids and
 kwargs, validated by `phases.ifeval.registry.validate_kwargs`, so `phases.ifeval` scores it).
 
@@ -26,10 +34,10 @@ import random
 
 from phases.checks import draw
 from phases.ifeval.registry import validate_kwargs
-from phases.pieces import CRITIC_INSTRUCTION, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
+from phases.pieces import CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
 from phases.steps import sizes
 from phases.steps.common import dump, record_hash, session_manifest, write_records
-from phases.steps.generation import collect_instructions, judge_items
+from phases.steps.generation import collect_by_family, judge_items, weighted_quotas
 from phases.steps.model import open_model
 from runner import step
 from runner.errors import DataError
@@ -103,26 +111,49 @@ def draw_constraint(seed: int, checks: list[dict] | None = None) -> dict:
 
 def quotas(families: dict, size: int) -> dict[str, int]:
     """Per-family counts proportional to weight (largest remainder, ties by name)."""
-    names = sorted(f for f in families if float(families[f].get("weight", 1.0)) > 0)
-    total = sum(float(families[f].get("weight", 1.0)) for f in names)
-    raw = {f: size * float(families[f].get("weight", 1.0)) / total for f in names}
-    q = {f: int(raw[f]) for f in names}
-    for f in sorted(names, key=lambda f: (-(raw[f] - q[f]), f))[: size - sum(q.values())]:
-        q[f] += 1
-    return q
+    return weighted_quotas({f: float(families[f].get("weight", 1.0)) for f in families}, size)
 
 
 def select_balanced(cands: list[dict], q: dict[str, int], size: int) -> list[dict]:
     """Up to quota per family in candidate order, then fill from the rest in order."""
-    taken, per = [], {f: 0 for f in q}
+    taken, per = set(), {f: 0 for f in q}
     for c in cands:
         if per.get(c["family"], 0) < q.get(c["family"], 0):
-            taken.append(c)
+            taken.add(c["id"])
             per[c["family"]] += 1
-    rest = [c for c in cands if c not in taken]
-    taken += rest[: max(0, size - len(taken))]
-    order = {c["id"]: i for i, c in enumerate(cands)}
-    return sorted(taken[:size], key=lambda c: order[c["id"]])
+    rest = [c["id"] for c in cands if c["id"] not in taken]
+    taken |= set(rest[: max(0, size - len(taken))])
+    return [c for c in cands if c["id"] in taken][:size]
+
+
+def family_shortfall(q: dict[str, int], chosen: list[dict]) -> dict[str, int]:
+    """Families that got fewer items than their quota -> how many fewer (only those)."""
+    got = {f: 0 for f in q}
+    for c in chosen:
+        got[c["family"]] = got.get(c["family"], 0) + 1
+    return {f: q[f] - got[f] for f in sorted(q) if got[f] < q[f]}
+
+
+def heldout_verdict(v: dict, refusal_expected: bool) -> dict:
+    """The held-out keep rule on one critic verdict (`verdict_dict`).
+
+    Ordinary families are judged with the ``instruction`` rubric (good = clear, achievable,
+    safe): rejected when confidently bad, kept when confidently good, scored logp(A) - logp(B).
+    A ``refusal_expected`` family's candidates are *meant* to be unsafe requests, which that
+    rubric calls bad; they are judged with ``request_safety`` (A = safe to answer, B = should be
+    declined) and the sense is flipped: rejected when confidently safe to answer (then it
+    tests no refusal), kept when confidently "decline", scored logp(B) - logp(A).
+    A verdict with ``test_override`` (the CAI_TEST_KEEP_ALL test hook: "keep everything") is
+    kept in either sense.
+    Returns ``{"reject", "keep", "score"}``.
+    """
+    if v.get("test_override"):
+        return {"reject": False, "keep": True, "score": v["logp_a"] - v["logp_b"]}
+    if refusal_expected:
+        return {"reject": bool(v["is_good"] and v["confident"]), "keep": bool(not v["is_good"] and v["confident"]),
+                "score": v["logp_b"] - v["logp_a"]}
+    return {"reject": bool(not v["is_good"] and v["confident"]), "keep": bool(v["keep"]),
+            "score": v["logp_a"] - v["logp_b"]}
 
 
 HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
@@ -130,8 +161,9 @@ HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction
                     "heldout": {}, "checks": []}
 
 
-@step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="1", params=HELDOUT_DEFAULTS,
-      uses=[CRITIC_INSTRUCTION, builder_param("instruction_builder"), INSTRUCTION_PARSING, DEDUP, IFEVAL],
+@step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="2", params=HELDOUT_DEFAULTS,
+      uses=[CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, builder_param("instruction_builder"), INSTRUCTION_PARSING,
+            DEDUP, IFEVAL],
       gpu=True, size=sizes.heldout_items)
 def heldout(ctx):
     """Generate the held-out evaluation set first, with its own seed, typed by family."""
@@ -142,25 +174,47 @@ def heldout(ctx):
     base = derive_seed(hseed, "heldout")
     model, info = open_model(ctx, p["batch_size"])
     over = float(p["instruction_generation"].get("over_generation", 1.5))
-    got = collect_instructions(ctx, model, p, p["instructions"], seed_base=base, needed=int(size * over + 0.999),
-                               tag=f"ho-{hseed}", id_prefix="ho")
-    cands = got["candidates"]
-    verdicts = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands],
-                           float(p["critics"]["threshold"]), p["batch_size"], f"ho-{hseed}-icritic")
-    judged = [{**c, "instruction_verdict": v} for c, v in zip(cands, verdicts)]
+    q = quotas(p["families"], size)
+    refusal = {f for f in p["families"] if p["families"][f].get("refusal_expected", False)}
+    th, bs = float(p["critics"]["threshold"]), p["batch_size"]
+
+    def assess(new: list[dict], key: str) -> list[dict]:
+        # each candidate is judged once (a ledger per call); refusal families by request_safety
+        out = {}
+        for rubric, group in (("instruction", [c for c in new if c["family"] not in refusal]),
+                              ("request_safety", [c for c in new if c["family"] in refusal])):
+            if not group:
+                continue
+            vs = judge_items(ctx, model, rubric, [c["instruction"] for c in group], th, bs,
+                             f"ho-{hseed}-{'icritic' if rubric == 'instruction' else 'scritic'}-{key}")
+            for c, v in zip(group, vs):
+                hv = heldout_verdict(v, c["family"] in refusal)
+                out[c["id"]] = {**c, "instruction_verdict": {**v, "rubric": rubric}, "heldout_keep": hv["keep"],
+                                "heldout_score": hv["score"], "usable": not hv["reject"]}
+        return [out[c["id"]] for c in new]
+
+    # Every family is asked for its quota times over_generation usable candidates; families that
+    # cannot fill their quota get rounds of their own, up to heldout.max_family_rounds in all.
+    got = collect_by_family(ctx, model, p, p["instructions"], seed_base=base, tag=f"ho-{hseed}", id_prefix="ho",
+                            targets={f: int(k * over + 0.999) for f, k in q.items()}, required=q, assess=assess,
+                            max_rounds=int(p["heldout"].get("max_family_rounds", 3)))
+    judged = got["candidates"]
+    if not judged:
+        raise DataError(f"held-out: instruction generation produced no usable instruction "
+                        f"(parse counts: {got['counts']}); look at the completions in the ledger and at "
+                        "instruction_generation / generation.instructions params")
     # Confidently bad instructions never enter the held-out set. Critic-kept ones come first; if
     # they are too few (a small model's critic is rarely confident), the rest follow by the
-    # critic's good-minus-bad score. The manifest counts how many were below the keep bar.
-    rejected = [{**c, "drop_reason": "critic_bad"} for c in judged
-                if not c["instruction_verdict"]["is_good"] and c["instruction_verdict"]["confident"]]
-    eligible = [c for c in judged if c not in rejected]
-    eligible.sort(key=lambda c: (not c["instruction_verdict"]["keep"],
-                                 -(c["instruction_verdict"]["logp_a"] - c["instruction_verdict"]["logp_b"])))
-    good = [c for c in eligible if c["instruction_verdict"]["keep"]]
+    # critic's score. The manifest counts how many were below the keep bar.
+    rejected = [{**c, "drop_reason": "critic_bad"} for c in judged if not c["usable"]]
+    eligible = [c for c in judged if c["usable"]]
+    eligible.sort(key=lambda c: (not c["heldout_keep"], -c["heldout_score"]))
+    good = [c for c in eligible if c["heldout_keep"]]
     if not eligible:
-        raise DataError(f"held-out: the instruction critic judged all {len(cands)} candidates confidently bad; "
+        raise DataError(f"held-out: the critic judged all {len(judged)} candidates confidently bad; "
                         "look at dropped.jsonl, the seeds and generation.instructions")
-    chosen = select_balanced(eligible, quotas(p["families"], size), size)
+    chosen = select_balanced(eligible, q, size)
+    short = family_shortfall(q, chosen)
     records = []
     for i, c in enumerate(chosen):
         con = draw_constraint(derive_seed(hseed, "constraint", i), p.get("checks"))
@@ -172,16 +226,22 @@ def heldout(ctx):
                "kwargs": [con["kwargs"]], "source_id": c["id"], "instruction_verdict": c["instruction_verdict"]}
         rec["sha256"] = record_hash(rec)
         records.append(rec)
-    unused = [c for c in eligible if c not in chosen]
-    dropped = got["dropped"] + rejected + [{**c, "drop_reason": "surplus"} for c in unused]
+    chosen_ids = {c["id"] for c in chosen}
+    dropped = got["dropped"] + rejected + [{**c, "drop_reason": "surplus"} for c in eligible if c["id"] not in chosen_ids]
     file_sha = write_records(ctx.out_dir / "heldout.jsonl", records)
     write_records(ctx.out_dir / "dropped.jsonl", dropped)
     by_family = {}
     for r in records:
         by_family[r["family"]] = by_family.get(r["family"], 0) + 1
     counts = {**got["counts"], "critic_kept": len(good), "critic_rejected": len(rejected),
-              "below_keep_bar_used": sum(1 for c in chosen if not c["instruction_verdict"]["keep"]), "records": len(records),
-              "shortfall": max(0, size - len(records)), "by_family": by_family}
+              "below_keep_bar_used": sum(1 for c in chosen if not c["heldout_keep"]), "records": len(records),
+              "shortfall": max(0, size - len(records)), "by_family": by_family, "quota_by_family": q,
+              "usable_by_family": {f: sum(1 for c in eligible if c["family"] == f) for f in sorted(q)},
+              "shortfall_by_family": short, "generation_rounds": got["rounds"]}
+    for f, n in short.items():
+        ctx.log(f"held-out family {f}{' (refusal_expected)' if f in refusal else ''} is {n} short of its quota "
+                f"{q[f]} ({counts['usable_by_family'][f]} usable candidates after {len(got['rounds'])} generation "
+                f"round(s), heldout.max_family_rounds); other families filled its places; see manifest counts")
     if len(records) < size or counts["below_keep_bar_used"]:
         ctx.log(f"held-out has {len(records)} of {size} records; {counts['below_keep_bar_used']} below the critic's "
                 f"keep bar (critic kept {len(good)}); see manifest counts")

@@ -39,9 +39,9 @@ def test_demo_expands_into_per_step_params():
     p = out["params"]
     assert out["pipeline"] == "phases.pipeline:pipeline" and out["seed"] == 1234
     assert p["pilot"]["generation"]["responses"]["max_new_tokens"] == 48
-    assert p["pilot"]["size"] == 24 and p["heldout"]["heldout"] == {"size": 16, "seed": 1001}
-    assert p["scale"]["scale"] == {"target_kept": 48, "shard_size": 24, "max_top_up_rounds": 2}
-    assert p["merge"]["target_kept"] == 48
+    assert p["pilot"]["size"] == 16 and p["heldout"]["heldout"] == {"size": 16, "seed": 1001, "max_family_rounds": 2}
+    assert p["scale"]["scale"] == {"target_kept": 32, "shard_size": 24, "max_top_up_rounds": 2}
+    assert p["merge"]["target_kept"] == 32
     assert "responses" not in p["heldout"] and "generation" not in p["heldout"]
     assert p["prepare_model"]["model"] == "qwen2.5-coder-0.5b-instruct"
     assert out["gates"]["qc_pilot"]["policy"] == "approve" and out["gates"]["sft_gate"]["policy"] == "approve"

@@ -52,13 +52,13 @@ def test_shipped_stage1_and_demo_load():
     assert s1.generation.responses.max_new_tokens == 80 and s1.generation.responses.temperature == 0.4
     assert s1.generation.instructions.temperature == 0.7 and s1.instruction_generation.over_generation == 1.75
     assert s1.critics.threshold == 1.0 and s1.pilot.size == 150 and s1.scale.target_kept == 15000 and s1.heldout.size == 1000
-    assert demo.pilot.size == 24 and demo.heldout.size == 16 and demo.generation.responses.max_new_tokens == 48
+    assert demo.pilot.size == 16 and demo.heldout.size == 16 and demo.generation.responses.max_new_tokens == 48
     assert demo.generation.responses.temperature == 0.4  # inherited through the merge
     assert demo.families.keys() == s1.families.keys() and len(s1.families) >= 10
     assert all(8 <= len(v) <= 12 for v in s1.seeds.values())
     assert s1.qc.thresholds().max_runaway_rate == 0.05
     d = demo.to_dict()
-    assert d["pilot"] == {"size": 24} and d["seeds_sha256"] == s1.seeds_sha256 and "/" not in d["seeds_sha256"]
+    assert d["pilot"] == {"size": 16} and d["seeds_sha256"] == s1.seeds_sha256 and "/" not in d["seeds_sha256"]
     assert not any(str(STAGES) in str(v) for v in d.values())  # no absolute paths in cache keys
 
 
