@@ -220,9 +220,9 @@ def test_a_stage_config_gives_the_dpo_evaluation_the_sft_evaluations_rules():
     path = Path(__file__).resolve().parents[2] / "phases" / "stages" / "demo.yaml"
     params = expand_stage_config(load_yaml(path), path)["params"]
     dpo = params["evaluate_dpo"]
-    assert dpo["task_calibration_limit"] == params["evaluate"]["task_calibration_limit"] == 32
+    assert dpo["task_calibration_limit"] == params["evaluate"]["task_calibration_limit"] == 16
     assert dpo["safety_margin"] == params["evaluate"]["safety_margin"] and dpo["task_critic"] is True
-    assert dpo["gate"]["min_win_rate"] == 0.55 and dpo["max_new_tokens"] == 48  # its own keys stay its own
+    assert dpo["gate"]["min_win_rate"] == 0.55 and dpo["max_new_tokens"] == 32  # its own keys stay its own
 
 
 def test_a_stage_config_with_an_unknown_dpo_gate_key_is_refused_at_validate(tmp_path):
