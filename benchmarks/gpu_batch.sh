@@ -81,6 +81,12 @@ elif [ "$part" = single3 ]; then
   timeout $(( 330 - ($(date +%s) - t0) )) python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,trl_liger_pf \
     --out "$R/sft_pf" > "$R/bench_sft_pf.log" 2>&1
   stamp "bench_sft rc=$?"
+elif [ "$part" = single4 ]; then  # one GPU: the fully-GPU DPO runner run on the merged code, then the critic route rows
+  stamp "dpo runner start"; dpo_runner 150
+  left=$(( 330 - ($(date +%s) - t0) ))
+  stamp "bench critic start ($left s left)"
+  timeout "$left" python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
+  stamp "bench critic rc=$?"
 elif [ "$part" = part1 ]; then
   (
     export CUDA_VISIBLE_DEVICES=0
