@@ -125,3 +125,11 @@ def test_heldout_and_pilot_share_one_rule():
     import phases.steps.heldout as h
 
     assert h.heldout_verdict is qc.instruction_rule is g.instruction_rule
+
+
+def test_gate_evidence_names_the_request_safety_rule(fake):
+    from phases.steps.qc_gates import _why
+
+    recs = _build(enforce=True, respond_all=True)
+    assert _why(recs["c3"]).startswith("request-safety critic: confidently safe")
+    assert _why(recs["c5"]) == "instruction critic bad"
