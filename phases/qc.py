@@ -18,11 +18,14 @@ bad = label B AND confident, low_confidence = not confident.
 Definitions:
 - *response record*: ``response`` is not None. Runaway, token-limit and marker-found rates are
   over response records.
-- *kept*: instruction good, pair good, response non-empty, not runaway. (Dropping runaways
+- *kept*: instruction verdict passes (good; for a ``refusal_expected`` family, judged by the
+  request-safety critic: not confidently safe to answer, `instruction_rule`), pair good,
+  response non-empty, not runaway. (Dropping runaways
   is stricter than METHOD.md's "good AND confident".) End-marker leaks are deliberately NOT
   dropped here: cleaning removes full and truncated markers, so a leak in kept data means the
   cleaning was bypassed or misconfigured, and the zero-leak gate must see it and stop.
-- instruction acceptance = instruction good / records; pair acceptance = pair good / response
+- instruction acceptance = instruction good / records judged by the instruction rubric
+  (request-safety-judged records are counted apart in ``counts.instruction_rules``); pair acceptance = pair good / response
   records (both "of generated", METHOD.md).
 - token stats (median, mean, p95 with linear interpolation, min, max) over raw tokens and
   cleaned tokens of response records, and cleaned tokens of kept records; the median gate is
@@ -47,6 +50,9 @@ __all__ = [
     "MAX_RETRIES",
     "verdict_class",
     "is_kept",
+    "instruction_rule",
+    "instruction_passes",
+    "REQUEST_SAFETY",
     "hit_token_limit",
     "compute_qc",
     "RetryPlan",
@@ -122,8 +128,55 @@ def hit_token_limit(raw_tokens: int, max_new_tokens: int, slack: int = 0) -> boo
     return raw_tokens >= max_new_tokens - slack
 
 
+# The ``rubric`` an instruction-side verdict carries when a ``refusal_expected`` family's
+# instruction was judged by the request-safety critic (flipped sense, `instruction_rule`).
+REQUEST_SAFETY = "request_safety"
+
+
+def instruction_rule(v: Any, refusal_expected: bool) -> dict[str, Any]:
+    """The instruction-side keep rule on one critic verdict, shared by the held-out, pilot and
+    scale steps (`phases.steps.heldout`, `phases.steps.generation.build_records`).
+
+    Ordinary families are judged with the ``instruction`` rubric (good = clear, achievable,
+    safe): rejected when confidently bad, kept when confidently good, scored logp(A) - logp(B).
+    A ``refusal_expected`` family's instructions are *meant* to be unsafe requests, which that
+    rubric calls bad; they are judged with ``request_safety`` (A = safe to answer, B = should be
+    declined) and the sense is flipped: rejected when confidently safe to answer (then it
+    teaches/tests no refusal), kept when confidently "decline", scored logp(B) - logp(A).
+    A verdict with ``test_override`` (the CAI_TEST_KEEP_ALL test hook: "keep everything") is
+    kept in either sense.
+    Returns ``{"reject", "keep", "score"}``.
+    """
+    a, b = float(_get(v, "logp_a")), float(_get(v, "logp_b"))
+    if _get(v, "test_override"):
+        return {"reject": False, "keep": True, "score": a - b}
+    cls = verdict_class(v)
+    if refusal_expected:
+        return {"reject": cls == "good", "keep": cls == "bad", "score": b - a}
+    return {"reject": cls == "bad", "keep": bool(_get(v, "keep")), "score": a - b}
+
+
+def instruction_passes(v: Any) -> bool:
+    """Whether a record's ``instruction_verdict`` lets it be kept (`is_kept`).
+
+    A verdict with ``rubric: "request_safety"`` (a ``refusal_expected`` family) passes unless
+    `instruction_rule` rejects it (the critic is confident the request is safe to answer); any
+    other passes only when good. A verdict marked ``not_enforced`` (demo profiles:
+    ``critics.enforce: false``) is recorded and counted in QC, but does not filter; a missing
+    verdict still does.
+    """
+    if v is None:
+        return False
+    if _get(v, "not_enforced"):
+        return True
+    if _get(v, "rubric") == REQUEST_SAFETY:
+        return not instruction_rule(v, True)["reject"]
+    return verdict_class(v) == "good"
+
+
 def is_kept(rec: Any) -> bool:
-    """The keep rule (module docstring): both critics good, non-empty, not runaway.
+    """The keep rule (module docstring): instruction verdict passes (`instruction_passes`), pair
+    good, non-empty, not runaway.
 
     A verdict with ``not_enforced: true`` (stage key ``critics.enforce: false``, demo profiles
     only) does not filter; QC acceptance still counts it by its real class.
@@ -131,12 +184,13 @@ def is_kept(rec: Any) -> bool:
     text = _get(rec, "response")
     if not text or not text.strip():
         return False
-    for name in ("instruction_verdict", "pair_verdict"):
-        v = _get(rec, name)
-        # A verdict marked not_enforced (demo profiles: critics.enforce false) is recorded and
-        # counted in QC acceptance, but does not filter; a missing verdict still does.
-        if verdict_class(v) != "good" and not (v is not None and _get(v, "not_enforced")):
-            return False
+    if not instruction_passes(_get(rec, "instruction_verdict")):
+        return False
+    v = _get(rec, "pair_verdict")
+    # A verdict marked not_enforced (demo profiles: critics.enforce false) is recorded and
+    # counted in QC acceptance, but does not filter; a missing verdict still does.
+    if verdict_class(v) != "good" and not (v is not None and _get(v, "not_enforced")):
+        return False
     return not is_runaway(text)
 
 
@@ -229,8 +283,19 @@ def compute_qc(
         counts[key] = value
     rate = lambda k, d: round(k / d, 6) if d else None  # noqa: E731
     rates = {"runaway": rate(runaway, nr), "token_limit": rate(limit_hits, nr), "marker_found": rate(marker_found, nr), "kept_of_generated": rate(len(kept), n)}
+    # Instructions of refusal_expected families are judged by the request-safety rule (flipped
+    # sense, `instruction_rule`): their verdicts are counted apart, never as instruction "good".
+    by_safety = [r for r in records if _get(_get(r, "instruction_verdict") or {}, "rubric") == REQUEST_SAFETY]
+    ordinary = [r for r in records if _get(_get(r, "instruction_verdict") or {}, "rubric") != REQUEST_SAFETY]
+    safety_pass = sum(instruction_passes(_get(r, "instruction_verdict")) for r in by_safety)
+    counts["instruction_rules"] = {
+        "instruction": {"judged": sum(_get(r, "instruction_verdict") is not None for r in ordinary),
+                        "kept": sum(instruction_passes(_get(r, "instruction_verdict")) for r in ordinary),
+                        "dropped": sum(not instruction_passes(_get(r, "instruction_verdict")) for r in ordinary)},
+        REQUEST_SAFETY: {"judged": len(by_safety), "kept": safety_pass, "dropped": len(by_safety) - safety_pass},
+    }
     acceptance = {
-        "instruction": _acceptance([_get(r, "instruction_verdict") for r in records], n),
+        "instruction": _acceptance([_get(r, "instruction_verdict") for r in ordinary], len(ordinary)),
         "pair": _acceptance([_get(r, "pair_verdict") for r in responses], nr),
     }
     tokens = {

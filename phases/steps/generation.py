@@ -30,9 +30,10 @@ from phases.critic import judge
 from phases.dedup import dedup, leakage_report
 from phases.ifeval import load_prompts
 from phases.instructions import parse_instructions
-from phases.pieces import CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, DEDUP, INSTRUCTION_PARSING, QC, builder_param
+from phases.pieces import (CLEANING, CRITIC_INSTRUCTION, CRITIC_PAIR, CRITIC_REQUEST_SAFETY, DEDUP, INSTRUCTION_PARSING,
+                           QC, builder_param)
 from phases.prompts import get_builder
-from phases.qc import is_kept
+from phases.qc import REQUEST_SAFETY, instruction_passes, instruction_rule, is_kept  # noqa: F401 (re-export)
 from phases.steps.common import sampling
 from runner.errors import DataError
 from runner.pipeline import derive_seed
@@ -40,8 +41,8 @@ from state.files import canonical_json, sha256_text
 
 # The shared pieces a generate-judge-clean-QC step calls (pilot and scale): their versions enter
 # the cache key (phases/pieces.py).
-DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_PAIR, builder_param("instruction_builder", "response_builder"),
-               INSTRUCTION_PARSING, DEDUP, CLEANING, QC]
+DATA_PIECES = [CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, CRITIC_PAIR,
+               builder_param("instruction_builder", "response_builder"), INSTRUCTION_PARSING, DEDUP, CLEANING, QC]
 
 
 def phash(obj: Any) -> str:
@@ -310,8 +311,15 @@ def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: 
     critic, and a weak critic still shows what generation and cleaning do). One record per
     candidate, in candidate order: the candidate fields, ``instruction_verdict``, the response
     fields (None when no response was generated), ``pair_verdict`` (None without a non-empty
-    response) and ``kept`` (`phases.qc.is_kept`: both critics good, so a rejected instruction
-    is never kept).
+    response) and ``kept`` (`phases.qc.is_kept`: instruction verdict passes and pair critic
+    good, so a rejected instruction is never kept).
+
+    A ``refusal_expected`` family's instruction is also judged by the ``request_safety`` critic
+    (ledger ``{tag}-scritic``); that verdict, with ``rubric: "request_safety"`` and ``keep`` set
+    by the flipped rule (`phases.qc.instruction_rule`: dropped only when confidently safe to
+    answer), is its ``instruction_verdict``; the instruction critic's verdict is kept as
+    ``instruction_critic_verdict``. Its response is judged by the pair critic, whose rubric
+    calls a brief refusal of an unsafe request good. Other families are judged exactly as before.
     """
     if not p["critics"].get("both_orders", True):
         raise DataError("critics.both_orders: false is not supported; the canonical critic always scores both "
@@ -321,6 +329,19 @@ def build_records(ctx, model, p: dict, cands: list[dict], gen: dict, seed_base: 
     enforce = bool(p["critics"].get("enforce", True))
     iv = judge_items(ctx, model, "instruction", [c["instruction"] for c in cands], th, bs, f"{tag}-icritic", enforce)
     recs = [{**c, "instruction_verdict": v} for c, v in zip(cands, iv)]
+    # refusal_expected families: their instructions are meant to be requests to decline, which the
+    # instruction rubric calls bad; they are judged by the request-safety critic with the sense
+    # flipped (phases.qc.instruction_rule, the held-out step's rule). The instruction critic's
+    # verdict stays on the record as ``instruction_critic_verdict`` (not used by the keep rule).
+    refusal = {f for f, spec in p["families"].items() if (spec or {}).get("refusal_expected", False)}
+    idx = [i for i, r in enumerate(recs) if r.get("family") in refusal]
+    if idx:
+        sv = judge_items(ctx, model, REQUEST_SAFETY, [recs[i]["instruction"] for i in idx], th, bs, f"{tag}-scritic",
+                         enforce)
+        for i, v in zip(idx, sv):
+            v = {**v, "rubric": REQUEST_SAFETY}
+            recs[i] = {**recs[i], "instruction_critic_verdict": recs[i]["instruction_verdict"],
+                       "instruction_verdict": {**v, "keep": instruction_passes(v)}}
     todo = recs if respond_all else [r for r in recs if r["instruction_verdict"]["keep"]]
     resp = {x["id"]: x for x in generate_responses(ctx, model, p, todo, gen["responses"], seed_base, f"{tag}-resp")}
     judged = [r for r in todo if resp[r["id"]]["response"]]
@@ -348,7 +369,8 @@ def sft_record(rec: dict, meta: dict, gen: dict, source: str) -> dict:
         "instruction": rec["instruction"], "response": rec["response"],
         "prompt": rec["prompt"], "raw_completion": rec["raw_completion"],
         "raw_tokens": rec["raw_tokens"], "cleaned_tokens": rec["cleaned_tokens"],
-        "instruction_verdict": {k: rec["instruction_verdict"][k] for k in keys},
+        "instruction_verdict": {k: rec["instruction_verdict"][k] for k in keys + ("rubric",)
+                                if k in rec["instruction_verdict"]},
         "pair_verdict": {k: rec["pair_verdict"][k] for k in keys},
         "metadata": {**meta, "generation_params": gen["responses"], "instruction_generation_params": gen["instructions"],
                      "seed": rec["response_seed"]},

@@ -12,7 +12,7 @@ families with fewer usable candidates than their quota get rounds of their own, 
 ``heldout.max_family_rounds`` rounds in all (`phases.steps.generation.collect_by_family`). Candidates are parsed, deduped (also against
 the seed instructions) and judged per round: ordinary families by the instruction critic,
 ``refusal_expected`` families by the ``request_safety`` critic with the sense flipped (they
-are meant to be requests to decline; `heldout_verdict`). Confidently bad ones are dropped;
+are meant to be requests to decline; `phases.qc.instruction_rule`, shared with pilot and scale). Confidently bad ones are dropped;
 critic-kept ones come first and, if too few, the rest by the critic's score (counted as
 ``below_keep_bar_used``); they are taken per family up to its quota, then the places of a
 family that came out short are filled from the others, and the manifest says so
@@ -34,10 +34,10 @@ import random
 
 from phases.checks import draw
 from phases.ifeval.registry import validate_kwargs
-from phases.pieces import CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, DEDUP, IFEVAL, INSTRUCTION_PARSING, builder_param
+from phases.pieces import CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, DEDUP, IFEVAL, INSTRUCTION_PARSING, QC, builder_param
 from phases.steps import sizes
 from phases.steps.common import dump, record_hash, session_manifest, write_records
-from phases.steps.generation import collect_by_family, judge_items, weighted_quotas
+from phases.steps.generation import collect_by_family, instruction_rule, judge_items, weighted_quotas
 from phases.steps.model import open_model
 from runner import step
 from runner.errors import DataError
@@ -134,26 +134,9 @@ def family_shortfall(q: dict[str, int], chosen: list[dict]) -> dict[str, int]:
     return {f: q[f] - got[f] for f in sorted(q) if got[f] < q[f]}
 
 
-def heldout_verdict(v: dict, refusal_expected: bool) -> dict:
-    """The held-out keep rule on one critic verdict (`verdict_dict`).
-
-    Ordinary families are judged with the ``instruction`` rubric (good = clear, achievable,
-    safe): rejected when confidently bad, kept when confidently good, scored logp(A) - logp(B).
-    A ``refusal_expected`` family's candidates are *meant* to be unsafe requests, which that
-    rubric calls bad; they are judged with ``request_safety`` (A = safe to answer, B = should be
-    declined) and the sense is flipped: rejected when confidently safe to answer (then it
-    tests no refusal), kept when confidently "decline", scored logp(B) - logp(A).
-    A verdict with ``test_override`` (the CAI_TEST_KEEP_ALL test hook: "keep everything") is
-    kept in either sense.
-    Returns ``{"reject", "keep", "score"}``.
-    """
-    if v.get("test_override"):
-        return {"reject": False, "keep": True, "score": v["logp_a"] - v["logp_b"]}
-    if refusal_expected:
-        return {"reject": bool(v["is_good"] and v["confident"]), "keep": bool(not v["is_good"] and v["confident"]),
-                "score": v["logp_b"] - v["logp_a"]}
-    return {"reject": bool(not v["is_good"] and v["confident"]), "keep": bool(v["keep"]),
-            "score": v["logp_a"] - v["logp_b"]}
+# The held-out keep rule is the shared instruction-side rule of pilot and scale too (one
+# function, phases.qc.instruction_rule); kept under its old name.
+heldout_verdict = instruction_rule
 
 
 HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction_builder": "numbered_list",
@@ -163,7 +146,7 @@ HELDOUT_DEFAULTS = {"families": {}, "seeds": {}, "list_header": "", "instruction
 
 @step(inputs=["prepare_model"], outputs=["heldout.jsonl", "manifest.json"], version="2", params=HELDOUT_DEFAULTS,
       uses=[CRITIC_INSTRUCTION, CRITIC_REQUEST_SAFETY, builder_param("instruction_builder"), INSTRUCTION_PARSING,
-            DEDUP, IFEVAL],
+            DEDUP, IFEVAL, QC],  # QC: the keep rule, phases.qc.instruction_rule
       gpu=True, size=sizes.heldout_items)
 def heldout(ctx):
     """Generate the held-out evaluation set first, with its own seed, typed by family."""
@@ -188,7 +171,7 @@ def heldout(ctx):
             vs = judge_items(ctx, model, rubric, [c["instruction"] for c in group], th, bs,
                              f"ho-{hseed}-{'icritic' if rubric == 'instruction' else 'scritic'}-{key}")
             for c, v in zip(group, vs):
-                hv = heldout_verdict(v, c["family"] in refusal)
+                hv = instruction_rule(v, c["family"] in refusal)
                 out[c["id"]] = {**c, "instruction_verdict": {**v, "rubric": rubric}, "heldout_keep": hv["keep"],
                                 "heldout_score": hv["score"], "usable": not hv["reject"]}
         return [out[c["id"]] for c in new]

@@ -70,6 +70,7 @@ def merge(ctx):
     dump(ctx.out_dir / "manifest.json", session_manifest(
         ctx, "sft_dataset", info, files, counts, sources=sources, leakage=leak_summary(rep),
         qc_summary={"thresholds_passed": qc["thresholds_passed"], "failed_reasons": qc["failed_reasons"]},
+        instruction_rules=qc["counts"]["instruction_rules"],
         heldout_sha256=load_json(ctx.input("heldout") / "manifest.json")["files"]["heldout.jsonl"]))
     return {**qc_numbers(qc), "sft_records": len(clean), "target_kept": int(p["target_kept"]),
             "merge_dropped_duplicates": len(dd.dropped), "merge_dropped_heldout_leaks": extra["merge_dropped_heldout_leaks"],

@@ -4,7 +4,8 @@ Runs inside the pipeline: ``runner run --config phases/stages/demo.yaml`` (after
 
 One try = instruction generation (``ceil(pilot.size * over_generation)`` unique instructions:
 numbered-list completion, parse/filter, exact+near dedup incl. against the seeds, held-out
-leakage check, leaked items dropped) -> instruction critic -> responses for every
+leakage check, leaked items dropped) -> instruction critic (a ``refusal_expected`` family's
+instructions: the request-safety critic, flipped, `phases.qc.instruction_rule`) -> responses for every
 instruction (not only critic-kept: the response QC numbers then do not hinge on the critic;
 ``Instruction: ...\\nResponse:`` with the seeds' few-shot pairs, cleaning, raw and
 cleaned token counts) -> pair critic -> `phases.qc.compute_qc`. When QC fails, up to
@@ -15,7 +16,8 @@ instruction params did not change reuses the previous instructions and their cri
 Outputs (the last try's): ``records.jsonl`` (every judged item: candidate fields,
 ``instruction_verdict``, response fields or None, ``pair_verdict``, ``kept``), ``kept.jsonl``
 (SFT records, `phases.steps.generation.sft_record`), ``dropped_instructions.jsonl``,
-``qc_summary.json`` (`compute_qc` + ``try``, ``retries``), ``final_params.json`` (the generation
+``qc_summary.json`` (`compute_qc` + ``try``, ``retries``; ``counts.instruction_rules``: judged, kept,
+dropped per rule, also in ``manifest.json``), ``final_params.json`` (the generation
 params scale must use), ``leakage.json``, ``manifest.json``. The step summary (shown by
 ``runner status``) is the QC numbers.
 
@@ -117,6 +119,7 @@ def pilot(ctx):
     counts = {"generated": len(res["records"]), "kept": len(kept), "tries": len(history), **res["counts"]}
     dump(ctx.out_dir / "manifest.json", session_manifest(
         ctx, "pilot", info, files, counts, leakage=leak_summary(res["leakage"]), tries=history,
+        instruction_rules=qc["counts"]["instruction_rules"],
         heldout_sha256=load_json(ctx.input("heldout") / "manifest.json")["files"]["heldout.jsonl"],
         seeds_detail={"pilot_seed_base": ctx.seed, "item_seeds": "derive_seed(pilot_seed_base, kind, global index or id)"}))
     return qc_numbers(qc)

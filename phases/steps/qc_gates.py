@@ -72,6 +72,8 @@ def qc_gate_evidence(step_name: str, kept_file: str, n_kept: int = 10, n_rejecte
 
 def _why(r: dict) -> str:
     iv, pv = r.get("instruction_verdict") or {}, r.get("pair_verdict") or {}
+    if iv.get("rubric") == "request_safety" and not iv.get("keep"):
+        return "request-safety critic: confidently safe to answer (teaches no refusal)"
     if not iv.get("keep"):
         return "instruction critic " + ("bad" if iv.get("confident") else "low confidence")
     if not r.get("response"):

@@ -22,6 +22,9 @@ processes (one per GPU), claimed through the state store; the step then only ass
 Top-up: when the shards keep fewer than ``remaining``, ``top_up_shards`` plans more shards after
 the last prompt index, up to ``scale.max_top_up_rounds`` rounds (default 2); ``manifest.json``
 ``top_up`` reports rounds, shards added, met or cap_hit. See docs/scale-out.md.
+Critics as in the pilot (`phases.steps.generation.build_records`): a ``refusal_expected``
+family's instructions by the request-safety critic, flipped; each shard's manifest and the
+step's ``manifest.json`` give ``instruction_rules`` (judged/kept/dropped per rule, summed).
 """
 from __future__ import annotations
 
@@ -87,8 +90,10 @@ def run_shard(ctx, model, p: dict, gen: dict, heldout: list[dict], shard: dict, 
     dump(out_dir / "qc_summary.json", qc)
     counts = {"generated": len(records), "kept": len(kept), **got["counts"]}
     dump(out_dir / "manifest.json", session_manifest(ctx, "scale_shard", info, files, counts, shard=shard,
-                                                     leakage=leak_summary(reps[-1]), generation=gen))
-    return {"shard": k, "generated": len(records), "kept": len(kept), "qc_passed": qc["thresholds_passed"]}
+                                                     leakage=leak_summary(reps[-1]), generation=gen,
+                                                     instruction_rules=qc["counts"]["instruction_rules"]))
+    return {"shard": k, "generated": len(records), "kept": len(kept), "qc_passed": qc["thresholds_passed"],
+            "instruction_rules": qc["counts"]["instruction_rules"]}
 
 
 def top_up_shards(plan: dict, results: list[dict], round_: int, max_rounds: int) -> list[dict]:
@@ -154,6 +159,11 @@ def scale(ctx):
         shutil.copytree(r.path, ctx.out_dir / "shards" / f"shard-{r.idx:04d}")
     results = [{k: r.result[k] for k in ("shard", "generated", "kept", "qc_passed")} for r in done]
     kept = sum(r["kept"] for r in results)
+    # per instruction-side rule (instruction critic / flipped request-safety), summed over shards
+    rules: dict = {}
+    for r in done:
+        for rule, c in r.result.get("instruction_rules", {}).items():
+            rules[rule] = {k: rules.get(rule, {}).get(k, 0) + int(v) for k, v in c.items()}
     top_up = {"rounds": max(0, shard_set.rounds - 1), "max_top_up_rounds": max_rounds,
               "shards_added": sum(1 for r in done if r.round > 0), "remaining": plan["remaining"], "kept": kept,
               "met": kept >= plan["remaining"], "cap_hit": kept < plan["remaining"]}
@@ -163,6 +173,7 @@ def scale(ctx):
                 kind="scale_short", **top_up)
     counts = {"shards": len(results), "generated": sum(r["generated"] for r in results), "kept": kept}
     dump(ctx.out_dir / "manifest.json", session_manifest(ctx, "scale", info, {}, counts, plan=plan, shards=results,
-                                                         generation=gen, top_up=top_up))
+                                                         generation=gen, top_up=top_up,
+                                                         instruction_rules=rules))
     return {**counts, "n_prompts": plan["n_prompts"], "target_kept": plan["target_kept"],
             "pilot_kept": plan["pilot_kept"], "top_up_rounds": top_up["rounds"], "top_up_cap_hit": top_up["cap_hit"]}

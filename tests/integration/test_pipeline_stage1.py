@@ -113,6 +113,20 @@ def test_pilot_outputs_qc_and_status(run_a):
     assert gates["qc_scale"]["check"]["passed"] is True
 
 
+def test_refusal_family_instructions_are_judged_by_request_safety(run_a):
+    pilot = _out(run_a["home"], "pilot")
+    records = [json.loads(x) for x in (pilot / "records.jsonl").read_text().splitlines()]
+    refusal = [r for r in records if r["family"] == "safety_refusals"]  # demo.yaml: refusal_expected
+    assert all(r["instruction_verdict"]["rubric"] == "request_safety" and r["instruction_critic_verdict"]
+               for r in refusal)
+    assert not any("instruction_critic_verdict" in r for r in records if r["family"] != "safety_refusals")
+    rules = json.loads((pilot / "qc_summary.json").read_text())["counts"]["instruction_rules"]
+    assert rules["request_safety"]["judged"] == len(refusal)
+    assert rules["instruction"]["judged"] == len(records) - len(refusal)
+    assert json.loads((pilot / "manifest.json").read_text())["instruction_rules"] == rules
+    assert "instruction_rules" in json.loads((_out(run_a["home"], "scale") / "manifest.json").read_text())
+
+
 def test_planted_heldout_overlap_is_caught(run_a):
     pilot = _out(run_a["home"], "pilot")
     leak = json.loads((pilot / "manifest.json").read_text())["leakage"]
