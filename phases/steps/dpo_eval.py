@@ -52,9 +52,8 @@ SHARED_EVAL_KEYS = ("task_critic", "refusal_critic", "critic_threshold", "task_c
                     "max_baseline_truncation_rate", "min_task_calibration_accuracy", "require_ifeval", "fdr",
                     "confidence", "protected_types")
 EVALUATE_DPO_DEFAULTS = {**EVAL_DEFAULTS, "win_tie_band": 0.0, "gate": dict(DPO_GATE_CRITERIA)}
-EVALUATE_DPO_DEFAULTS.pop("arms")
-EVALUATE_DPO_DEFAULTS.pop("ifeval_limit")
-EVALUATE_DPO_DEFAULTS.pop("ifeval_max_new_tokens")
+for _key in ("arms", "ifeval_limit", "ifeval_max_new_tokens", "ifeval_batch_size"):  # not run by evaluate_dpo
+    EVALUATE_DPO_DEFAULTS.pop(_key)
 
 def check_gate_criteria(gate_params: dict, where: str = "params.evaluate_dpo.gate") -> dict:
     """``DPO_GATE_CRITERIA`` overridden by ``gate_params``; an unknown key raises ``ConfigError``
