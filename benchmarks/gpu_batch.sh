@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The lead's batched GPU runs on a lent 2-GPU H200 machine (kind nvidia-h200-x2), two GPUs used side
-# by side so one call does two independent jobs. Each part ends well inside the 10-minute call limit
-# (every job has its own `timeout`) and leaves one tarball under $OUT.
+# The lead's batched GPU runs on a lent H200 (the records in docs/gpu/ and benchmarks/results/h200-2026-12-01/).
+# Each part ends inside the 10-minute call limit (every job has its own `timeout`) and leaves one tarball
+# under $OUT. The DPO runner part (dpo_runner) now runs benchmarks/gpu_dpo_runner.yaml as is (every step on
+# CUDA, docs/gpu/dpo-check.md "Second run"); single1/single2 ran an earlier form of it (a 4k tiny model
+# and the real candidates step), which is why the record of single2 shows candidates failing.
 #
-#   bash benchmarks/gpu_batch.sh part1   # GPU0: issue 11 evaluation through runner (full IFEval);
-#                                        # GPU1: issue 13 DPO bench, then issue 15 SFT bench (sft step row)
-#   bash benchmarks/gpu_batch.sh part2   # both GPUs: issue 17 scale step 1 vs 2 workers + kill;
-#                                        # then GPU0: issue 13 DPO through runner; GPU1: issue 15 32B bench
-#
+#   bash benchmarks/gpu_batch.sh scale2  # 2 GPUs (nvidia-h200-x2): issue 17 scale step 1 vs 2 workers + a kill
 #   bash benchmarks/gpu_batch.sh single1 # one GPU: issue 11 evaluation + DPO runner side by side, then bench_dpo
 #   bash benchmarks/gpu_batch.sh single2 # one GPU: DPO runner, 32B bench, SFT bench (one at a time)
 #   bash benchmarks/gpu_batch.sh single3 # one GPU: `runner resume` of a CPU-prepared DPO run (docs/gpu/dpo-check.md);
@@ -17,7 +15,7 @@
 #     /tmp/dpo-home, /tmp/tiny4k and /tmp/dpo-gpu.yaml into .gpucarry/ (git-excluded) and carry it.
 # Needs: the image's CUDA torch, and the wheels under .whl (docs/performance.md "Reproduce").
 set -u
-part="${1:?usage: gpu_batch.sh part1|part2}"
+part="${1:?usage: gpu_batch.sh single1|single2|single3|single4|scale2}"
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -33,15 +31,19 @@ python3 -c 'import torch, transformers, trl, peft; print("torch", torch.__versio
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/timeline.txt"; }
 
-dpo_runner() {  # issue 13: DPO through runner on CUDA (QLoRA), benchmarks/gpu_dpo_runner.yaml as is
-  cp benchmarks/gpu_dpo_runner.yaml /tmp/dpo.yaml
-  timeout "$1" env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" \
-    python3 -m runner --home /tmp/dpo-home run --config /tmp/dpo.yaml --run-id gpu > "$R/dpo_runner.log" 2>&1
-  stamp "dpo runner rc=$?"
+collect_dpo_run() {  # the DPO run's manifests, summaries and status into $R/dpo_runner
   mkdir -p "$R/dpo_runner"
   (cd /tmp/dpo-home/artifacts/gpu 2>/dev/null && find . -maxdepth 3 \( -name '*.json' -o -name 'summary.txt' \) \
      -path '*dpo*' -exec cp --parents {} "$R/dpo_runner" \;)
   PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home status > "$R/dpo_runner/status.txt" 2>&1
+}
+
+dpo_runner() {  # issue 13: DPO through runner on CUDA (QLoRA), benchmarks/gpu_dpo_runner.yaml as is
+  python3 -m phases.models.embedded prepare tiny-random-qwen2 > "$R/dpo_runner.log" 2>&1  # its model, built offline
+  timeout "$1" env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home run \
+    --config benchmarks/gpu_dpo_runner.yaml --run-id gpu >> "$R/dpo_runner.log" 2>&1
+  stamp "dpo runner rc=$?"
+  collect_dpo_run
 }
 
 if [ "$part" = single1 ]; then  # one GPU: the two correctness runs side by side, then the DPO benchmark alone
@@ -71,10 +73,7 @@ elif [ "$part" = single3 ]; then
   timeout 150 env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home resume \
     > "$R/dpo_runner.log" 2>&1
   stamp "dpo resume rc=$?"
-  mkdir -p "$R/dpo_runner"
-  (cd /tmp/dpo-home/artifacts/gpu && find . -maxdepth 3 \( -name '*.json' -o -name 'summary.txt' \) -path '*dpo*' \
-     -exec cp --parents {} "$R/dpo_runner" \;)
-  PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home status > "$R/dpo_runner/status.txt" 2>&1
+  collect_dpo_run
   tar czf "$R/dpo_runner/home.tgz" -C /tmp dpo-home
   [ "${SKIP_PF:-0}" = 1 ] && { tar czf "$OUT/$part.tgz" -C /tmp/gpu-batch "$part"; exit 0; }
   stamp "bench_sft (TRL defaults vs TRL + Liger + padding_free) start"
@@ -87,43 +86,10 @@ elif [ "$part" = single4 ]; then  # one GPU: the fully-GPU DPO runner run on the
   stamp "bench critic start ($left s left)"
   timeout "$left" python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
   stamp "bench critic rc=$?"
-elif [ "$part" = part1 ]; then
-  (
-    export CUDA_VISIBLE_DEVICES=0
-    stamp "gpu0: gpu_eval start"
-    timeout 420 python3 benchmarks/gpu_eval.py --out "$R/eval" > "$R/eval.log" 2>&1
-    stamp "gpu0: gpu_eval rc=$?"
-  ) &
-  (
-    export CUDA_VISIBLE_DEVICES=1
-    stamp "gpu1: bench_dpo start"
-    timeout 260 python3 benchmarks/bench_dpo.py --sizes 1.5B,7B --out "$R/dpo" > "$R/bench_dpo.log" 2>&1
-    stamp "gpu1: bench_dpo rc=$?"
-    timeout $(( 540 - ($(date +%s) - t0) )) python3 benchmarks/run_all.py --out "$R/sft" --only sft --sft-sizes 1.5B,7B \
-      > "$R/bench_sft.log" 2>&1
-    stamp "gpu1: bench_sft rc=$?"
-  ) &
-  wait
-elif [ "$part" = part2 ]; then
-  stamp "scale: start"
-  timeout 300 python3 benchmarks/bench_scale.py --workers 2 --size 0.5B --items 4096 --out "$R/scale" > "$R/scale.log" 2>&1
+elif [ "$part" = scale2 ]; then  # issue 17: needs 2 GPUs (not lent on 2026-12-01; not run yet)
+  stamp "scale start"
+  timeout 540 python3 benchmarks/bench_scale.py --workers 2 --size 0.5B --items 4096 --out "$R/scale" > "$R/scale.log" 2>&1
   stamp "scale rc=$?"
-  (
-    export CUDA_VISIBLE_DEVICES=0
-    timeout $(( 550 - ($(date +%s) - t0) )) env PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" \
-      python3 -m runner --home /tmp/dpo-home run --config benchmarks/gpu_dpo_runner.yaml --run-id gpu > "$R/dpo_runner.log" 2>&1
-    stamp "gpu0: dpo runner rc=$?"
-    mkdir -p "$R/dpo_runner"
-    find /tmp/dpo-home/artifacts/gpu/dpo /tmp/dpo-home/artifacts/gpu/evaluate_dpo -maxdepth 2 \
-      \( -name '*.json' -o -name 'summary.txt' \) -exec cp --parents {} "$R/dpo_runner" \; 2>/dev/null
-    PYTHONPATH="tests/integration:.:${PYTHONPATH:-}" python3 -m runner --home /tmp/dpo-home status > "$R/dpo_runner/status.txt" 2>&1
-  ) &
-  (
-    export CUDA_VISIBLE_DEVICES=1
-    timeout $(( 550 - ($(date +%s) - t0) )) python3 benchmarks/bench_32b.py --quick --out "$R/32b" > "$R/bench_32b.log" 2>&1
-    stamp "gpu1: bench_32b rc=$?"
-  ) &
-  wait
 else
   echo "unknown part $part"; exit 2
 fi
