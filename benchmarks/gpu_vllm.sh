@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# vLLM on the lent GPU machine (issue 15, item 4): that machine has no network and each call carries
+# at most 64 MiB, while vLLM 0.25.1 (the release pinning torch 2.11.0, the image's torch) is a 250 MB
+# wheel. So a slimmed copy travels as an xz tarball in two parts over two back-to-back calls (/tmp
+# survives while the machine is warm, 30 s after a call) and is joined there.
+#
+# Here, once (network to PyPI; ~3 min):
+#   bash benchmarks/gpu_vllm.sh prep        # builds .vc1/ and .vc2/ (git-excluded)
+# There, two calls in a row (device tool; carry [".vc1"] then [".vc2"]):
+#   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site
+#   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm, runs bench_vllm.py and a runner stage-1 run
+#
+# What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
+# import site is guarded in vLLM): the FlashAttention-2 kernels (Hopper uses FA3), the MoE kernels,
+# the Rust frontend binary, deep_gemm builds for other Pythons, the sm100 FMHA headers and the
+# API server's static web files. Dependencies carried: those vLLM imports on this path that the image
+# lacks, found by importing vLLM's engine, worker, attention, sampler and executor modules here
+# (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
+# are not installed).
+set -u
+part="${1:?usage: gpu_vllm.sh prep|a|b}"
+cd "$(dirname "$0")/.."
+if [ "$part" = prep ]; then
+  set -e
+  W=/tmp/vllm-prep; rm -rf "$W" .vc1 .vc2; mkdir -p "$W/site" .vc1 .vc2
+  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+           --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+           --platform manylinux_2_17_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_5_x86_64 \
+           --platform manylinux1_x86_64 --platform any -d "$1" "${@:2}"; }
+  dl "$W" vllm==0.25.1
+  python3 -m pip install -q --no-deps --no-compile --target "$W/site" "$W"/vllm-0.25.1-*.whl
+  (cd "$W/site" && rm -f vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/_moe_C_stable_libtorch.abi3.so vllm/vllm-rs \
+     vllm/third_party/deep_gemm/_C.cpython-31[0134]-*.so && rm -rf vllm/third_party/fmha_sm100 \
+     vllm/entrypoints/serve/instrumentator/static && rm -rf bin)
+  tar -cf - -C "$W/site" vllm vllm-0.25.1.dist-info | xz -9 -T2 > "$W/vllm_slim.tar.xz"
+  split -b 34600000 -d "$W/vllm_slim.tar.xz" .vc1/vllm_slim.tar.xz.part && mv .vc1/vllm_slim.tar.xz.part01 .vc2/
+  dl .vc1 cbor2 msgspec pyzmq pybase64 cachetools llguidance openai-harmony fastapi starlette opentelemetry-api \
+     partial-json-parser xgrammar==0.2.9 apache-tvm-ffi==0.1.11
+  # the project's own needs that the image lacks (runner, critics, evaluation), as in .whl
+  cp .whl/{sniffio,annotated_types,typing_inspection,distro,sqlmodel,jiter,pydantic-,pydantic_core,greenlet,langdetect,nltk,openai,sqlalchemy,gguf}*.whl .vc1/
+  cp .whl/{liger,trl,datasets,dill,multiprocess}*.whl .vc2/
+  du -sh .vc1 .vc2; exit 0
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/site
+OUT="${OUT:-/tmp/gpu-vllm-out}"
+R=/tmp/gpu-vllm/$part; rm -rf "$R"; mkdir -p "$R" "$OUT" /tmp/vparts
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/timeline.txt"; }
+if [ "$part" = a ]; then
+  cp .vc1/vllm_slim.tar.xz.part00 /tmp/vparts/
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc1/*.whl \
+    || { echo "wheel install failed"; exit 2; }
+  stamp "part 1 stored: $(ls -la /tmp/vparts)"
+elif [ "$part" = b ]; then
+  cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
+  cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
+  sha256sum /tmp/vllm_slim.tar.xz | tee "$R/sha256.txt"
+  tar -xJf /tmp/vllm_slim.tar.xz -C /tmp/site || python3 -c "import tarfile; tarfile.open('/tmp/vllm_slim.tar.xz').extractall('/tmp/site')"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc2/*.whl
+  stamp "vllm unpacked"
+  python3 -c 'import torch, vllm, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tee "$R/versions.txt"
+  nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
+  stamp "bench_vllm start"
+  timeout 400 python3 benchmarks/bench_vllm.py --sizes 0.5B,7B --out "$R/bench" > "$R/bench_vllm.log" 2>&1
+  stamp "bench_vllm rc=$?"
+  left=$(( 560 - ($(date +%s) - t0) ))
+  python3 -c "from phases.models.tiny import build_tiny_model as b; b('/tmp/tiny256-4k', hidden_size=256, max_position_embeddings=4096)" > "$R/runner.log" 2>&1
+  stamp "runner stage-1 (backend vllm) start, $left s left"
+  timeout "$left" python3 -m runner --home /tmp/vllm-home run --config benchmarks/gpu_vllm_stage1.yaml --run-id vllm >> "$R/runner.log" 2>&1
+  stamp "runner rc=$?"
+  python3 -m runner --home /tmp/vllm-home status > "$R/runner_status.txt" 2>&1
+  (cd /tmp/vllm-home && find . -name '*.json' -path '*prepare_model*' -exec cp --parents {} "$R" \;) 2>/dev/null
+else
+  echo "unknown part $part"; exit 2
+fi
+stamp done
+tar czf "$OUT/vllm_$part.tgz" -C /tmp/gpu-vllm "$part"
+cat "$R/timeline.txt"
