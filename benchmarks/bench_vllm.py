@@ -38,6 +38,9 @@ NEW, PLEN, BATCHES = 64, 64, (64, 256)
 
 
 def _vllm(model_dir: str, dtype: str, **kw):
+    from phases.models.backends.vllm import vllm_environment
+
+    vllm_environment()
     from vllm import LLM
 
     args = dict(model=model_dir, dtype=dtype, skip_tokenizer_init=True, seed=0, max_model_len=512, max_num_seqs=256,

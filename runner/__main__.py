@@ -1,4 +1,5 @@
 """`python -m runner ...`: the runner CLI (see `python -m runner --help`)."""
 from runner.cli import entrypoint
 
-entrypoint()
+if __name__ == "__main__":  # not under multiprocessing spawn (vLLM's engine process re-imports __main__)
+    entrypoint()

@@ -15,6 +15,7 @@ machine with vllm. Cannot run on CPU-only machines (construction raises a clear 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable, Sequence
 
 from phases.models.backends.base import (
@@ -24,6 +25,20 @@ from phases.models.backends.base import (
     check_prompts,
     resolve_seeds,
 )
+
+
+def vllm_environment() -> None:
+    """Environment vLLM needs inside this project's processes (set only where the user has not):
+
+    - ``VLLM_WORKER_MULTIPROC_METHOD=spawn``: a pipeline step often touched CUDA before it loads
+      vLLM (another model, a device check), and vLLM's engine process cannot re-initialise CUDA in
+      a forked child ("Cannot re-initialize CUDA in forked subprocess", seen on the H200).
+    - ``VLLM_USE_FLASHINFER_SAMPLER=0`` when FlashInfer is not installed: vLLM 0.25 imports it
+      for top-p/top-k sampling by default and its engine fails to start without it.
+    """
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    if importlib.util.find_spec("flashinfer") is None:
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
 def vllm_available() -> bool:
@@ -48,6 +63,7 @@ class VLLMBackend(Backend):
         if llm is None:
             if not vllm_available():
                 raise ImportError("backend='vllm' needs the vllm package (pip install vllm) on a CUDA machine")
+            vllm_environment()
             from vllm import LLM
 
             llm = LLM(
