@@ -82,7 +82,6 @@ def decode_rows(model, dev: str, batches: tuple[int, ...], new: int, copy_gbps: 
 
 def critic_rows(model, dev: str, n_items: int) -> list[dict]:
     from benchmarks.bench_critic import CANDS, make_prompts
-    from phases.models import fast_rules
 
     be = common.id_backend(model, 64)
     be.fast_paths = "auto"
@@ -90,7 +89,7 @@ def critic_rows(model, dev: str, n_items: int) -> list[dict]:
     for shape in ("pair256", "instr80"):
         prompts = make_prompts(shape, n_items, model.config.vocab_size)
         t, _ = common.timeit(lambda: be.next_token_logprobs(prompts, CANDS), dev, warmup=1, repeats=2)
-        route = fast_rules.critic_route(model, be.encode_rows(prompts, 0, "error")) if be._use_fast() else "plain (CPU)"
+        route = be.critic_route(be.encode_rows(prompts, 0, "error")) if be._use_fast() else "plain (CPU)"
         rows.append({"bench": "32b", "part": f"critic {shape}", "path": f"HFBackend auto ({route})",
                      "value": round(len(prompts) / t, 1), "unit": "scorings/s"})
     return rows

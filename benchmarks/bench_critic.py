@@ -11,9 +11,15 @@ Prompt shapes (token counts of the real rubrics under the Qwen2.5 tokenizer):
 - ``pair256``: 256 tokens = 46 rubric-prefix tokens (per label order; the two orders share their
   first ~8) + 194 item tokens + 16 answer-line tokens: the issue's shape, stage 1's pair critic.
 - ``instr80``: 80 tokens = 33 prefix + 31 item + 16 answer line: the instruction critic.
-The row "rule: HFBackend auto" is the production route (``fast_paths="auto"``: on CUDA the path
-``phases/models/fast_rules.py`` picks, named in ``route``); ``rule_ok`` says whether it ran at
->= 0.97x plain batched (1.0x within timing noise), the issue's "no slower fast path" check.
+Batches: each (size, shape) runs at ``batch`` (64 on a GPU) and at ``4 * batch`` (256), plain and
+prefix-cached and the production route at both. ``x_plain_batched`` is against plain at ``batch``
+(as in earlier tables); ``x_plain_same_batch`` against plain at the row's own batch.
+The rows "rule: HFBackend auto (bsN)" are the production route (``fast_paths="auto"``, backend
+``batch_size`` N: on CUDA the path ``phases/models/fast_rules.py`` picks, which
+``HFBackend.critic_route`` names in ``route``, with ``prefix_rows_per_forward``, the rule's batch
+term); ``rule_ok`` says whether it ran at >= 0.97x plain batched at the same batch (1.0x within
+timing noise), the issue's "no slower fast path" check. A call has 2 x n_items prompts in two
+label-order groups, so the prefix path runs ``min(N, n_items)`` rows per forward (128 at bs256).
 The naive loop is what a straightforward script does: ``model(ids[None])`` per prompt, full
 logits, log-softmax of the last row.
 
@@ -70,28 +76,33 @@ def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats:
     model = common.build_model(size, dev)
     params = sum(p.numel() for p in model.parameters())
     vocab = model.config.vocab_size
+    big = 4 * batch
     be = common.id_backend(model, batch)
-    be_rule = common.id_backend(model, batch)
-    be_rule.fast_paths = "auto"
+    be_big = common.id_backend(model, big)
+    be_rule = {b: common.id_backend(model, b) for b in (batch, big)}
+    for b in be_rule.values():
+        b.fast_paths = "auto"
     cand_ids = be.candidate_ids(CANDS)
     rows = []
     for shape in shapes:
         prompts = make_prompts(shape, n_items, vocab)
         tokens = sum(SHAPES[shape])
         ref = be.next_token_logprobs(prompts, CANDS)
+        # name -> (fn, scorings, batch); plain at a batch is timed before the rows compared with it
         variants = {
-            "naive 1-at-a-time": (lambda: naive_scores(model, prompts[:n_naive], cand_ids), n_naive),
-            f"ours batched (bs{batch})": (lambda: be.next_token_logprobs(prompts, CANDS), len(prompts)),
-            f"fast prefix-cached (bs{batch})": (lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=batch), len(prompts)),
-            f"fast prefix-cached (bs{4 * batch})": (
-                lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=4 * batch, max_tokens=1 << 17), len(prompts)),
-            "rule: HFBackend auto": (lambda: be_rule.next_token_logprobs(prompts, CANDS), len(prompts)),
+            "naive 1-at-a-time": (lambda: naive_scores(model, prompts[:n_naive], cand_ids), n_naive, 1),
+            f"ours batched (bs{batch})": (lambda: be.next_token_logprobs(prompts, CANDS), len(prompts), batch),
+            f"fast prefix-cached (bs{batch})": (lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=batch), len(prompts), batch),
+            f"rule: HFBackend auto (bs{batch})": (lambda: be_rule[batch].next_token_logprobs(prompts, CANDS), len(prompts), batch),
+            f"ours batched (bs{big})": (lambda: be_big.next_token_logprobs(prompts, CANDS), len(prompts), big),
+            f"fast prefix-cached (bs{big})": (
+                lambda: prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=big, max_tokens=1 << 17), len(prompts), big),
+            f"rule: HFBackend auto (bs{big})": (lambda: be_rule[big].next_token_logprobs(prompts, CANDS), len(prompts), big),
         }
         enc_rows = be.encode_rows(prompts, 0, "error")
-        route = (fast_rules.critic_route(model, enc_rows) if be_rule._use_fast() else "plain (fast paths off here)")
         base_rate = None
-        plain_rate = None
-        for name, (fn, n) in variants.items():
+        plain_rate: dict[int, float] = {}
+        for name, (fn, n, bs) in variants.items():
             t, times = common.timeit(fn, dev, warmup=1, repeats=repeats)
             res = fn() if not name.startswith("naive") else None
             diff = None
@@ -104,17 +115,22 @@ def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats:
             tflops = 2 * params * tokens * n / t / 1e12
             base_rate = base_rate or rate
             if name.startswith("ours"):
-                plain_rate = rate
+                plain_rate[bs] = rate
+            same = plain_rate.get(bs) if not name.startswith("naive") else None
             rows.append({
                 "bench": "critic", "size": size, "shape": shape, "prompt_tokens": tokens, "variant": name,
                 "scorings": n, "seconds": round(t, 4), "times": [round(x, 4) for x in times],
                 "scorings_per_s": round(rate, 1), "x_naive": round(rate / base_rate, 2),
-                "x_plain_batched": round(rate / plain_rate, 2) if plain_rate else None,
+                "x_plain_batched": round(rate / plain_rate[batch], 2) if batch in plain_rate else None,
+                "x_plain_same_batch": round(rate / same, 2) if same else None,
                 "tflops_all_tokens": round(tflops, 1), "mfu_all_tokens": round(tflops / peak_tflops, 3),
                 "max_abs_logprob_diff_vs_plain": float(f"{diff:.3g}"), "params": params,
             })
             if name.startswith("rule"):
-                rows[-1].update(route=route, rule_ok=bool(plain_rate and rate / plain_rate >= 0.97))
+                rb = be_rule[bs]
+                route = rb.critic_route(enc_rows) if rb._use_fast() else "plain (fast paths off here)"
+                rows[-1].update(route=route, rule_ok=bool(same and rate / same >= 0.97),
+                                prefix_rows_per_forward=round(fast_rules.rows_per_forward(enc_rows, rb._prefix_max_batch()), 1))
             print(f"critic {size:>5} {shape:8} {name:32} {rate:9.1f}/s  {tflops:7.1f} TFLOP/s  x{rate / base_rate:6.1f}  diff {diff:.2g}", flush=True)
     if dev.startswith("cuda"):
         # bf16 rounding dominates the differences above; in fp32 the paths must agree to ~1e-4.
@@ -124,7 +140,7 @@ def run(size: str, dev: str, *, n_items: int, n_naive: int, batch: int, repeats:
         b = prefix_cache.next_token_logprobs(be, prompts, CANDS, max_batch=batch)
         rows.append({"bench": "critic-check", "size": size,
                      "fp32_max_abs_logprob_diff": float(f"{max(abs(x[c] - y[c]) for x, y in zip(a, b) for c in CANDS):.3g}")})
-    del model, be
+    del model, be, be_big, be_rule
     common.free(dev)
     return rows
 

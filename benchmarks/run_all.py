@@ -45,7 +45,7 @@ def tables(report: dict) -> str:
            f"transformers {m['transformers']}, peft {m['peft']}, trl {m['trl']}.",
            f"Ceilings: matmul {c['matmul_tflops']} TFLOP/s ({c['matmul_n']}^3), copy {c['copy_gbps']} GB/s (read+write).", ""]
     specs = {
-        "critic": ("Critic scoring", ["size", "shape", "variant", "scorings_per_s", "x_naive", "x_plain_batched", "tflops_all_tokens", "mfu_all_tokens", "max_abs_logprob_diff_vs_plain", "route", "rule_ok"]),
+        "critic": ("Critic scoring", ["size", "shape", "variant", "scorings_per_s", "x_naive", "x_plain_batched", "x_plain_same_batch", "tflops_all_tokens", "mfu_all_tokens", "max_abs_logprob_diff_vs_plain", "route", "prefix_rows_per_forward", "rule_ok"]),
         "generation": ("Generation (64-token prompts, 64 new tokens)", ["size", "variant", "tokens_per_s", "x_one_at_a_time", "x_hf_batched", "ms_per_step", "bound_ms_per_step", "frac_bandwidth_bound", "first_call_s"]),
         "critic-check": ("Critic correctness on the GPU, fp32 (fast vs plain)", ["size", "fp32_max_abs_logprob_diff"]),
         "generation-check": ("Generation correctness (bf16 on the GPU, then fp32)", ["size", "greedy_rows_equal_plain", "fast_batch_invariant_greedy", "fast_batch_invariant_sampling", "fp32_greedy_rows_equal_plain", "fp32_fast_batch_invariant", "fp32_compiled_rows_equal_plain"]),

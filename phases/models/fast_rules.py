@@ -1,26 +1,51 @@
 """Which scoring/generation path HFBackend takes on CUDA: a fixed rule backed by the benchmark table.
 
-Not runnable; ``HFBackend.next_token_logprobs`` and ``HFBackend.generate`` ask ``critic_route`` and
-``generation_route`` (tests: ``.venv/bin/pytest tests/integration/test_fast_paths.py -k rule``).
+Not runnable; ``HFBackend.critic_route`` (used by ``HFBackend.next_token_logprobs``) and
+``HFBackend.generate`` ask ``critic_route`` and ``generation_route`` (tests:
+``.venv/bin/pytest tests/unit/test_fast_rules_rule.py tests/integration/test_fast_rules.py``).
 
 Why a rule and not a timing: data steps must give the same bytes on every resume, and the
-prefix-cached and plain paths agree only to float rounding (1e-4 in fp32, more in bf16), so the
-choice may depend only on the model and the prompts, never on a clock.
+prefix-cached and plain paths agree only to float rounding (1e-4 in fp32, more in bf16: up to
+0.17 nats at 7B in bf16 on the H200). A choice made by timing both paths at run time would depend
+on the clock, the GPU's load and its warm-up, so a resumed batch could take the other path and
+write different critic scores (and different kept/dropped verdicts near the threshold) than the
+first attempt. The choice therefore depends only on the model and the call's token ids and the
+backend's settings: ``critic_route_for`` is a pure function of (parameter count, shared-prefix
+fraction, rows per forward), and the ledger's batches are fixed, so each batch takes the same path
+on every attempt.
 
 The rule (docs/performance.md "Which path runs"):
-- critic: the prefix-cached path (``phases/models/prefix_cache.py``) only when the model has at
-  least ``PREFIX_MIN_PARAMS`` parameters AND the shared prefixes it would skip are at least
-  ``PREFIX_MIN_SAVED_FRACTION`` of the call's prompt tokens; else the plain batched forward.
-  Measured: 1.08-1.14x (pair prompts) and 1.39-1.63x (instruction prompts) at 1.5B/7B; at 0.5B
-  the instruction-critic shape ran at 0.52x (batch 64) / 0.94x (batch 256) of plain in one H200
-  run: a 0.5B forward is launch/copy-bound, and the prefixed forward adds per layer a K/V concat
-  of the prefix broadcast over the batch, a GQA expand that materialises K/V for all query heads
-  (7 per KV head at 0.5B), a hand-written RoPE, and a masked SDPA (bottom-right causal mask,
-  which cannot use the flash kernel), while it saves only 33 of 80 tokens of tiny matmuls.
+- critic: the prefix-cached path (``phases/models/prefix_cache.py``) only when the shared prefixes
+  it would skip are at least ``PREFIX_MIN_SAVED_FRACTION`` of the call's prompt tokens, AND either
+  the model has at least ``PREFIX_MIN_PARAMS`` parameters, or it runs at least
+  ``PREFIX_SMALL_MIN_ROWS`` rows per prefixed forward (mean over the call's forwards, as
+  ``prefix_cache.plan_forwards`` cuts them: one group per rubric/label order, at most
+  ``max(backend.batch_size, 64)`` rows and 32,768 padded suffix tokens a forward). Else the plain
+  batched forward. A critic call of B items has 2B prompts (two label orders, two prefix groups of
+  B), so with ``generation.batch_size`` B >= 64 a full ledger batch runs B rows per forward.
+  Measured (H200, torch 2.11, transformers 5.17; ``benchmarks/results/h200-2026-12-01/
+  critic_table.md`` and ``critic_results.json``, 256 prompts = 128 items x 2 orders a call;
+  "x plain" = scorings/s over plain batched at bs64, i.e. 4 forwards of 64 rows):
+  - 1.5B: prefix 1.14x (pair256) / 1.40x (instr80) at 64 rows per forward, 1.15x / 1.52x at 128;
+    7B: 1.15x / 1.60x at 64, 1.17x / 1.65x at 128. So >= 1 B: prefix at every measured batch.
+  - 0.5B: prefix 1.08x (pair256) but 0.92x (instr80) at 64 rows per forward; 1.15x (pair256) and
+    1.49x (instr80) at 128 (the table's "fast prefix-cached (bs256)" rows: max_batch 256, but each
+    label-order group has 128 rows, so 2 forwards of 128). H100 run 3 (``benchmarks/results/
+    h100-run3``, same prefix code) agrees: 1.12x / 1.75x at 128. Hence PREFIX_SMALL_MIN_ROWS =
+    128, the smallest measured point where both shapes win; nothing between 64 and 128 was measured.
+  Caveats, open until the next GPU run (``benchmarks/bench_critic.py``'s rows at bs256 measure
+  both): (1) the plain baseline of those rows ran 64 rows per forward; plain at the same 128-256
+  rows per forward was not measured. (2) an earlier H200 run (raw output not kept; cited in issue
+  15 and in docs/performance.md) saw 0.94x for 0.5B instr80 at "bs256", against 1.49x here.
+  Why small models need the batch: a 0.5B forward is launch/copy-bound, and the prefixed forward
+  adds per layer a K/V concat of the prefix broadcast over the batch, a GQA expand that
+  materialises K/V for all query heads (7 per KV head at 0.5B), a hand-written RoPE and a masked
+  SDPA (bottom-right causal mask, no flash kernel); at 64 rows those fixed costs exceed the 33 of
+  80 tokens of tiny matmuls saved, at 128 rows they are amortised.
 - generation: the static-KV graph path (``backends/fastgen.py``) wherever it is supported:
   3.1-8.2x plain batched ``generate`` at every measured size (0.5B-7B) and batch (64, 256).
-The lead's GPU run (``benchmarks/run_all.py``, rows "rule: ...") re-checks both per size and
-shape; change the constants here from those numbers, nowhere else.
+The lead's GPU run (``benchmarks/run_all.py --only critic``, rows "rule: ...") re-checks both per
+size, shape and batch; change the constants here from those numbers, nowhere else.
 """
 
 from __future__ import annotations
@@ -29,8 +54,12 @@ from collections.abc import Sequence
 
 PREFIX_MIN_PARAMS = 1.0e9
 PREFIX_MIN_SAVED_FRACTION = 0.10
+#: below PREFIX_MIN_PARAMS, the prefix path needs at least this many rows per prefixed forward
+PREFIX_SMALL_MIN_ROWS = 128
 #: prefixes shorter than this are not reused (prefix_cache.score_ids' default min_prefix)
 MIN_PREFIX = 8
+#: the prefix path's padded-suffix-token cap per forward (prefix_cache.score_ids' default max_tokens)
+PREFIX_MAX_TOKENS = 32768
 
 
 def model_params(model) -> int:
@@ -49,11 +78,37 @@ def saved_fraction(rows: Sequence[Sequence[int]]) -> float:
     return saved / total
 
 
-def critic_route(model, rows: Sequence[Sequence[int]]) -> str:
-    """``"prefix"`` or ``"plain"`` for one scoring call (see the module docstring)."""
-    if model_params(model) < PREFIX_MIN_PARAMS:
+def rows_per_forward(rows: Sequence[Sequence[int]], max_batch: int, max_tokens: int = PREFIX_MAX_TOKENS) -> float:
+    """Mean rows per suffix forward the prefix path would run for ``rows`` (0.0 for no rows)."""
+    from phases.models.prefix_cache import plan_forwards  # lazy: see saved_fraction
+
+    plan = plan_forwards(rows, max_batch=max_batch, max_tokens=max_tokens, min_prefix=MIN_PREFIX)
+    return len(rows) / len(plan) if plan else 0.0
+
+
+def critic_route_for(n_params: int | float, shared_fraction: float, forward_rows: float) -> str:
+    """The rule itself, pure: ``"prefix"`` or ``"plain"`` (see the module docstring).
+
+    ``n_params``: the model's parameter count; ``shared_fraction``: ``saved_fraction`` of the call
+    (0..1); ``forward_rows``: ``rows_per_forward`` of the call. Boundaries are inclusive:
+    exactly PREFIX_MIN_PARAMS parameters, PREFIX_MIN_SAVED_FRACTION and PREFIX_SMALL_MIN_ROWS
+    rows take the prefix path.
+    """
+    if shared_fraction < PREFIX_MIN_SAVED_FRACTION:
         return "plain"
-    return "prefix" if saved_fraction(rows) >= PREFIX_MIN_SAVED_FRACTION else "plain"
+    if n_params >= PREFIX_MIN_PARAMS:
+        return "prefix"
+    return "prefix" if forward_rows >= PREFIX_SMALL_MIN_ROWS else "plain"
+
+
+def critic_route(model, rows: Sequence[Sequence[int]], *, max_batch: int = 64, max_tokens: int = PREFIX_MAX_TOKENS) -> str:
+    """``"prefix"`` or ``"plain"`` for one scoring call of token-id ``rows`` on ``model``, the
+    prefix path cutting forwards at ``max_batch`` rows (HFBackend passes ``max(batch_size, 64)``)."""
+    n = model_params(model)
+    frac = saved_fraction(rows)
+    # rows per forward matters only below PREFIX_MIN_PARAMS; skip planning otherwise
+    fr = rows_per_forward(rows, max_batch, max_tokens) if n < PREFIX_MIN_PARAMS and frac >= PREFIX_MIN_SAVED_FRACTION else 0.0
+    return critic_route_for(n, frac, fr)
 
 
 def generation_route(model, batch: int) -> str:

@@ -112,6 +112,32 @@ def clear_prefix_memo(model=None) -> None:
         _MEMO.pop(model, None)
 
 
+def _chunks(rows: Sequence[Sequence[int]], idx: Sequence[int], plen: int, max_batch: int, max_tokens: int) -> list[list[int]]:
+    """One group's rows cut into forwards: greedy over the length-sorted rows (the last row of a
+    chunk is its widest), at most ``max_batch`` rows and ``max_tokens`` padded suffix tokens each."""
+    idx = sorted(idx, key=lambda i: (len(rows[i]), i))
+    out, k = [], 0
+    while k < len(idx):
+        j = k + 1
+        while j < len(idx) and j - k < max_batch and (j + 1 - k) * (len(rows[idx[j]]) - plen) <= max_tokens:
+            j += 1
+        out.append(idx[k:j])
+        k = j
+    return out
+
+
+def plan_forwards(rows: Sequence[Sequence[int]], *, max_batch: int = 64, max_tokens: int = 32768,
+                  min_prefix: int = 8) -> list[tuple[int, list[int]]]:
+    """The suffix forwards ``score_ids`` runs for ``rows`` with these settings, in its order:
+    ``[(prefix_len, row indices)]``, one entry per forward (prefix K/V computations not counted).
+    Pure (no torch work): ``phases/models/fast_rules.py`` reads the rows per forward from it."""
+    plan = []
+    for plen, idx in shared_prefix_groups(rows):
+        plen = plen if plen >= min_prefix else 0
+        plan += [(plen, chunk) for chunk in _chunks(rows, idx, plen, max_batch, max_tokens)]
+    return plan
+
+
 @torch.no_grad()
 def score_ids(model, rows: Sequence[Sequence[int]], cand_ids: Sequence[int], *, pad_id: int = 0,
               max_batch: int = 64, max_tokens: int = 32768, min_prefix: int = 8, stats: dict | None = None) -> list[list[float]]:
@@ -124,6 +150,7 @@ def score_ids(model, rows: Sequence[Sequence[int]], cand_ids: Sequence[int], *, 
     out: list[list[float] | None] = [None] * len(rows)
     groups = shared_prefix_groups(rows)
     n_prefix_tokens = n_suffix_tokens = n_padded = 0
+    forwards: list[int] = []  # rows of each suffix forward, in order
     for plen, idx in groups:
         if plen < min_prefix:
             plen = 0
@@ -131,15 +158,7 @@ def score_ids(model, rows: Sequence[Sequence[int]], cand_ids: Sequence[int], *, 
         if plen:
             prefix, fresh = _prefix_kv(model, tuple(rows[idx[0]][:plen]), dev)
             n_prefix_tokens += plen if fresh else 0
-        idx = sorted(idx, key=lambda i: (len(rows[i]), i))
-        k = 0
-        while k < len(idx):
-            # Greedy chunking over length-sorted rows: the last row of a chunk is its widest.
-            j = k + 1
-            while j < len(idx) and j - k < max_batch and (j + 1 - k) * (len(rows[idx[j]]) - plen) <= max_tokens:
-                j += 1
-            chunk = idx[k:j]
-            k = j
+        for chunk in _chunks(rows, idx, plen, max_batch, max_tokens):
             sfx = [rows[i][plen:] for i in chunk]
             n, W = len(chunk), max(len(s) for s in sfx)
             ids = torch.full((n, W), pad_id, dtype=torch.long)
@@ -153,9 +172,10 @@ def score_ids(model, rows: Sequence[Sequence[int]], cand_ids: Sequence[int], *, 
                 out[i] = picked[b]
             n_suffix_tokens += sum(len(s) for s in sfx)
             n_padded += n * W
+            forwards.append(n)
     if stats is not None:
         stats.update(groups=[(p, len(i)) for p, i in groups], prefix_tokens=n_prefix_tokens,
-                     suffix_tokens=n_suffix_tokens, padded_suffix_tokens=n_padded)
+                     suffix_tokens=n_suffix_tokens, padded_suffix_tokens=n_padded, forward_rows=forwards)
     return out  # type: ignore[return-value]
 
 

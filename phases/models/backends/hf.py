@@ -97,6 +97,26 @@ class HFBackend(Backend):
 
     # -- scoring -----------------------------------------------------------------------------
 
+    def _prefix_max_batch(self) -> int:
+        # the prefix path's rows per forward: at least 64 (its fixed per-forward costs need a batch)
+        return int(max(self.batch_size, 64))
+
+    def critic_route(self, rows: Sequence[Sequence[int]]) -> str:
+        """The path ``next_token_logprobs`` takes for these encoded rows: ``"prefix"`` or ``"plain"``.
+
+        The faster path by a fixed rule (``phases/models/fast_rules.py``), never by timing: resumed
+        data steps must give the same bytes. ``fast_paths`` False, or "auto" off CUDA or on an
+        unsupported architecture: plain; True: prefix; "auto": ``fast_rules.critic_route`` with
+        this backend's prefix batch. Benchmarks record this value as the route that ran.
+        """
+        if not rows or not self._use_fast():
+            return "plain"
+        if self.fast_paths is True:
+            return "prefix"
+        from phases.models import fast_rules  # lazy: its planning imports prefix_cache (torch)
+
+        return fast_rules.critic_route(self.model, rows, max_batch=self._prefix_max_batch())
+
     @torch.no_grad()
     def next_token_logprobs(
         self, prompts: Sequence[str], candidate_tokens: Sequence[str], *, truncation: str = "error"
@@ -106,15 +126,12 @@ class HFBackend(Backend):
             return []
         cands = list(candidate_tokens)
         rows = self.encode_rows(prompts, 0, truncation)
-        # the faster path by a fixed rule (phases/models/fast_rules.py), never by timing: resumed
-        # data steps must give the same bytes
-        if self._use_fast():
-            from phases.models import fast_rules, prefix_cache  # lazy: CUDA fast path
+        if self.critic_route(rows) == "prefix":
+            from phases.models import prefix_cache  # lazy: CUDA fast path
 
-            if self.fast_paths is True or fast_rules.critic_route(self.model, rows) == "prefix":
-                lps = prefix_cache.score_ids(self.model, rows, self.candidate_ids(cands), pad_id=self.pad_id,
-                                             max_batch=int(max(self.batch_size, 64)))
-                return [dict(zip(cands, lp)) for lp in lps]
+            lps = prefix_cache.score_ids(self.model, rows, self.candidate_ids(cands), pad_id=self.pad_id,
+                                         max_batch=self._prefix_max_batch())
+            return [dict(zip(cands, lp)) for lp in lps]
         cand_ids = torch.tensor(self.candidate_ids(cands), dtype=torch.long)
         result: list[dict[str, float]] = [{} for _ in prompts]
         for bucket in self._buckets(rows):
