@@ -26,10 +26,21 @@ utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/las
   token budget below), on a random model of the size saved to a temp folder (with the tiny
   model's tokenizer) and records whose encoded lengths spread over 64-768 tokens. Tokens are
   ``state.num_input_tokens_seen`` (real tokens) between the same step callbacks as TRL's.
+  ``step_fast`` passes ``kernels: none``; ``step_liger`` the same step with ``kernels: liger``
+  (Liger's fused RoPE, RMSNorm, SwiGLU patched into the model; the loss stays the project's fused
+  CE), skipped with a note off CUDA or where ``liger_kernel`` does not import.
+- ``runner``: the ``sft`` step run by ``python -m runner`` in a subprocess (pipeline
+  ``benchmarks/sft_runner_pipeline.py``: model folder and records in, then the real step) with the
+  step rows' params and ``kernels: auto``; tokens/s is the step's own record (its manifest's
+  ``metrics.throughput``: optimizer steps after the same warm-up, model load and imports outside;
+  the run seed orders the batches, so the timed batches differ from the other step rows');
+  ``wall_s`` is the whole subprocess, ``step_wall_s`` the step (load included).
 - Ablations (``--sft-ablations rows8,hfloss,ckpt``): our step with TRL's 8-row batches, with the
   model's own loss instead of the fused one, or with gradient checkpointing, to attribute the gain.
 
 Run alone:  python3 benchmarks/bench_sft.py --sizes 1.5B --out /tmp/sft   (or via run_all.py)
+The step rows only:  python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,step_fast,step_liger,runner --out /tmp/sft
+CPU smoke (tiny model, ~25 s):  python3 benchmarks/bench_sft.py --cpu --sizes tiny --out /tmp/sft
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from phases.sft_speed import liger_import_error  # noqa: E402
 
 BUDGET = {"tiny": 256, "0.5B": 32768, "1.5B": 16384, "7B": 6144}
 
@@ -153,15 +165,36 @@ def make_records(n: int, lo: int, hi: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast") -> dict:
+def step_params(size: str, dev: str, warm: int, steps: int, trainer: str = "fast", kernels: str = "none") -> dict:
+    """``params.sft`` of the step rows: the method's 16 rows a step, the size's token budget, TRL's
+    lr and LoRA shape, bf16 base (``quantization: none``, comparable with the TRL rows), no
+    checkpoint or dev evaluation inside the timed steps."""
+    return {"trainer": trainer, "kernels": kernels, "device": "cuda" if dev.startswith("cuda") else "cpu",
+            "quantization": "none", "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0, "lora_r": 16,
+            "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": 2e-5, "logging_steps": 1, "max_seq_len": 1024,
+            "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
+
+
+def _model_folder(size: str, dev: str, tmp: str) -> Path:
+    folder = Path(tmp) / f"model-{size}"
+    if not folder.is_dir():
+        save_random_model(size, dev, folder)
+    return folder
+
+
+def _kernels_label(kernels: dict | None) -> str:
+    applied = (kernels or {}).get("applied") or []
+    return "liger " + "+".join(applied) if applied else "none"
+
+
+def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast",
+             kernels: str = "none") -> dict:
     """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks."""
     from transformers import TrainerCallback
 
     from phases.sft import run_sft
 
-    folder = Path(tmp) / f"model-{size}"
-    if not folder.is_dir():
-        save_random_model(size, dev, folder)
+    folder = _model_folder(size, dev, tmp)
     box: dict = {}
 
     class Timer(TrainerCallback):
@@ -175,18 +208,17 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
                 common.sync(dev)
                 box["t1"], box["tok1"] = time.perf_counter(), state.num_input_tokens_seen
 
-    params = {"trainer": trainer, "device": "cuda" if dev.startswith("cuda") else "cpu", "quantization": "none",
-              "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0, "lora_r": 16, "lora_alpha": 32,
-              "lora_dropout": 0.0, "learning_rate": 2e-5, "logging_steps": 1, "max_seq_len": 1024,
-              "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
+    params = step_params(size, dev, warm, steps, trainer, kernels)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    res = run_sft(records, str(folder), params, Path(tmp) / f"work-{trainer}", Path(tmp) / f"out-{trainer}", 0,
+    tag = f"{trainer}-{kernels}"
+    res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
                   lambda *a, **k: None, callbacks=[Timer()])
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     losses = [x["loss"] for x in res["loss_curve"]["train"]]
-    out = {"variant": f"sft step (run_sft), trainer {res['trainer']}", "seconds": round(t, 3), "tokens": int(tokens),
+    name = f"sft step (run_sft), trainer {res['trainer']}" + (", Liger kernels" if kernels == "liger" else "")
+    out = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens), "kernels": _kernels_label(res["kernels"]),
            "tokens_per_s": tokens / t if tokens else None, "steps": steps,
            "gradient_checkpointing": res["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
@@ -194,6 +226,56 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     common.free(dev)
     return out
+
+
+def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str) -> dict:
+    """The ``sft`` step run by ``python -m runner`` (a subprocess) on the benchmark's records.
+
+    The run's pipeline is ``benchmarks/sft_runner_pipeline.py`` (two input steps, then the real
+    ``sft`` step); ``params.sft`` are the step rows' with ``kernels: auto`` (what a user gets).
+    Tokens/s is what the step recorded itself: its manifest's ``metrics.throughput`` (this
+    attempt's optimizer steps after its warm-up steps: ``min(3, (n - 1) // 2)`` of ``n``, the same
+    split as the other rows here), so interpreter start, imports and model load are outside it;
+    ``wall_s`` is the whole subprocess.
+    """
+    import os
+    import subprocess
+
+    import yaml
+
+    from state.files import write_jsonl
+
+    repo = Path(__file__).resolve().parents[1]
+    root = Path(tmp) / "runner"
+    root.mkdir(parents=True, exist_ok=True)
+    write_jsonl(root / "records.jsonl", records)
+    cfg = {"pipeline": "benchmarks.sft_runner_pipeline:pipeline", "seed": 0, "max_attempts": 1,
+           "params": {"prepare_model": {"model_path": str(_model_folder(size, dev, tmp))},
+                      "merge": {"records": str(root / "records.jsonl")},
+                      "sft": step_params(size, dev, warm, steps, "fast", "auto")}}
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cmd = [sys.executable, "-m", "runner", "--home", str(root / "home"), "run", "--config", str(root / "run.yaml"),
+           "--run-id", "bench"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=str(repo), env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    (root / "runner.log").write_text(p.stdout + p.stderr)
+    mans = sorted((root / "home" / "artifacts" / "bench" / "sft").glob("[!.]*/training_manifest.json"))
+    if p.returncode != 0 or not mans:
+        raise RuntimeError(f"runner exited {p.returncode} (manifest {'found' if mans else 'missing'}); "
+                           f"its output ends: {(p.stdout + p.stderr)[-600:]}")
+    man = json.loads(mans[-1].read_text())
+    tp = man["metrics"].get("throughput") or {}
+    losses = [x["loss"] for x in man["loss_curve"]["train"]]
+    return {"variant": "sft step through runner", "seconds": tp.get("seconds"), "tokens": tp.get("tokens"),
+            "tokens_per_s": tp.get("tokens_per_s"), "steps": tp.get("steps"), "warmup_steps": tp.get("warmup_steps"),
+            "trainer": man["trainer"], "kernels": _kernels_label(man.get("kernels")),
+            "gradient_checkpointing": man["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
+            "train_seconds": man["metrics"]["train_seconds"], "step_wall_s": man["wall_seconds"],
+            "wall_s": round(wall, 1), "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None}
 
 
 class _HFLossStep:
@@ -289,7 +371,7 @@ def _liger_available() -> bool:
 ABLATIONS = {"rows8": dict(rows8=True), "hfloss": dict(fused=False), "ckpt": dict(ckpt=True)}
 
 
-VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast")
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast", "step_liger", "runner")
 
 
 def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations: tuple[str, ...] = (),
@@ -311,7 +393,14 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
                 elif fn.startswith("trl"):
                     r = run_trl(size, dev, data, warm, steps, tmp, fn)
                 elif fn == "step_fast":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast")
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none")
+                elif fn == "step_liger" and (not dev.startswith("cuda") or liger_import_error()):
+                    r = {"variant": "sft step (run_sft), trainer fast, Liger kernels",
+                         "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
+                elif fn == "step_liger":
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger")
+                elif fn == "runner":
+                    r = run_runner(size, dev, records, warm, steps, tmp)
                 else:
                     r = run_ours(size, dev, data, warm, BUDGET[size], **ABLATIONS.get(fn, {}))
             except Exception as e:
