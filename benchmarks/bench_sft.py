@@ -1,20 +1,18 @@
-"""SFT throughput: TRL's SFTTrainer with its default settings vs our training step
-(phases/sft_fast.py), both LoRA r=16 (alpha 32, dropout 0) on every linear layer, bf16, the same
-random examples of 64-768 tokens (uniform lengths, loss on every token).
+"""SFT throughput: TRL's SFTTrainer with its default settings vs the pipeline's `sft` step
+(phases/sft.py run_sft, directly and through the runner), all LoRA r=16 (alpha 32, dropout 0) on
+every linear layer, bf16, examples of 64-768 tokens (uniform lengths).
 
 Measures, per model size: trained tokens/s (real tokens, pads excluded) over the timed steps
 after warm-up steps, MFU = 6 x params x tokens/s / measured matmul peak (the issue's convention;
 with a frozen base the true FLOPs are nearer 4 x params x tokens, so 6N MFU overstates the
-utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/last loss.
+utilisation by up to 1.5x), peak GPU memory, and the first/last loss. TRL rows train on random
+token ids (loss on every token); the step rows on records of random words (response-only loss).
 - TRL: ``SFTTrainer(model, SFTConfig(output_dir, max_steps, report_to=[], save_strategy="no"),
   train_dataset=Dataset({"input_ids": ...}), peft_config=LoraConfig(...))``; every other setting
   is TRL's default (batch 8, gradient checkpointing on, padding to the longest row, no packing,
   fused AdamW, lr 2e-5, max_length 1024, bf16). Tokens are TRL's own count
   (``trainer._total_train_tokens``, the attention-mask sum) between step-begin and step-end
   callbacks, with CUDA synchronisation.
-- Ours: ``token_budget_batches`` (padded tokens per step given below), right padding with no
-  mask, no checkpointing, fused linear+CE, bf16 autocast, fused AdamW, grad clipping 1.0.
-  A step that runs out of memory halves the budget and starts again.
 - TRL + Liger (``use_liger_kernel=True``: Liger's fused linear+CE, RMSNorm, RoPE, SwiGLU kernels)
   and TRL + Liger + ``padding_free=True`` (rows concatenated, position ids restart per example;
   TRL documents it for flash-attention; with SDPA the row says whether it ran): TRL defaults
@@ -35,8 +33,6 @@ utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/las
   ``metrics.throughput``: optimizer steps after the same warm-up, model load and imports outside;
   the run seed orders the batches, so the timed batches differ from the other step rows');
   ``wall_s`` is the whole subprocess, ``step_wall_s`` the step (load included).
-- Ablations (``--sft-ablations rows8,hfloss,ckpt``): our step with TRL's 8-row batches, with the
-  model's own loss instead of the fused one, or with gradient checkpointing, to attribute the gain.
 
 Run alone:  python3 benchmarks/bench_sft.py --sizes 1.5B --out /tmp/sft   (or via run_all.py)
 The step rows only:  python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,step_fast,step_liger,runner --out /tmp/sft
@@ -121,7 +117,7 @@ def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, t
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     res = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens),
-           "tokens_per_s": tokens / t, "steps": steps, "padding_frac": None,
+           "tokens_per_s": tokens / t, "steps": steps,
            "gradient_checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", None)),
            "batch": trainer.args.per_device_train_batch_size, "loss_first": losses[0] if losses else None,
            "loss_last": losses[-1] if losses else None}
@@ -278,88 +274,6 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
             "loss_last": losses[-1] if losses else None}
 
 
-class _HFLossStep:
-    """Ablation: the same step but with the model's own loss (full logits materialised)."""
-
-    def __init__(self, pm, opt):
-        self.pm, self.opt = pm, opt
-        self.dev = next(pm.parameters()).device
-        self.trainable = [p for p in pm.parameters() if p.requires_grad]
-
-    def __call__(self, batch):
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda"):
-            loss = self.pm(input_ids=batch["input_ids"].to(self.dev), labels=batch["labels"].to(self.dev), use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), "tokens": batch["n_tokens"]}
-
-
-def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int, *, rows8: bool = False,
-             fused: bool = True, ckpt: bool = False) -> dict:
-    """Our step; the keyword switches are ablations (8-row batches, HF loss, checkpointing)."""
-    from phases import sft_fast as sf
-
-    while True:
-        model = common.build_model(size, dev)
-        model.train()
-        if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        pm = sf.add_lora(model)
-        params = [p for p in pm.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=2e-5, fused=dev.startswith("cuda"))
-        step = sf.FastSFTStep(pm, opt) if fused else _HFLossStep(pm, opt)
-        if rows8:  # TRL's batching: 8 random rows per step, padded to the longest
-            import random
-
-            order = list(range(len(data)))
-            random.Random(0).shuffle(order)
-            batches = [order[i : i + 8] for i in range(0, len(order), 8)]
-        else:
-            batches = sf.token_budget_batches([len(x) for x in data], budget, seed=0)
-        padded = sum(len(b) * max(len(data[i]) for i in b) for b in batches)
-        real = sum(len(x) for x in data)
-        if dev.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            losses, tokens, t0 = [], 0, None
-            for k, b in enumerate(batches):
-                if k == warm:
-                    common.sync(dev)
-                    t0 = time.perf_counter()
-                out = step(sf.collate_right_padded([data[i] for i in b], 0))
-                losses.append(out["loss"])
-                if k >= warm:
-                    tokens += out["tokens"]
-            common.sync(dev)
-            t = time.perf_counter() - t0
-            break
-        except torch.OutOfMemoryError:
-            del model, pm, opt, step
-            common.free(dev)
-            if budget <= 1024:
-                raise
-            budget //= 2
-            print(f"sft {size}: out of memory, token budget -> {budget}", flush=True)
-    name = f"ours (token budget {budget}, no ckpt, fused CE)"
-    if rows8 or not fused or ckpt:
-        name = "ours ablation: " + ", ".join(x for x, on in (("8-row batches", rows8), ("HF loss, not fused CE", not fused),
-                                                               ("gradient checkpointing", ckpt)) if on)
-        if not rows8:
-            name += f" (budget {budget})"
-    res = {"variant": name, "seconds": round(t, 3), "tokens": tokens,
-           "tokens_per_s": tokens / t, "steps": len(batches) - warm, "padding_frac": round(1 - real / padded, 3),
-           "gradient_checkpointing": False, "batch": f"<= {budget} tokens",
-           "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
-    if dev.startswith("cuda"):
-        res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-    del model, pm, opt, step
-    common.free(dev)
-    return res
-
-
 def _liger_available() -> bool:
     try:
         import liger_kernel  # noqa: F401
@@ -368,14 +282,10 @@ def _liger_available() -> bool:
         return False
 
 
-ABLATIONS = {"rows8": dict(rows8=True), "hfloss": dict(fused=False), "ckpt": dict(ckpt=True)}
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "runner")
 
 
-VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast", "step_liger", "runner")
-
-
-def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations: tuple[str, ...] = (),
-        variants: tuple[str, ...] = VARIANTS) -> list[dict]:
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS) -> list[dict]:
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
@@ -386,7 +296,7 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
         records = make_records(640, 64, 768)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fn in (*variants, *ablations):
+        for fn in variants:
             try:
                 if fn.startswith("trl_") and not _liger_available():
                     r = {"variant": TRL_VARIANTS[fn][0], "note": "skipped: liger-kernel is not importable here"}
@@ -399,10 +309,8 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
                          "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
                 elif fn == "step_liger":
                     r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger")
-                elif fn == "runner":
+                else:  # runner
                     r = run_runner(size, dev, records, warm, steps, tmp)
-                else:
-                    r = run_ours(size, dev, data, warm, BUDGET[size], **ABLATIONS.get(fn, {}))
             except Exception as e:
                 import traceback
 
