@@ -509,8 +509,6 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     ``log(message, kind=..., **data)`` records events (``sft_resumed`` with ``from_step``).
     Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
     """
-    import torch
-
     params = {**SFT_DEFAULTS, **params}
     loaded, model, device, quant, trainer_name, grad_ckpt, (kernels, patch) = load_for_training(ref, params, seed, log)
     try:
