@@ -39,6 +39,7 @@ def test_run_all_cpu_writes_every_benchmark(tmp_path):
     runner = [r for r in report["rows"] if r["bench"] == "sft" and r["variant"] == "sft step through runner"]
     assert runner and runner[0]["tokens"] > 0 and runner[0]["tokens_per_s"] > 0 and runner[0]["mfu_6N"] is not None
     assert runner[0]["trainer"] == "fast" and runner[0]["kernels"] == "none" and runner[0]["steps"] == 2
+    assert "CUDA only" in runner[0]["kernels_reason"]  # the step's manifest says why no kernels ran
     assert runner[0]["seconds"] < runner[0]["train_seconds"] <= runner[0]["step_wall_s"] < runner[0]["wall_s"]
     table = (tmp_path / "table.md").read_text()
     assert "### Critic scoring" in table and "### Generation" in table and "### SFT" in table
