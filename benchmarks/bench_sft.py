@@ -275,6 +275,24 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
             "loss_last": losses[-1] if losses else None}
 
 
+def _module_snapshot() -> list:
+    """Undo records of the module globals Liger rebinds, taken before a row and restored after it.
+
+    TRL's ``use_liger_kernel`` (transformers' ``apply_liger_kernel``) patches the model instance AND
+    rebinds ``apply_rotary_pos_emb``, the RMSNorm and MLP classes in the modeling module for the
+    rest of the process, so without this every row after a TRL + Liger row would build and run its
+    model with Liger's kernels (``step_fast`` with ``kernels: none`` included).
+    """
+    import importlib
+
+    import torch.nn.functional as F
+
+    from phases.sft_speed import LigerPatch
+
+    mods = [importlib.import_module(f"transformers.models.{a}.modeling_{a}") for a in ("qwen2", "llama")]
+    return [LigerPatch(m, dict(vars(m))) for m in (*mods, F)]
+
+
 def _liger_available() -> bool:
     try:
         import liger_kernel  # noqa: F401
@@ -298,6 +316,7 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fn in variants:
+            undo = _module_snapshot()
             try:
                 if fn.startswith("trl_") and not _liger_available():
                     r = {"variant": TRL_VARIANTS[fn][0], "note": "skipped: liger-kernel is not importable here"}
@@ -318,6 +337,9 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                 traceback.print_exc()
                 r = {"variant": fn, "error": f"{type(e).__name__}: {e}"[:400]}
                 common.free(dev)
+            finally:
+                for u in undo:
+                    u.restore()
             r.update(bench="sft", size=size, params=params)
             if r.get("tokens_per_s"):
                 r["mfu_6N"] = round(6 * params * r["tokens_per_s"] / (peak_tflops * 1e12), 3)
