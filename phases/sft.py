@@ -28,7 +28,8 @@ Contracts:
   ``fast_max_tokens`` padded tokens, no attention mask, fused linear+CE); ``trl`` = TRL's
   SFTTrainer with fixed-size batches. ``auto`` = ``fast`` on CUDA, ``trl`` on CPU: the rule stands
   on the recipe's measured 4.9x (1.5B) / 2.7x (7B) over TRL defaults (docs/performance.md) until
-  the ``sft``-step benchmark row (benchmarks/bench_sft.py ``--step``) re-measures it.
+  the ``sft``-step benchmark rows (benchmarks/bench_sft.py variants ``step_fast``, ``step_liger``,
+  ``runner``) re-measure it.
 - Kernels (``params.kernels``, ``phases/sft_speed.py``): ``auto`` = Liger's fused RoPE, RMSNorm
   and SwiGLU patched into the loaded model before PEFT wraps it, on CUDA when ``liger_kernel``
   imports and the architecture is qwen2/llama, else none (reason logged); ``liger`` = the same or a
