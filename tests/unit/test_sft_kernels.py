@@ -80,3 +80,21 @@ def test_stage_config_checks_kernels_with_file_and_line(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(f"include: {DEMO}\nparams:\n  sft:\n    kernels: none\n    trainer: fast\n")
     load_config(ok, pipeline)  # both accepted (trainer: fast was refused by the stage check before)
+
+
+def test_liger_patch_restore_rebinds_every_changed_name_once():
+    """What run_sft calls after training: the modeling module's names Liger rebound are put back."""
+    import types
+
+    from phases.sft_speed import LigerPatch
+
+    mod = types.ModuleType("modeling_fake")
+    rope, norm = object(), object()
+    mod.apply_rotary_pos_emb, mod.RMSNorm = rope, norm
+    patch = LigerPatch(mod, dict(vars(mod)))
+    mod.apply_rotary_pos_emb, mod.RMSNorm = "liger rope", "LigerRMSNorm"  # what Liger's apply_* does
+    patch.restore()
+    assert mod.apply_rotary_pos_emb is rope and mod.RMSNorm is norm
+    mod.RMSNorm = "patched again later"
+    patch.restore()  # idempotent: a second call changes nothing
+    assert mod.RMSNorm == "patched again later"
