@@ -1,20 +1,18 @@
-"""SFT throughput: TRL's SFTTrainer with its default settings vs our training step
-(phases/sft_fast.py), both LoRA r=16 (alpha 32, dropout 0) on every linear layer, bf16, the same
-random examples of 64-768 tokens (uniform lengths, loss on every token).
+"""SFT throughput: TRL's SFTTrainer with its default settings vs the pipeline's `sft` step
+(phases/sft.py run_sft, directly and through the runner), all LoRA r=16 (alpha 32, dropout 0) on
+every linear layer, bf16, examples of 64-768 tokens (uniform lengths).
 
 Measures, per model size: trained tokens/s (real tokens, pads excluded) over the timed steps
 after warm-up steps, MFU = 6 x params x tokens/s / measured matmul peak (the issue's convention;
 with a frozen base the true FLOPs are nearer 4 x params x tokens, so 6N MFU overstates the
-utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/last loss.
+utilisation by up to 1.5x), peak GPU memory, and the first/last loss. TRL rows train on random
+token ids (loss on every token); the step rows on records of random words (response-only loss).
 - TRL: ``SFTTrainer(model, SFTConfig(output_dir, max_steps, report_to=[], save_strategy="no"),
   train_dataset=Dataset({"input_ids": ...}), peft_config=LoraConfig(...))``; every other setting
   is TRL's default (batch 8, gradient checkpointing on, padding to the longest row, no packing,
   fused AdamW, lr 2e-5, max_length 1024, bf16). Tokens are TRL's own count
   (``trainer._total_train_tokens``, the attention-mask sum) between step-begin and step-end
   callbacks, with CUDA synchronisation.
-- Ours: ``token_budget_batches`` (padded tokens per step given below), right padding with no
-  mask, no checkpointing, fused linear+CE, bf16 autocast, fused AdamW, grad clipping 1.0.
-  A step that runs out of memory halves the budget and starts again.
 - TRL + Liger (``use_liger_kernel=True``: Liger's fused linear+CE, RMSNorm, RoPE, SwiGLU kernels)
   and TRL + Liger + ``padding_free=True`` (rows concatenated, position ids restart per example;
   TRL documents it for flash-attention; with SDPA the row says whether it ran): TRL defaults
@@ -26,10 +24,19 @@ utilisation by up to 1.5x), padding fraction, peak GPU memory, and the first/las
   token budget below), on a random model of the size saved to a temp folder (with the tiny
   model's tokenizer) and records whose encoded lengths spread over 64-768 tokens. Tokens are
   ``state.num_input_tokens_seen`` (real tokens) between the same step callbacks as TRL's.
-- Ablations (``--sft-ablations rows8,hfloss,ckpt``): our step with TRL's 8-row batches, with the
-  model's own loss instead of the fused one, or with gradient checkpointing, to attribute the gain.
+  ``step_fast`` passes ``kernels: none``; ``step_liger`` the same step with ``kernels: liger``
+  (Liger's fused RoPE, RMSNorm, SwiGLU patched into the model; the loss stays the project's fused
+  CE), skipped with a note off CUDA or where ``liger_kernel`` does not import.
+- ``runner``: the ``sft`` step run by ``python -m runner`` in a subprocess (pipeline
+  ``benchmarks/sft_runner_pipeline.py``: model folder and records in, then the real step) with the
+  step rows' params and ``kernels: auto``; tokens/s is the step's own record (its manifest's
+  ``metrics.throughput``: optimizer steps after the same warm-up, model load and imports outside;
+  the run seed orders the batches, so the timed batches differ from the other step rows');
+  ``wall_s`` is the whole subprocess, ``step_wall_s`` the step (load included).
 
 Run alone:  python3 benchmarks/bench_sft.py --sizes 1.5B --out /tmp/sft   (or via run_all.py)
+The step rows only:  python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,step_fast,step_liger,runner --out /tmp/sft
+CPU smoke (tiny model, ~25 s):  python3 benchmarks/bench_sft.py --cpu --sizes tiny --out /tmp/sft
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from phases.sft_speed import liger_import_error  # noqa: E402
 
 BUDGET = {"tiny": 256, "0.5B": 32768, "1.5B": 16384, "7B": 6144}
 
@@ -109,7 +117,7 @@ def run_trl(size: str, dev: str, data: list[list[int]], warm: int, steps: int, t
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     res = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens),
-           "tokens_per_s": tokens / t, "steps": steps, "padding_frac": None,
+           "tokens_per_s": tokens / t, "steps": steps,
            "gradient_checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", None)),
            "batch": trainer.args.per_device_train_batch_size, "loss_first": losses[0] if losses else None,
            "loss_last": losses[-1] if losses else None}
@@ -153,15 +161,36 @@ def make_records(n: int, lo: int, hi: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast") -> dict:
+def step_params(size: str, dev: str, warm: int, steps: int, trainer: str = "fast", kernels: str = "none") -> dict:
+    """``params.sft`` of the step rows: the method's 16 rows a step, the size's token budget, TRL's
+    lr and LoRA shape, bf16 base (``quantization: none``, comparable with the TRL rows), no
+    checkpoint or dev evaluation inside the timed steps."""
+    return {"trainer": trainer, "kernels": kernels, "device": "cuda" if dev.startswith("cuda") else "cpu",
+            "quantization": "none", "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0, "lora_r": 16,
+            "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": 2e-5, "logging_steps": 1, "max_seq_len": 1024,
+            "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
+
+
+def _model_folder(size: str, dev: str, tmp: str) -> Path:
+    folder = Path(tmp) / f"model-{size}"
+    if not folder.is_dir():
+        save_random_model(size, dev, folder)
+    return folder
+
+
+def _kernels_label(kernels: dict | None) -> str:
+    applied = (kernels or {}).get("applied") or []
+    return "liger " + "+".join(applied) if applied else "none"
+
+
+def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast",
+             kernels: str = "none") -> dict:
     """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks."""
     from transformers import TrainerCallback
 
     from phases.sft import run_sft
 
-    folder = Path(tmp) / f"model-{size}"
-    if not folder.is_dir():
-        save_random_model(size, dev, folder)
+    folder = _model_folder(size, dev, tmp)
     box: dict = {}
 
     class Timer(TrainerCallback):
@@ -175,18 +204,17 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
                 common.sync(dev)
                 box["t1"], box["tok1"] = time.perf_counter(), state.num_input_tokens_seen
 
-    params = {"trainer": trainer, "device": "cuda" if dev.startswith("cuda") else "cpu", "quantization": "none",
-              "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0, "lora_r": 16, "lora_alpha": 32,
-              "lora_dropout": 0.0, "learning_rate": 2e-5, "logging_steps": 1, "max_seq_len": 1024,
-              "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
+    params = step_params(size, dev, warm, steps, trainer, kernels)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    res = run_sft(records, str(folder), params, Path(tmp) / f"work-{trainer}", Path(tmp) / f"out-{trainer}", 0,
+    tag = f"{trainer}-{kernels}"
+    res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
                   lambda *a, **k: None, callbacks=[Timer()])
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     losses = [x["loss"] for x in res["loss_curve"]["train"]]
-    out = {"variant": f"sft step (run_sft), trainer {res['trainer']}", "seconds": round(t, 3), "tokens": int(tokens),
+    name = f"sft step (run_sft), trainer {res['trainer']}" + (", Liger kernels" if kernels == "liger" else "")
+    out = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens), "kernels": _kernels_label(res["kernels"]),
            "tokens_per_s": tokens / t if tokens else None, "steps": steps,
            "gradient_checkpointing": res["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
@@ -196,86 +224,73 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
     return out
 
 
-class _HFLossStep:
-    """Ablation: the same step but with the model's own loss (full logits materialised)."""
+def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str) -> dict:
+    """The ``sft`` step run by ``python -m runner`` (a subprocess) on the benchmark's records.
 
-    def __init__(self, pm, opt):
-        self.pm, self.opt = pm, opt
-        self.dev = next(pm.parameters()).device
-        self.trainable = [p for p in pm.parameters() if p.requires_grad]
+    The run's pipeline is ``benchmarks/sft_runner_pipeline.py`` (two input steps, then the real
+    ``sft`` step); ``params.sft`` are the step rows' with ``kernels: auto`` (what a user gets).
+    Tokens/s is what the step recorded itself: its manifest's ``metrics.throughput`` (this
+    attempt's optimizer steps after its warm-up steps: ``min(3, (n - 1) // 2)`` of ``n``, the same
+    split as the other rows here), so interpreter start, imports and model load are outside it;
+    ``wall_s`` is the whole subprocess.
+    """
+    import os
+    import subprocess
 
-    def __call__(self, batch):
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda"):
-            loss = self.pm(input_ids=batch["input_ids"].to(self.dev), labels=batch["labels"].to(self.dev), use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), "tokens": batch["n_tokens"]}
+    import yaml
+
+    from state.files import write_jsonl
+
+    repo = Path(__file__).resolve().parents[1]
+    root = Path(tmp) / "runner"
+    root.mkdir(parents=True, exist_ok=True)
+    write_jsonl(root / "records.jsonl", records)
+    cfg = {"pipeline": "benchmarks.sft_runner_pipeline:pipeline", "seed": 0, "max_attempts": 1,
+           "params": {"prepare_model": {"model_path": str(_model_folder(size, dev, tmp))},
+                      "merge": {"records": str(root / "records.jsonl")},
+                      "sft": step_params(size, dev, warm, steps, "fast", "auto")}}
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cmd = [sys.executable, "-m", "runner", "--home", str(root / "home"), "run", "--config", str(root / "run.yaml"),
+           "--run-id", "bench"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=str(repo), env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    (root / "runner.log").write_text(p.stdout + p.stderr)
+    mans = sorted((root / "home" / "artifacts" / "bench" / "sft").glob("[!.]*/training_manifest.json"))
+    if p.returncode != 0 or not mans:
+        raise RuntimeError(f"runner exited {p.returncode} (manifest {'found' if mans else 'missing'}); "
+                           f"its output ends: {(p.stdout + p.stderr)[-600:]}")
+    man = json.loads(mans[-1].read_text())
+    tp = man["metrics"].get("throughput") or {}
+    losses = [x["loss"] for x in man["loss_curve"]["train"]]
+    return {"variant": "sft step through runner", "seconds": tp.get("seconds"), "tokens": tp.get("tokens"),
+            "tokens_per_s": tp.get("tokens_per_s"), "steps": tp.get("steps"), "warmup_steps": tp.get("warmup_steps"),
+            "trainer": man["trainer"], "kernels": _kernels_label(man["kernels"]),
+            "kernels_reason": man["kernels"]["reason"],
+            "gradient_checkpointing": man["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
+            "train_seconds": man["metrics"]["train_seconds"], "step_wall_s": man["wall_seconds"],
+            "wall_s": round(wall, 1), "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None}
 
 
-def run_ours(size: str, dev: str, data: list[list[int]], warm: int, budget: int, *, rows8: bool = False,
-             fused: bool = True, ckpt: bool = False) -> dict:
-    """Our step; the keyword switches are ablations (8-row batches, HF loss, checkpointing)."""
-    from phases import sft_fast as sf
+def _module_snapshot() -> list:
+    """Undo records of the module globals Liger rebinds, taken before a row and restored after it.
 
-    while True:
-        model = common.build_model(size, dev)
-        model.train()
-        if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        pm = sf.add_lora(model)
-        params = [p for p in pm.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=2e-5, fused=dev.startswith("cuda"))
-        step = sf.FastSFTStep(pm, opt) if fused else _HFLossStep(pm, opt)
-        if rows8:  # TRL's batching: 8 random rows per step, padded to the longest
-            import random
+    TRL's ``use_liger_kernel`` (transformers' ``apply_liger_kernel``) patches the model instance AND
+    rebinds ``apply_rotary_pos_emb``, the RMSNorm and MLP classes in the modeling module for the
+    rest of the process, so without this every row after a TRL + Liger row would build and run its
+    model with Liger's kernels (``step_fast`` with ``kernels: none`` included).
+    """
+    import importlib
 
-            order = list(range(len(data)))
-            random.Random(0).shuffle(order)
-            batches = [order[i : i + 8] for i in range(0, len(order), 8)]
-        else:
-            batches = sf.token_budget_batches([len(x) for x in data], budget, seed=0)
-        padded = sum(len(b) * max(len(data[i]) for i in b) for b in batches)
-        real = sum(len(x) for x in data)
-        if dev.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            losses, tokens, t0 = [], 0, None
-            for k, b in enumerate(batches):
-                if k == warm:
-                    common.sync(dev)
-                    t0 = time.perf_counter()
-                out = step(sf.collate_right_padded([data[i] for i in b], 0))
-                losses.append(out["loss"])
-                if k >= warm:
-                    tokens += out["tokens"]
-            common.sync(dev)
-            t = time.perf_counter() - t0
-            break
-        except torch.OutOfMemoryError:
-            del model, pm, opt, step
-            common.free(dev)
-            if budget <= 1024:
-                raise
-            budget //= 2
-            print(f"sft {size}: out of memory, token budget -> {budget}", flush=True)
-    name = f"ours (token budget {budget}, no ckpt, fused CE)"
-    if rows8 or not fused or ckpt:
-        name = "ours ablation: " + ", ".join(x for x, on in (("8-row batches", rows8), ("HF loss, not fused CE", not fused),
-                                                               ("gradient checkpointing", ckpt)) if on)
-        if not rows8:
-            name += f" (budget {budget})"
-    res = {"variant": name, "seconds": round(t, 3), "tokens": tokens,
-           "tokens_per_s": tokens / t, "steps": len(batches) - warm, "padding_frac": round(1 - real / padded, 3),
-           "gradient_checkpointing": False, "batch": f"<= {budget} tokens",
-           "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
-    if dev.startswith("cuda"):
-        res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-    del model, pm, opt, step
-    common.free(dev)
-    return res
+    import torch.nn.functional as F
+
+    from phases.sft_speed import LigerPatch
+
+    mods = [importlib.import_module(f"transformers.models.{a}.modeling_{a}") for a in ("qwen2", "llama")]
+    return [LigerPatch(m, dict(vars(m))) for m in (*mods, F)]
 
 
 def _liger_available() -> bool:
@@ -286,14 +301,10 @@ def _liger_available() -> bool:
         return False
 
 
-ABLATIONS = {"rows8": dict(rows8=True), "hfloss": dict(fused=False), "ckpt": dict(ckpt=True)}
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "runner")
 
 
-VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "ours", "step_fast")
-
-
-def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations: tuple[str, ...] = (),
-        variants: tuple[str, ...] = VARIANTS) -> list[dict]:
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS) -> list[dict]:
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
@@ -304,22 +315,31 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, ablations
         records = make_records(640, 64, 768)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fn in (*variants, *ablations):
+        for fn in variants:
+            undo = _module_snapshot()
             try:
                 if fn.startswith("trl_") and not _liger_available():
                     r = {"variant": TRL_VARIANTS[fn][0], "note": "skipped: liger-kernel is not importable here"}
                 elif fn.startswith("trl"):
                     r = run_trl(size, dev, data, warm, steps, tmp, fn)
                 elif fn == "step_fast":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast")
-                else:
-                    r = run_ours(size, dev, data, warm, BUDGET[size], **ABLATIONS.get(fn, {}))
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none")
+                elif fn == "step_liger" and (not dev.startswith("cuda") or liger_import_error()):
+                    r = {"variant": "sft step (run_sft), trainer fast, Liger kernels",
+                         "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
+                elif fn == "step_liger":
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger")
+                else:  # runner
+                    r = run_runner(size, dev, records, warm, steps, tmp)
             except Exception as e:
                 import traceback
 
                 traceback.print_exc()
                 r = {"variant": fn, "error": f"{type(e).__name__}: {e}"[:400]}
                 common.free(dev)
+            finally:
+                for u in undo:
+                    u.restore()
             r.update(bench="sft", size=size, params=params)
             if r.get("tokens_per_s"):
                 r["mfu_6N"] = round(6 * params * r["tokens_per_s"] / (peak_tflops * 1e12), 3)

@@ -49,7 +49,7 @@ def tables(report: dict) -> str:
         "generation": ("Generation (64-token prompts, 64 new tokens)", ["size", "variant", "tokens_per_s", "x_one_at_a_time", "x_hf_batched", "ms_per_step", "bound_ms_per_step", "frac_bandwidth_bound", "first_call_s"]),
         "critic-check": ("Critic correctness on the GPU, fp32 (fast vs plain)", ["size", "fp32_max_abs_logprob_diff"]),
         "generation-check": ("Generation correctness (bf16 on the GPU, then fp32)", ["size", "greedy_rows_equal_plain", "fast_batch_invariant_greedy", "fast_batch_invariant_sampling", "fp32_greedy_rows_equal_plain", "fp32_fast_batch_invariant", "fp32_compiled_rows_equal_plain"]),
-        "sft": ("SFT, LoRA r=16 on all linear layers (examples of 64-768 tokens)", ["size", "variant", "tokens_per_s", "x_trl", "mfu_6N", "padding_frac", "peak_mem_gib", "loss_first", "loss_last", "note", "error"]),
+        "sft": ("SFT, LoRA r=16 on all linear layers (examples of 64-768 tokens)", ["size", "variant", "tokens_per_s", "x_trl", "mfu_6N", "kernels", "peak_mem_gib", "loss_first", "loss_last", "note", "error"]),
         "error": ("Errors", ["bench", "size", "error"]),
     }
     for key, (title, cols) in specs.items():
@@ -69,7 +69,6 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {BENCHES}")
     ap.add_argument("--sizes", default=None, help="comma list of model sizes (default: tiny on CPU, 0.5B,1.5B,7B on GPU)")
     ap.add_argument("--sft-sizes", default=None, help="sizes for the SFT benchmark (default: 1.5B,7B on GPU)")
-    ap.add_argument("--sft-ablations", default="", help="comma list of rows8,hfloss,ckpt: ablations of our SFT step, first SFT size only")
     a = ap.parse_args(argv)
     import torch
 
@@ -114,8 +113,7 @@ def main(argv=None) -> int:
                 else:
                     from benchmarks import bench_sft as b
 
-                    abl = tuple(x for x in a.sft_ablations.split(",") if x) if size == sft_sizes[0] else ()
-                    report["rows"] += b.run(size, dev, peak_tflops=peak, cpu=a.cpu, ablations=abl)
+                    report["rows"] += b.run(size, dev, peak_tflops=peak, cpu=a.cpu)
             except Exception as e:  # keep the other benchmarks' numbers; the table shows the error
                 traceback.print_exc()
                 report["rows"].append({"bench": "error", "size": size, "error": f"{bench}: {type(e).__name__}: {e}"[:400]})

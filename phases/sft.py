@@ -28,7 +28,13 @@ Contracts:
   ``fast_max_tokens`` padded tokens, no attention mask, fused linear+CE); ``trl`` = TRL's
   SFTTrainer with fixed-size batches. ``auto`` = ``fast`` on CUDA, ``trl`` on CPU: the rule stands
   on the recipe's measured 4.9x (1.5B) / 2.7x (7B) over TRL defaults (docs/performance.md) until
-  the ``sft``-step benchmark row (benchmarks/bench_sft.py ``--step``) re-measures it.
+  the ``sft``-step benchmark rows (benchmarks/bench_sft.py variants ``step_fast``, ``step_liger``,
+  ``runner``) re-measure it.
+- Kernels (``params.kernels``, ``phases/sft_speed.py``): ``auto`` = Liger's fused RoPE, RMSNorm
+  and SwiGLU patched into the loaded model before PEFT wraps it, on CUDA when ``liger_kernel``
+  imports and the architecture is qwen2/llama, else none (reason logged); ``liger`` = the same or a
+  ``ConfigError``; ``none``. Restored when ``run_sft`` ends; the loss stays the project's fused CE.
+  ``sft_started``/``sft_resumed`` and the manifest's ``kernels`` say what ran.
 - Gradient checkpointing ``auto``: on for ``trl`` on CUDA; for ``fast`` off when the model has
   at most ``FAST_NO_CKPT_MAX_PARAMS`` parameters (activations of a 16k-token step fit an 80 GB
   card), on above (32B).
@@ -48,6 +54,7 @@ from phases.models.devices import DeviceError, resolve_placement
 from phases.models.loader import load_model
 from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
+from phases.sft_speed import KernelChoice, apply_liger, resolve_kernels, throughput_callback
 from runner.context import PROGRESS_EVENT
 from runner.errors import ConfigError, DataError
 from runner.progress import Progress
@@ -61,6 +68,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "quantization": "auto",      # auto (nf4 on CUDA, none on CPU) | none | nf4
     "trainer": "auto",           # auto (fast on CUDA, trl on CPU) | fast | trl | unsloth (when installed)
     "fast_max_tokens": 16384,    # fast trainer: padded tokens per optimizer step (memory bound)
+    "kernels": "auto",           # auto (Liger rope+rms_norm+swiglu on CUDA when importable) | liger | none
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
@@ -291,6 +299,11 @@ def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
         tr = "fast" if dev.startswith("cuda") else "trl"
     if tr == "fast" and int(params.get("fast_max_tokens", 1)) < 1:
         raise ConfigError(f"params.sft.fast_max_tokens = {params['fast_max_tokens']!r}; must be >= 1 (padded tokens per step)")
+    kernels = params.get("kernels", "auto")
+    if tr == "unsloth" and kernels == "liger":
+        raise ConfigError("params.sft.kernels = 'liger' with params.sft.trainer = 'unsloth': Unsloth patches its own "
+                          "kernels; set kernels to auto or none")
+    resolve_kernels(kernels, dev)  # a bad value, or liger where it cannot run, fails before the model loads
     return dev, quant, grad_ckpt, tr
 
 
@@ -312,9 +325,11 @@ def _lora_config(params: dict):
 
 
 def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None]):
-    """(loaded, peft_model, device, quantization, trainer_name) through the canonical loader."""
-    import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    """(loaded, peft_model, device, quantization, trainer_name, grad_ckpt, kernels) through the canonical loader.
+
+    ``kernels``: ``(KernelChoice, LigerPatch | None)``; the caller must call the patch's
+    ``restore()`` once training is over (``run_sft`` does; on an error here it is restored already).
+    """
     from transformers import set_seed
 
     dev, quant, grad_ckpt, tr = _resolve(params)
@@ -327,6 +342,26 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     model = loaded.model
     if tr == "fast" and params["gradient_checkpointing"] == "auto":
         grad_ckpt = needs_checkpointing(model)
+    if tr == "unsloth":
+        choice = KernelChoice(params["kernels"], (), "trainer unsloth patches its own kernels")
+    else:
+        choice = resolve_kernels(params["kernels"], dev, getattr(model.config, "model_type", None))
+    # Liger patches the plain HF modules, before PEFT (LoRA / Linear4bit) wraps the linears they call
+    patch = apply_liger(model, model.config.model_type) if choice.applied else None
+    try:
+        model = _wrap_for_training(model, params, quant, tr, grad_ckpt, seed)
+    except BaseException:
+        if patch is not None:
+            patch.restore()
+        raise
+    return loaded, model, dev, quant, tr if tr in ("unsloth", "fast") else "trl", grad_ckpt, (choice, patch)
+
+
+def _wrap_for_training(model, params: dict, quant: str | None, tr: str, grad_ckpt: bool, seed: int):
+    """PEFT (or Unsloth) LoRA around the loaded model, in training mode."""
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
     if tr == "unsloth":
         # Unsloth patches the kernels of the already-loaded (guarded) model in place; the loader's
         # tokenizer/encoder is still the only tokenizer used.
@@ -343,7 +378,7 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
         model = get_peft_model(model, _lora_config(params))
     model.train()
     torch.manual_seed(seed)
-    return loaded, model, dev, quant, tr if tr in ("unsloth", "fast") else "trl", grad_ckpt
+    return model
 
 
 class ResponseOnlyCollator:
@@ -475,10 +510,21 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     ``log(message, kind=..., **data)`` records events (``sft_resumed`` with ``from_step``).
     Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
     """
+    params = {**SFT_DEFAULTS, **params}
+    loaded, model, device, quant, trainer_name, grad_ckpt, (kernels, patch) = load_for_training(ref, params, seed, log)
+    try:
+        return _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, records, params, work_dir,
+                      out_dir, seed, log, encode_records, callbacks)
+    finally:
+        if patch is not None:
+            patch.restore()  # Liger's module-level names live exactly as long as this training call
+
+
+def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, records, params, work_dir, out_dir, seed,
+           log, encode_records, callbacks) -> dict:
     import torch
 
-    params = {**SFT_DEFAULTS, **params}
-    loaded, model, device, quant, trainer_name, grad_ckpt = load_for_training(ref, params, seed, log)
+    kernels_record = kernels.record()
     if params["max_examples"] > 0:
         records = records[: params["max_examples"]]
     examples, counts = (encode_records or build_examples)(loaded, records, params["max_seq_len"])
@@ -500,15 +546,19 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
 
     trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl,
                            on_checkpoint=checkpoint_done, fast=trainer_name == "fast")
+    speed = throughput_callback(device.startswith("cuda"))
+    trainer.add_callback(speed)
     for cb in callbacks or ():
         trainer.add_callback(cb)
     ckpt, step = last_complete_checkpoint(trainer_dir)
+    kernels_line = f"kernels {kernels.label}" + ("" if kernels.applied else f" ({kernels.reason})")
     if ckpt is not None:
-        log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0",
-            kind="sft_resumed", from_step=step, checkpoint=ckpt.name)
+        log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0; {kernels_line}",
+            kind="sft_resumed", from_step=step, checkpoint=ckpt.name, kernels=kernels_record)
     else:
         log(f"training from step 0 on {len(train_ex)} examples ({len(dev_ex)} dev), device {device}, "
-            f"quantization {quant}, trainer {trainer_name}", kind="sft_started")
+            f"quantization {quant}, trainer {trainer_name}, {kernels_line}", kind="sft_started",
+            kernels=kernels_record)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     seconds = time.time() - t0
@@ -541,7 +591,10 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
                          key=lambda n: int(n.split("-")[-1]))
     train_losses = [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h]
     eval_losses = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in state.log_history if "eval_loss" in h]
+    # tokens of this attempt only: a resumed trainer starts from the checkpoint's count
+    tokens_attempt = int(state.num_input_tokens_seen or 0) - speed.tokens_at_begin
     out = {
+        "kernels": kernels_record,
         "device": device, "quantization": quant, "loaded_in_4bit": bool(getattr(loaded.model, "is_loaded_in_4bit", False)),
         "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
         "model_provenance": {k: v for k, v in loaded.provenance.items() if k != "load_seconds"},
@@ -553,6 +606,9 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
                     "train_loss": result.training_loss, "final_train_loss": train_losses[-1]["loss"] if train_losses else None,
                     "eval_loss": final_eval.get("eval_loss"), "train_seconds": round(seconds, 2),
                     "tokens_trained": int(state.num_input_tokens_seen) or None,
+                    "tokens_this_attempt": tokens_attempt or None,
+                    "train_tokens_per_s": round(tokens_attempt / seconds, 1) if tokens_attempt and seconds > 0 else None,
+                    "throughput": speed.record(),
                     "early_stopped": bool(dev_ex) and params["max_steps"] <= 0 and state.global_step < state.max_steps},
         "loss_curve": {"train": train_losses, "eval": eval_losses},
         "gpu_seconds": round(seconds, 2) if device.startswith("cuda") else 0.0,

@@ -1,32 +1,29 @@
-"""Throughput helpers for a LoRA SFT training step (the recipe benchmarks/bench_sft.py measures).
+"""The fast SFT recipe's pieces: token-budget batches and the fused linear + CE of the `sft` step's fast trainer.
 
-Not runnable; a training step (phases/sft.py) can adopt these pieces:
+Not runnable. Tests: ``.venv/bin/pytest -m integration tests/integration/test_fast_paths.py``
+(fused loss and gradients vs the masked model loss across chunks, batch coverage) and
+``tests/integration/test_sft_fast_trainer.py`` (the trainer built on them).
 
-    from phases.sft_fast import add_lora, token_budget_batches, collate_right_padded, FastSFTStep
-    model = add_lora(model)                                  # LoRA r=16, alpha 32, all linear layers
-    batches = token_budget_batches([len(x) for x in examples], max_tokens=16384, seed=epoch_seed)
-    step = FastSFTStep(model, torch.optim.AdamW(trainable, lr=2e-4, fused=True))
-    for idx in batches:
-        stats = step(collate_right_padded([examples[i] for i in idx], pad_id, [loss_masks[i] for i in idx]))
+- ``token_budget_batches``: batches of length-sorted examples whose padded size
+  (``rows x longest``) stays within ``max_tokens``: rows of similar length share a batch, so
+  padding is a few percent, and every step carries about the same number of tokens, which fills
+  the GPU where a fixed 8 rows of 64-768 tokens does not. Order: shuffled into megabatches,
+  sorted inside each, batches shuffled.
+- ``fused_linear_cross_entropy`` for a FROZEN output layer (LoRA does not train lm_head): logits
+  are computed in chunks of ``chunk`` tokens, only at labelled positions, and the loss gradient
+  w.r.t. the hidden states is formed in the forward pass, so the (tokens x vocab) fp32 logits
+  never exist at once (for a 152k vocabulary that is 600 KB per token) and the lm_head matmul is
+  not recomputed. Loss = sum of cross-entropies over labelled tokens and their count.
+- ``collate_right_padded``: token-id lists (and optional loss masks) to right-padded
+  ``input_ids``/``labels`` without an attention mask, for benchmarks that feed raw ids
+  (``benchmarks/bench_unsloth.py``); the step collates its examples with
+  ``phases.sft_fast_trainer.collate_train``.
 
-What makes it fast, and why each piece keeps the result the same as a plain padded batch:
-- Token-budget batches of length-sorted examples (``token_budget_batches``): rows of similar
-  length share a batch, so padding is a few percent, and every step carries about the same
-  number of tokens (``max_tokens`` padded tokens), which fills the GPU where a fixed 8 rows of
-  64-768 tokens does not. Order: shuffled into megabatches, sorted inside each, batches shuffled.
-- Right padding and NO attention mask (``collate_right_padded``): under causal attention a real
-  token only sees earlier positions, and pads come after every real token of their row, so the
-  real tokens' outputs are exactly those of the unpadded row; pad positions get label -100. With
-  no mask, SDPA runs its flash kernel (``is_causal``) instead of a masked kernel.
-- No activation checkpointing: for examples under ~1k tokens the activations of a token budget
-  fit in memory, and recomputing the forward costs ~1/3 more FLOPs.
-- Fused linear + cross-entropy (``fused_linear_cross_entropy``) for a FROZEN output layer (LoRA
-  does not train lm_head): logits are computed in chunks of ``chunk`` tokens, only at labelled
-  positions, and the loss gradient w.r.t. the hidden states is formed in the forward pass, so the
-  (tokens x vocab) fp32 logits never exist at once (for a 152k vocabulary that is 600 KB per
-  token) and the lm_head matmul is not recomputed.
-- bf16 autocast with fp32 LoRA weights (PEFT's default) and fused AdamW, as TRL does.
-Loss: mean cross-entropy over labelled tokens of the batch (sum / count), like transformers'.
+The trainer adds right padding without an attention mask (a real token only sees earlier
+positions and pads come after every real token of its row, so real tokens' outputs are those of
+the unpadded row; with no mask SDPA runs its causal flash kernel) and no activation checkpointing
+up to 10 B parameters. The side-script training step that the benchmark once timed beside the
+`sft` step (``FastSFTStep``) is gone: ``benchmarks/bench_sft.py`` times the step itself.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import random
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 IGNORE = -100
 
@@ -135,57 +131,3 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     if n == 0:
         return hidden.sum() * 0.0, 0
     return _FusedLinearCE.apply(h, weight, y, chunk), n
-
-
-def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules="all-linear"):
-    """Wrap ``model`` with PEFT LoRA (frozen base, fp32 adapters) on every linear layer but lm_head."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
-
-
-class FastSFTStep:
-    """One optimizer step per call on a collated batch; returns ``{"loss": 0-d tensor (no host sync),
-    "tokens": the batch's real tokens}``.
-
-    ``model``: a PEFT-wrapped causal LM (``add_lora``) or any HF causal LM whose lm_head is frozen.
-    Runs the decoder without an attention mask (right padding, see the module docstring), the
-    fused loss, backward, and ``optimizer.step()``. ``autocast``: bf16 on CUDA by default.
-    """
-
-    def __init__(self, model, optimizer, *, chunk: int = 4096, autocast_dtype=None, max_grad_norm: float | None = 1.0):
-        self.model, self.opt, self.chunk = model, optimizer, chunk
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.decoder = base.get_decoder()
-        self.lm_head = base.get_output_embeddings()
-        self.device = next(model.parameters()).device
-        self.autocast_dtype = autocast_dtype if autocast_dtype is not None else (torch.bfloat16 if self.device.type == "cuda" else None)
-        self.max_grad_norm = max_grad_norm
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-
-    def __call__(self, batch: dict) -> dict:
-        ids = batch["input_ids"].to(self.device, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True)
-        self.model.train()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
-            loss_sum, n = fused_linear_cross_entropy(hidden, self.lm_head.weight, labels, chunk=self.chunk)
-        loss = loss_sum / max(n, 1)
-        loss.backward()
-        if self.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), "tokens": batch.get("n_tokens")}
-
-
-def reference_loss(model, batch: dict) -> torch.Tensor:
-    """The plain transformers loss of the same batch with an explicit attention mask (for tests)."""
-    ids, labels = batch["input_ids"], batch["labels"]
-    mask = torch.zeros_like(ids)
-    for b in range(ids.shape[0]):
-        real = (labels[b] != IGNORE).nonzero()
-        mask[b, : int(real.max()) + 1 if real.numel() else 0] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)

@@ -28,7 +28,8 @@ _FRACTION = {"lo": 0.0, "hi": 1.0}
 
 SFT_LIMITS: dict[str, dict] = {
     "device": _DEVICE, "quantization": _QUANT,
-    "trainer": {"choices": ["auto", "trl", "unsloth"]},
+    "trainer": {"choices": ["auto", "fast", "trl", "unsloth"]}, "kernels": {"choices": ["auto", "liger", "none"]},
+    "fast_max_tokens": {"lo": 1},
     "lora_r": {"lo": 1}, "lora_alpha": {"lo": 1}, "lora_dropout": {"lo": 0.0, "hi": 0.9},
     "learning_rate": {"lo": 0.0, "lo_open": True, "hi": 1.0}, "weight_decay": {"lo": 0.0},
     "warmup_ratio": _FRACTION,

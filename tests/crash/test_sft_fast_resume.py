@@ -91,3 +91,8 @@ def test_killed_fast_training_resumes_to_the_uninterrupted_adapter(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k}: resumed adapter differs from the uninterrupted one"
     assert [x["loss"] for x in resumed["loss_curve"]["train"]] == [x["loss"] for x in ref["loss_curve"]["train"]]
+    # the same tokens in all, and the resumed attempt's own share is what it trained after the checkpoint
+    m, mr = resumed["metrics"], ref["metrics"]
+    assert m["tokens_trained"] == mr["tokens_trained"] == mr["tokens_this_attempt"]
+    assert 0 < m["tokens_this_attempt"] < m["tokens_trained"]
+    assert m["throughput"]["steps"] <= MAX_STEPS - last

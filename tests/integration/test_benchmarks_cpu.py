@@ -32,6 +32,15 @@ def test_run_all_cpu_writes_every_benchmark(tmp_path):
             assert r["tokens_per_s"] > 0 and r["x_trl"] is not None
     step = [r for r in report["rows"] if r["bench"] == "sft" and r["variant"].startswith("sft step (run_sft)")]
     assert step and step[0]["variant"].endswith("trainer fast") and step[0]["tokens"] > 0
+    assert step[0]["kernels"] == "none"
+    liger = [r for r in step if r["variant"].endswith("Liger kernels")]
+    assert liger and "CUDA" in liger[0]["note"]  # CPU: the Liger row is skipped, never silently plain
+    # the sft step run by `python -m runner`, its numbers read from the step's own manifest
+    runner = [r for r in report["rows"] if r["bench"] == "sft" and r["variant"] == "sft step through runner"]
+    assert runner and runner[0]["tokens"] > 0 and runner[0]["tokens_per_s"] > 0 and runner[0]["mfu_6N"] is not None
+    assert runner[0]["trainer"] == "fast" and runner[0]["kernels"] == "none" and runner[0]["steps"] == 2
+    assert "CUDA only" in runner[0]["kernels_reason"]  # the step's manifest says why no kernels ran
+    assert runner[0]["seconds"] < runner[0]["train_seconds"] <= runner[0]["step_wall_s"] < runner[0]["wall_s"]
     table = (tmp_path / "table.md").read_text()
     assert "### Critic scoring" in table and "### Generation" in table and "### SFT" in table
     assert report["ceilings"]["matmul_tflops"] > 0 and report["ceilings"]["copy_gbps"] > 0

@@ -143,40 +143,46 @@ def test_shared_prefix_groups_do_not_fragment():
 
 
 def test_sft_fast_loss_and_grads_equal_the_masked_reference():
+    """The fused linear + CE over several chunks (chunk=7) equals the model's own loss with an
+    attention mask, in value and in every LoRA gradient (fp32)."""
     import torch
+    from peft import LoraConfig, get_peft_model
 
-    from phases import sft_fast as sf
+    from phases.sft import ResponseOnlyCollator
+    from phases.sft_fast import fused_linear_cross_entropy
+    from phases.sft_fast_trainer import collate_train
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
-    model = sf.add_lora(Qwen2ForCausalLM(cfg))
+    model = get_peft_model(Qwen2ForCausalLM(cfg), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)  # non-zero adapters, so their gradients are tested
     g = torch.Generator().manual_seed(1)
-    ex = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 17, 3, 11)]
-    masks = [[0] * 2 + [1] * (len(x) - 2) for x in ex]
-    batch = sf.collate_right_padded(ex, 0, masks)
-    assert "attention_mask" not in batch and batch["n_tokens"] == sum(map(len, ex))
-    ref = sf.reference_loss(model, batch)
+    ex = []
+    for n in (5, 17, 3, 11):
+        ids = torch.randint(3, 300, (n,), generator=g).tolist()
+        ex.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})  # the first two tokens: prompt
+    plain = ResponseOnlyCollator(0)(ex)
+    ref = model(**plain).loss
     ref.backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
+    batch = collate_train(ex, 0)
+    assert "attention_mask" not in batch
     base = model.get_base_model()
     hidden = base.get_decoder()(input_ids=batch["input_ids"]).last_hidden_state
-    loss_sum, n = sf.fused_linear_cross_entropy(hidden, base.get_output_embeddings().weight, batch["labels"], chunk=7)
+    loss_sum, n = fused_linear_cross_entropy(hidden, base.get_output_embeddings().weight, batch["labels"], chunk=7)
+    assert n == sum(len(e["input_ids"]) - 2 for e in ex) > 7  # every labelled token; several chunks
     loss = loss_sum / n
     loss.backward()
     assert abs(float(loss) - float(ref)) < 1e-5
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, ref_grads[name], atol=1e-6, rtol=1e-4), name
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    step = sf.FastSFTStep(model, opt)
-    losses = [float(step(batch)["loss"]) for _ in range(4)]
-    assert losses[-1] < losses[0]
 
 
 def test_token_budget_batches_cover_every_example_once():
@@ -188,3 +194,14 @@ def test_token_budget_batches_cover_every_example_once():
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 24
     assert batches == token_budget_batches(lengths, 24, seed=3, megabatch=4)
+
+
+def test_collate_right_padded_labels_only_masked_in_tokens():
+    """The raw-id collator (benchmarks): right padding, -100 on pads and loss-mask zeros, no attention mask."""
+    from phases.sft_fast import collate_right_padded
+
+    b = collate_right_padded([[5, 6, 7], [8]], 0, [[0, 1, 1], [1]])
+    assert set(b) == {"input_ids", "labels", "n_tokens"} and b["n_tokens"] == 4
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert collate_right_padded([[1, 2]], 0)["labels"].tolist() == [[1, 2]]  # default: every token trained

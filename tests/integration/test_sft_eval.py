@@ -129,6 +129,10 @@ def test_sft_outputs(done_run):
     assert man["qc_summary"]["path"].endswith("qc_summary.json")
     assert man["hyperparameters"]["lora_r"] == 4 and man["metrics"]["global_step"] == 3
     assert man["checkpoints"] == ["checkpoint-2", "checkpoint-3"]
+    assert man["kernels"]["requested"] == "auto" and man["kernels"]["applied"] == []  # CPU: no Liger, said so
+    started = rows(done_run, "SELECT message, data_json FROM events WHERE kind='sft_started'")
+    assert len(started) == 1 and "kernels none (device cpu" in started[0][0]
+    assert json.loads(started[0][1])["kernels"] == man["kernels"]
     assert [p["step"] for p in man["loss_curve"]["train"]] == [1, 2, 3]
     assert (d / "loss.png").stat().st_size > 1000
 

@@ -143,3 +143,35 @@ def test_the_trainer_reshuffles_batches_each_epoch(tmp_path, monkeypatch):
     assert 0 in seen and 1 in seen, seen
     assert res["metrics"]["global_step"] == 8  # 4 batches of <= 2 rows per epoch x 2 epochs
     assert res["metrics"]["tokens_trained"] > 0
+
+
+def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_path, monkeypatch):
+    """CPU: kernels auto resolves to none, said in the sft_started event and the result (the
+    manifest's fields); the throughput window counts this attempt's tokens after its warm-up step;
+    kernels liger on CPU fails before any model is loaded."""
+    from phases import sft
+    from runner.errors import ConfigError
+
+    events = []
+    records = [{"instruction": f"Item {i}.", "response": "word " * (1 + i % 4)} for i in range(8)]
+    params = {"trainer": "fast", "device": "cpu", "max_steps": 3, "save_steps": 100, "dev_fraction": 0.0,
+              "per_device_batch_size": 1, "grad_accum": 2, "lora_r": 2, "lora_alpha": 4, "max_seq_len": 128}
+    res = sft.run_sft(records, "tiny-random-qwen2", params, tmp_path / "w", tmp_path / "o", 3,
+                      lambda msg, kind="log", **d: events.append({"message": msg, "kind": kind, **d}))
+    started = [e for e in events if e["kind"] == "sft_started"]
+    assert len(started) == 1 and "kernels none (device cpu" in started[0]["message"]
+    assert started[0]["kernels"] == res["kernels"]
+    assert res["kernels"]["requested"] == "auto" and res["kernels"]["applied"] == [] and res["kernels"]["library"] is None
+    m = res["metrics"]
+    assert m["tokens_this_attempt"] == m["tokens_trained"] > 0 and m["train_tokens_per_s"] > 0
+    tp = m["throughput"]
+    assert tp["warmup_steps"] == 1 and tp["steps"] == 2  # 3 steps: the first is warm-up
+    assert 0 < tp["tokens"] < m["tokens_trained"] and tp["seconds"] > 0 and tp["tokens_per_s"] > 0
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not be loaded when the kernels setting cannot apply")
+
+    monkeypatch.setattr(sft, "load_model", no_load)
+    with pytest.raises(ConfigError, match=r"params\.sft\.kernels = 'liger' cannot apply: device cpu"):
+        sft.run_sft(records, "tiny-random-qwen2", {**params, "kernels": "liger"}, tmp_path / "w2", tmp_path / "o2", 3,
+                    lambda *a, **k: None)
