@@ -134,26 +134,39 @@ def import_unsloth() -> tuple[object, dict]:
     return FastLanguageModel, vers
 
 
-def _step_loop(model, opt, params, data, batches, warm: int, steps: int) -> dict:
+def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: str = "cuda") -> dict:
+    """Train on ``batches`` (warm-up, then timed steps); the timing and token counts of the row.
+
+    ``model(input_ids, labels)`` must return ``.loss`` (Unsloth's patched forward computes its fused
+    CE there). ``dev`` ``cpu`` exists for the tests (a plain model, no autocast).
+    """
     import torch
 
     from phases.sft_fast import collate_right_padded
 
+    cuda = dev.startswith("cuda")
     todo = batches[: warm + steps] if steps else batches
     if len(todo) <= warm:
         raise ValueError(f"plan has {len(batches)} steps; need more than the {warm} warm-up steps")
-    losses, tokens, events = [], 0, []
+
+    def mark():  # a point in time: a CUDA event (no host sync per step) or the host clock
+        if not cuda:
+            return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    losses, tokens, marks = [], 0, []
     for k, b in enumerate(todo):
         if k == warm:
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
         batch = collate_right_padded([data[i] for i in b], 0)
-        ids = batch["input_ids"].cuda(non_blocking=True)
-        labels = batch["labels"].cuda(non_blocking=True)
-        if k >= warm:
-            ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            ev[0].record()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        ids = batch["input_ids"].to(dev, non_blocking=True)
+        labels = batch["labels"].to(dev, non_blocking=True)
+        start = mark() if k >= warm else None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             loss = model(input_ids=ids, labels=labels, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -161,12 +174,12 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int) -> dict
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
         if k >= warm:
-            ev[1].record()
-            events.append(ev)
+            marks.append((start, mark()))
             tokens += batch["n_tokens"]
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     t = time.perf_counter() - t0
-    step_s = sorted(a.elapsed_time(b) / 1e3 for a, b in events)
+    step_s = sorted((a.elapsed_time(b) / 1e3) if cuda else (b - a) for a, b in marks)
     sel = todo[warm:]
     real = sum(len(data[i]) for b in sel for i in b)
     padded = sum(len(b) * max(len(data[i]) for i in b) for b in sel)
