@@ -194,7 +194,7 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
     from benchmarks import common
     from benchmarks.bench_sft import save_random_model
 
-    folder = Path(tmp) / f"model-{size}"
+    folder = Path(tmp) / f"model-{size}"  # main() deletes it after the size (15 GB at 7B)
     if not folder.is_dir():
         save_random_model(size, "cuda", folder)
     budget = max_tokens
@@ -227,7 +227,6 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
     res["gradient_checkpointing"] = False
     del model, opt, params
     common.free("cuda")
-    shutil.rmtree(folder, ignore_errors=True)  # 15 GB at 7B; the machine's disk is shared by every size
     return res
 
 
@@ -275,7 +274,9 @@ def main(argv=None) -> int:
                 with open(out / "unsloth_errors.log", "a") as f:
                     f.write(f"== {s}\n{traceback.format_exc()}\n")
                 r = {"variant": "unsloth", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]}
-                common.free("cuda")
+            # after the except block, whose traceback held the failed size's model and activations
+            common.free("cuda")
+            shutil.rmtree(Path(tmp) / f"model-{s}", ignore_errors=True)
             r.update(bench="sft", size=s, params=params, x_trl=None, peak_tflops=round(peak, 1),
                      unsloth=vers["unsloth"], unsloth_zoo=vers["unsloth_zoo"])
             rows.append(r)
