@@ -8,7 +8,8 @@
 #   bash benchmarks/gpu_vllm.sh prep        # builds .vc1/ and .vc2/ (git-excluded)
 # There, two calls in a row (device tool; carry [".vc1"] then [".vc2"]):
 #   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site
-#   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm, runs bench_vllm.py and a runner stage-1 run
+#   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm, runs bench_vllm.py, a runner stage-1 run, the critic rows
+#   bash benchmarks/gpu_vllm.sh c           # (carry [".vc3"]: bitsandbytes + unsloth) the SFT rows, then Unsloth at 1.5B
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
 # import site is guarded in vLLM): the FlashAttention-2 kernels (Hopper uses FA3), the MoE kernels,
@@ -35,7 +36,7 @@ if [ "$part" = prep ]; then
   tar -cf - -C "$W/site" vllm vllm-0.25.1.dist-info | xz -9 -T2 > "$W/vllm_slim.tar.xz"
   split -b 34600000 -d "$W/vllm_slim.tar.xz" .vc1/vllm_slim.tar.xz.part && mv .vc1/vllm_slim.tar.xz.part01 .vc2/
   dl .vc1 cbor2 msgspec pyzmq pybase64 cachetools llguidance openai-harmony fastapi starlette opentelemetry-api \
-     partial-json-parser xgrammar==0.2.9 apache-tvm-ffi==0.1.11
+     partial-json-parser xgrammar==0.2.9 apache-tvm-ffi==0.1.11 httpx2 httpcore2  # httpx2: openai 3.x
   # the project's own needs that the image lacks (runner, critics, evaluation), as in .whl
   cp .whl/{sniffio,annotated_types,typing_inspection,distro,sqlmodel,jiter,pydantic-,pydantic_core,greenlet,langdetect,nltk,openai,sqlalchemy,gguf}*.whl .vc1/
   cp .whl/{liger,trl,datasets,dill,multiprocess}*.whl .vc2/
@@ -66,10 +67,23 @@ elif [ "$part" = b ]; then
   left=$(( 560 - ($(date +%s) - t0) ))
   python3 -c "from phases.models.tiny import build_tiny_model as b; b('/tmp/tiny256-4k', hidden_size=256, max_position_embeddings=4096)" > "$R/runner.log" 2>&1
   stamp "runner stage-1 (backend vllm) start, $left s left"
-  timeout "$left" python3 -m runner --home /tmp/vllm-home run --config benchmarks/gpu_vllm_stage1.yaml --run-id vllm >> "$R/runner.log" 2>&1
+  timeout 90 python3 -m runner --home /tmp/vllm-home run --config benchmarks/gpu_vllm_stage1.yaml --run-id vllm >> "$R/runner.log" 2>&1
   stamp "runner rc=$?"
   python3 -m runner --home /tmp/vllm-home status > "$R/runner_status.txt" 2>&1
   (cd /tmp/vllm-home && find . -name '*.json' -path '*prepare_model*' -exec cp --parents {} "$R" \;) 2>/dev/null
+  left=$(( 570 - ($(date +%s) - t0) ))
+  stamp "bench critic start ($left s left)"
+  timeout "$left" python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
+  stamp "bench critic rc=$?"
+elif [ "$part" = c ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc3/*.whl
+  stamp "sft bench start"
+  timeout 390 python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,step_fast,step_liger,runner --out "$R/sft" > "$R/bench_sft.log" 2>&1
+  stamp "sft bench rc=$?"
+  left=$(( 570 - ($(date +%s) - t0) ))
+  stamp "unsloth start ($left s left)"
+  timeout "$left" python3 benchmarks/bench_unsloth.py --sizes 1.5B --out "$R/unsloth" > "$R/bench_unsloth.log" 2>&1
+  stamp "unsloth rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi
