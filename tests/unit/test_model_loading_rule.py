@@ -31,6 +31,10 @@ ALLOWED = {
     "benchmarks/bench_sft.py": (1, "a tokenizer only, to count tokens of a benchmark dataset; no model"),
     "tests/integration/test_model_cache_race.py": (1, "loads the tokenizer of the cached folder, to prove a "
                                                       "concurrent prepare never leaves a half-written folder"),
+    "benchmarks/bench_vllm.py": (1, "vLLM on random weights for throughput and HF-vs-vLLM equality (its VLLMBackend "
+                                    "row goes through the loader); benchmark only, no pipeline data"),
+    "benchmarks/bench_unsloth.py": (2, "Unsloth's own loader on a random-weight benchmark model (Unsloth patches at "
+                                       "load; docstring + call); benchmark only, no pipeline data"),
     "tests/unit/test_model_loading_rule.py": (0, "this file names the patterns"),
 }
 
