@@ -5,7 +5,7 @@
 # survives while the machine is warm, 30 s after a call) and is joined there.
 #
 # Here, once (network to PyPI; ~3 min):
-#   bash benchmarks/gpu_vllm.sh prep        # builds .vc1/ and .vc2/ (git-excluded)
+#   bash benchmarks/gpu_vllm.sh prep        # builds .vc1/, .vc2/ and .vc3/ (git-excluded; needs .whl, docs/performance.md)
 # There, two calls in a row (device tool; carry [".vc1"] then [".vc2"]):
 #   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site
 #   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm, runs bench_vllm.py, a runner stage-1 run, the critic rows
@@ -40,7 +40,12 @@ if [ "$part" = prep ]; then
   # the project's own needs that the image lacks (runner, critics, evaluation), as in .whl
   cp .whl/{sniffio,annotated_types,typing_inspection,distro,sqlmodel,jiter,pydantic-,pydantic_core,greenlet,langdetect,nltk,openai,sqlalchemy,gguf}*.whl .vc1/
   cp .whl/{liger,trl,datasets,dill,multiprocess}*.whl .vc2/
-  du -sh .vc1 .vc2; exit 0
+  # part c: bitsandbytes (Unsloth imports it even for bf16 LoRA) and Unsloth without its web UI
+  # (studio/, 26 of the wheel's 28.6 MB, never imported by the library)
+  rm -rf .vc3; mkdir -p .vc3; cp .whl/bitsandbytes*.whl .vc3/
+  dl .vc3 unsloth==2026.10.9 unsloth_zoo==2026.10.9 cut_cross_entropy==25.1.1
+  (cd .vc3 && zip -q -d unsloth-2026.10.9-*.whl 'studio/*' 'unsloth_cli/*' || true)
+  du -sh .vc1 .vc2 .vc3; exit 0
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/site
 OUT="${OUT:-/tmp/gpu-vllm-out}"
@@ -73,13 +78,15 @@ elif [ "$part" = b ]; then
   (cd /tmp/vllm-home && find . -name '*.json' -path '*prepare_model*' -exec cp --parents {} "$R" \;) 2>/dev/null
   left=$(( 570 - ($(date +%s) - t0) ))
   stamp "bench critic start ($left s left)"
-  timeout "$left" python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
+  [ "$left" -gt 60 ] && timeout "$left" python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
   stamp "bench critic rc=$?"
 elif [ "$part" = c ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc3/*.whl
-  stamp "sft bench start"
-  timeout 390 python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,step_fast,step_liger,runner --out "$R/sft" > "$R/bench_sft.log" 2>&1
-  stamp "sft bench rc=$?"
+  stamp "sft bench start"  # as recorded: one process per size, the runner row at 1.5B only (time)
+  timeout 170 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_fast,step_liger,runner --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft 1.5B rc=$?"
+  timeout 150 python3 benchmarks/bench_sft.py --sizes 7B --variants trl,step_fast,step_liger --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
+  stamp "sft 7B rc=$?"
   left=$(( 570 - ($(date +%s) - t0) ))
   stamp "unsloth start ($left s left)"
   timeout "$left" python3 benchmarks/bench_unsloth.py --sizes 1.5B --out "$R/unsloth" > "$R/bench_unsloth.log" 2>&1
