@@ -79,8 +79,14 @@ class Engine:
         hb = Heartbeat(self.store, fence, ttl).start()
         old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
+        self._signalled = ""
+
         def _on_signal(signum, _frame):  # noqa: ANN001
-            raise Interrupted(f"signal {signum}")
+            # Remembered as well as raised: raised inside a finalizer (e.g. vLLM shutting its engine
+            # down when a step's model is collected) the exception is printed and swallowed, so the
+            # walk checks the flag before every node (seen on the H200 with vLLM, 2026-12-01).
+            self._signalled = f"signal {signum}"
+            raise Interrupted(self._signalled)
 
         for s in old:
             signal.signal(s, _on_signal)
@@ -123,6 +129,8 @@ class Engine:
         outputs: dict[str, tuple[Path, str]] = {}
         summaries: dict[str, Any] = {}
         for node in self.pipeline.nodes:
+            if getattr(self, "_signalled", ""):
+                raise Interrupted(self._signalled)  # a stop signal whose exception was swallowed
             if isinstance(node, StepSpec):
                 out = self._do_step(node, outputs, summaries)
             else:
