@@ -21,15 +21,16 @@ Contracts:
   Each complete checkpoint is then reported as the step's durable progress (an event of kind
   ``step_progress``), so attempts killed after a checkpoint never count toward ``max_attempts``.
 - Device: CUDA -> 4-bit nf4 base with bf16 compute (QLoRA, bitsandbytes); CPU -> fp32 base, plain
-  LoRA. ``trainer="unsloth"`` uses Unsloth when it imports, else falls back to TRL with a logged
-  warning.
+  LoRA.
 - Trainer (``params.trainer``): ``fast`` = ``phases/sft_fast_trainer.py`` (transformers' Trainer
   loop with token-budget batches of at most ``per_device_batch_size x grad_accum`` rows and
   ``fast_max_tokens`` padded tokens, no attention mask, fused linear+CE); ``trl`` = TRL's
   SFTTrainer with fixed-size batches. ``auto`` = ``fast`` on CUDA, ``trl`` on CPU: the rule stands
   on the recipe's measured 4.9x (1.5B) / 2.7x (7B) over TRL defaults (docs/performance.md) until
   the ``sft``-step benchmark rows (benchmarks/bench_sft.py variants ``step_fast``, ``step_liger``,
-  ``runner``) re-measure it.
+  ``runner``) re-measure it. Unsloth is not a trainer of the step: ``trainer: unsloth`` is a
+  ``ConfigError`` (``UNSLOTH_NOT_A_TRAINER``); it is measured by ``benchmarks/bench_unsloth.py``
+  only (docs/performance.md).
 - Kernels (``params.kernels``, ``phases/sft_speed.py``): ``auto`` = Liger's fused RoPE, RMSNorm
   and SwiGLU patched into the loaded model before PEFT wraps it, on CUDA when ``liger_kernel``
   imports and the architecture is qwen2/llama, else none (reason logged); ``liger`` = the same or a
@@ -54,19 +55,20 @@ from phases.models.devices import DeviceError, resolve_placement
 from phases.models.loader import load_model
 from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
-from phases.sft_speed import KernelChoice, apply_liger, resolve_kernels, throughput_callback
+from phases.sft_speed import apply_liger, resolve_kernels, throughput_callback
 from runner.context import PROGRESS_EVENT
 from runner.errors import ConfigError, DataError
 from runner.progress import Progress
 from state.files import read_json
 
-__all__ = ["SFT_DEFAULTS", "REQUIRED_MANIFEST_FIELDS", "check_merge_inputs", "model_ref", "encode_example",
+__all__ = ["SFT_DEFAULTS", "TRAINERS", "UNSLOTH_NOT_A_TRAINER", "trainer_error", "REQUIRED_MANIFEST_FIELDS",
+           "check_merge_inputs", "model_ref", "encode_example",
            "build_examples", "split_dev", "ResponseOnlyCollator", "make_trainer", "run_sft", "last_complete_checkpoint"]
 
 SFT_DEFAULTS: dict[str, Any] = {
     "device": "auto",            # auto | cpu | cuda
     "quantization": "auto",      # auto (nf4 on CUDA, none on CPU) | none | nf4
-    "trainer": "auto",           # auto (fast on CUDA, trl on CPU) | fast | trl | unsloth (when installed)
+    "trainer": "auto",           # auto (fast on CUDA, trl on CPU) | fast | trl
     "fast_max_tokens": 16384,    # fast trainer: padded tokens per optimizer step (memory bound)
     "kernels": "auto",           # auto (Liger rope+rms_norm+swiglu on CUDA when importable) | liger | none
     "lora_r": 16,
@@ -283,6 +285,22 @@ def _callbacks(early_stop: int, has_dev: bool, on_checkpoint: Callable[[str, int
 # -- the run ---------------------------------------------------------------------------------
 
 
+TRAINERS = ("auto", "fast", "trl")
+# Unsloth measured slower than fast + Liger at 1.5B in one H200 session (docs/performance.md) and
+# the step's old path through it (get_peft_model on a model from the canonical loader) never ran,
+# so it was removed; the refusal says where Unsloth lives now, specs/sft-evaluation.md the next step.
+UNSLOTH_NOT_A_TRAINER = ("Unsloth is not a trainer of the sft step; it is measured only by "
+                         "benchmarks/bench_unsloth.py (see docs/performance.md)")
+
+
+def trainer_error(value: Any) -> str:
+    """Why ``params.sft.trainer = value`` is refused (without the ``file:line``/key prefix)."""
+    allowed = ", ".join(TRAINERS)
+    if value == "unsloth":
+        return f"{UNSLOTH_NOT_A_TRAINER}; allowed: {allowed}"
+    return f"allowed: {allowed}"
+
+
 def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
     try:
         dev, quant = resolve_placement(params["device"], params["quantization"], "params.sft.")
@@ -293,26 +311,14 @@ def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
         raise ConfigError(f"params.sft.gradient_checkpointing = {gc!r}; allowed: auto, on, off")
     grad_ckpt = dev.startswith("cuda") if gc == "auto" else gc == "on"
     tr = params["trainer"]
-    if tr not in ("auto", "fast", "trl", "unsloth"):
-        raise ConfigError(f"params.sft.trainer = {tr!r}; allowed: auto, fast, trl, unsloth")
+    if tr not in TRAINERS:
+        raise ConfigError(f"params.sft.trainer = {tr!r}; {trainer_error(tr)}")
     if tr == "auto":
         tr = "fast" if dev.startswith("cuda") else "trl"
     if tr == "fast" and int(params.get("fast_max_tokens", 1)) < 1:
         raise ConfigError(f"params.sft.fast_max_tokens = {params['fast_max_tokens']!r}; must be >= 1 (padded tokens per step)")
-    kernels = params.get("kernels", "auto")
-    if tr == "unsloth" and kernels == "liger":
-        raise ConfigError("params.sft.kernels = 'liger' with params.sft.trainer = 'unsloth': Unsloth patches its own "
-                          "kernels; set kernels to auto or none")
-    resolve_kernels(kernels, dev)  # a bad value, or liger where it cannot run, fails before the model loads
+    resolve_kernels(params.get("kernels", "auto"), dev)  # a bad value, or liger where it cannot run, fails before the model loads
     return dev, quant, grad_ckpt, tr
-
-
-def _unsloth_available() -> bool:
-    try:
-        import unsloth  # noqa: F401
-        return True
-    except Exception:  # not installed, or no supported GPU
-        return False
 
 
 def _lora_config(params: dict):
@@ -333,49 +339,34 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     from transformers import set_seed
 
     dev, quant, grad_ckpt, tr = _resolve(params)
-    if tr == "unsloth" and not _unsloth_available():
-        log("trainer 'unsloth' asked for but unsloth is not importable here; using TRL + PEFT", kind="sft_trainer_fallback")
-        tr = "trl"
     set_seed(seed)
     loaded = load_model(ref, device=dev, dtype=None if dev.startswith("cuda") else "float32",
                         quantization=quant, backend="hf", run_sentinels=False)
     model = loaded.model
     if tr == "fast" and params["gradient_checkpointing"] == "auto":
         grad_ckpt = needs_checkpointing(model)
-    if tr == "unsloth":
-        choice = KernelChoice(params["kernels"], (), "trainer unsloth patches its own kernels")
-    else:
-        choice = resolve_kernels(params["kernels"], dev, getattr(model.config, "model_type", None))
+    choice = resolve_kernels(params["kernels"], dev, getattr(model.config, "model_type", None))
     # Liger patches the plain HF modules, before PEFT (LoRA / Linear4bit) wraps the linears they call
     patch = apply_liger(model, model.config.model_type) if choice.applied else None
     try:
-        model = _wrap_for_training(model, params, quant, tr, grad_ckpt, seed)
+        model = _wrap_for_training(model, params, quant, grad_ckpt, seed)
     except BaseException:
         if patch is not None:
             patch.restore()
         raise
-    return loaded, model, dev, quant, tr if tr in ("unsloth", "fast") else "trl", grad_ckpt, (choice, patch)
+    return loaded, model, dev, quant, tr, grad_ckpt, (choice, patch)
 
 
-def _wrap_for_training(model, params: dict, quant: str | None, tr: str, grad_ckpt: bool, seed: int):
-    """PEFT (or Unsloth) LoRA around the loaded model, in training mode."""
+def _wrap_for_training(model, params: dict, quant: str | None, grad_ckpt: bool, seed: int):
+    """PEFT LoRA around the loaded model, in training mode."""
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if tr == "unsloth":
-        # Unsloth patches the kernels of the already-loaded (guarded) model in place; the loader's
-        # tokenizer/encoder is still the only tokenizer used.
-        from unsloth import FastLanguageModel  # pragma: no cover - GPU-only, optional
-
-        model = FastLanguageModel.get_peft_model(model, r=params["lora_r"], lora_alpha=params["lora_alpha"],
-                                                 lora_dropout=params["lora_dropout"], random_state=seed,
-                                                 use_gradient_checkpointing="unsloth" if grad_ckpt else False)
-    else:
-        if quant == "nf4":
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
-        elif grad_ckpt:
-            model.enable_input_require_grads()
-        model = get_peft_model(model, _lora_config(params))
+    if quant == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
+    elif grad_ckpt:
+        model.enable_input_require_grads()
+    model = get_peft_model(model, _lora_config(params))
     model.train()
     torch.manual_seed(seed)
     return model

@@ -10,6 +10,8 @@ The schema is built from the steps' own defaults (`phases.sft.SFT_DEFAULTS`,
 (`phases.stage_config._build`), so errors read the same: ``file:line: params.sft.lora_r = 0:
 expected a value >= 1``. A default without limits here is still type-checked. Unknown keys are
 left to the runner's validation, which names them. Every problem is reported, not the first.
+``params.sft.trainer: unsloth`` (a removed value) gets the step's own message, which says where
+Unsloth is measured instead, not the generic "expected one of".
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from phases.evaluate import BASE_ARMS, EVAL_DEFAULTS
 from phases.models.devices import DEVICES, QUANTIZATIONS
-from phases.sft import SFT_DEFAULTS
+from phases.sft import SFT_DEFAULTS, TRAINERS, trainer_error
 from phases.stage_config import _build, _f, _Reported
 from runner.errors import ConfigError
 
@@ -28,7 +30,7 @@ _FRACTION = {"lo": 0.0, "hi": 1.0}
 
 SFT_LIMITS: dict[str, dict] = {
     "device": _DEVICE, "quantization": _QUANT,
-    "trainer": {"choices": ["auto", "fast", "trl", "unsloth"]}, "kernels": {"choices": ["auto", "liger", "none"]},
+    "trainer": {"choices": list(TRAINERS)}, "kernels": {"choices": ["auto", "liger", "none"]},
     "fast_max_tokens": {"lo": 1},
     "lora_r": {"lo": 1}, "lora_alpha": {"lo": 1}, "lora_dropout": {"lo": 0.0, "hi": 0.9},
     "learning_rate": {"lo": 0.0, "lo_open": True, "hi": 1.0}, "weight_decay": {"lo": 0.0},
@@ -73,6 +75,10 @@ def check_step_params(params: dict, sources: dict[tuple, str], errors: list[str]
         if not isinstance(user, dict):
             continue  # absent, or not a mapping: the runner's validation names that
         known = {k: v for k, v in user.items() if k in defaults}
+        if step == "sft" and known.get("trainer") == "unsloth":
+            errors.append(f"{_where(sources, step, 'trainer')}: params.sft.trainer = 'unsloth': "
+                          f"{trainer_error('unsloth')}")
+            del known["trainer"]
         if isinstance(known.get("arms"), list) and not known["arms"]:
             errors.append(f"{_where(sources, step, 'arms')}: params.{step}.arms = []: expected a non-empty list "
                           f"of {sorted(BASE_ARMS)}")

@@ -53,3 +53,30 @@ def test_eval_arms_is_wired_to_the_evaluate_step(tmp_path):
 def test_a_builder_of_the_wrong_role_is_refused_not_crashed_on(tmp_path, key, value):
     with pytest.raises(ConfigError, match=rf"run\.yaml:2: prompts\.{key} = '{value}': expected one of"):
         load_config(_cfg(tmp_path, f"prompts: {{{key}: {value}}}\n"), pipeline)
+
+
+def test_trainer_unsloth_is_refused_with_where_unsloth_runs_and_the_allowed_values(tmp_path):
+    # Unsloth is measured by benchmarks/bench_unsloth.py only; the step's path through it was deleted
+    cfg = _cfg(tmp_path, "params:\n  sft:\n    trainer: unsloth\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, pipeline)
+    text = str(e.value)
+    assert (f"{cfg}:4: params.sft.trainer = 'unsloth': Unsloth is not a trainer of the sft step; it is measured "
+            "only by benchmarks/bench_unsloth.py (see docs/performance.md); allowed: auto, fast, trl") in text
+    assert "trainer = 'unsloth': expected one of" not in text  # one message for the key, not two
+
+
+def test_the_sft_step_itself_refuses_trainer_unsloth_and_other_unknown_trainers(tmp_path):
+    # run_sft -> load_for_training -> _resolve: the same refusal for params that bypass the stage config
+    from phases.sft import SFT_DEFAULTS, _resolve
+
+    with pytest.raises(ConfigError, match=r"params\.sft\.trainer = 'unsloth'; Unsloth is not a trainer of the sft "
+                                          r"step; .*benchmarks/bench_unsloth\.py.*docs/performance\.md.*; "
+                                          r"allowed: auto, fast, trl$"):
+        _resolve({**SFT_DEFAULTS, "device": "cpu", "trainer": "unsloth"})
+    with pytest.raises(ConfigError, match=r"params\.sft\.trainer = 'deepspeed'; allowed: auto, fast, trl$"):
+        _resolve({**SFT_DEFAULTS, "device": "cpu", "trainer": "deepspeed"})
+    with pytest.raises(ConfigError, match=r"params\.sft\.trainer = 'deepspeed': expected one of \['auto', 'fast', "
+                                          r"'trl'\]"):
+        load_config(_cfg(tmp_path, "params:\n  sft:\n    trainer: deepspeed\n"), pipeline)
+    assert _resolve({**SFT_DEFAULTS, "device": "cpu", "trainer": "auto"})[3] == "trl"
