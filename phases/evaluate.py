@@ -39,7 +39,17 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from phases import eval_evidence, gate_criteria
+from phases.critic import judge
+from phases.eval_evidence import length_stats
+from phases.ifeval import follows, score_responses
+from phases.ifeval.registry import validate_kwargs
+from phases.models import embedded
+from phases.models.backends.base import GenerationParams
+from phases.models.registry import PROFILES
 from phases.prompts import END_MARKER, raw_prompt, response_prompt, urial_prompt
+from phases.refusal import judge_refusals
+from phases.stats import compare_paired, summary_text, wilson_ci
 from runner.errors import DataError
 
 __all__ = ["EVAL_DEFAULTS", "BASE_ARMS", "STOP_STRINGS", "LEGACY_STOP_STRINGS", "TURN_BOUNDARIES", "stop_strings",
@@ -110,8 +120,6 @@ REQUIRED_HELDOUT = ("id", "family", "instruction", "instruction_id_list", "kwarg
 def load_heldout(path: Path, max_items: int = 0) -> list[dict]:
     """Validated held-out records (``REQUIRED_HELDOUT`` fields; constraints known to the IFEval
     registry). An empty file raises ``DataError``: there is nothing to evaluate."""
-    from phases.ifeval.registry import validate_kwargs
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: the held-out set is missing; re-run the heldout step")
@@ -169,8 +177,6 @@ def generate_batch(loaded, arm: str, instructions: list[str], max_new_tokens: in
     ``stop`` defaults to ``stop_strings(arm)``; pass ``()`` for IFEval (no stop strings).
     ``batch_size`` > 0 runs these prompts in backend batches of that size (greedy outputs do not
     depend on it beyond kernel rounding); 0 keeps the backend's own."""
-    from phases.models.backends.base import GenerationParams
-
     params = GenerationParams.greedy(max_new_tokens, stop=stop_strings(arm) if stop is None else tuple(stop))
     prompts = [build_prompt(arm, i, fewshot) for i in instructions]
     backend = loaded.backend
@@ -188,8 +194,6 @@ def generate_batch(loaded, arm: str, instructions: list[str], max_new_tokens: in
 
 def score_item(rec: dict, response: str, truncated: bool = False) -> dict:
     """Checker verdict for one held-out item: strict success, loose success, failed ids, reason."""
-    from phases.ifeval import follows
-
     strict, loose = [], []
     for iid, kw in zip(rec["instruction_id_list"], rec["kwargs"]):
         s, lo = follows(iid, kw, response)
@@ -209,8 +213,6 @@ def score_item(rec: dict, response: str, truncated: bool = False) -> dict:
 
 def critic_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
     """Pair-critic verdicts (both orders combined) for ``[{"instruction", "response"}]``."""
-    from phases.critic import judge
-
     return [{"is_good": v.is_good, "margin": round(v.margin, 6), "confident": v.confident}
             for v in judge(loaded, "pair", pairs, threshold)]
 
@@ -218,8 +220,6 @@ def critic_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
 def task_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
     """Task-completion verdicts (rubric ``task``, both orders) for ``[{"instruction", "response"}]``;
     an empty response is ``done: False`` without asking the critic."""
-    from phases.critic import judge
-
     idx = [i for i, p in enumerate(pairs) if p["response"].strip()]
     vs = judge(loaded, "task", [pairs[i] for i in idx], threshold) if idx else []
     out = [{"done": False, "margin": None, "confident": True, "source": "empty"} for _ in pairs]
@@ -230,8 +230,6 @@ def task_batch(loaded, pairs: list[dict], threshold: float) -> list[dict]:
 
 def refusal_batch(loaded, pairs: list[dict], threshold: float, use_critic: bool = True) -> list[dict]:
     """`phases.refusal.judge_refusals` (rules + the refusal critic) for ``refusal_expected`` items."""
-    from phases.refusal import judge_refusals
-
     return judge_refusals(loaded, pairs, threshold, use_critic=use_critic)
 
 
@@ -319,9 +317,6 @@ def check_adapter_config(adapter_dir: Path, base_model_id: str, base_path: Path,
 
 def expected_model_id(ref: str) -> str:
     """The ``model_id`` the loader will report for ``ref`` (profile id, a folder's marker profile, or its name)."""
-    from phases.models import embedded
-    from phases.models.registry import PROFILES
-
     if ref in PROFILES:
         return ref
     prof = (embedded.read_marker(Path(ref)) or {}).get("profile", "")
@@ -329,7 +324,7 @@ def expected_model_id(ref: str) -> str:
 
 
 def _check_adapter_shapes(adapter_dir: Path, model) -> None:
-    from safetensors import safe_open
+    from safetensors import safe_open  # lazy: only adapter checks need it; keeps evaluate import light
 
     f = Path(adapter_dir) / "adapter_model.safetensors"
     if not f.is_file():
@@ -354,7 +349,7 @@ def _check_adapter_shapes(adapter_dir: Path, model) -> None:
 
 def attach_adapter(loaded, adapter_dir: Path) -> None:
     """Wrap the loaded base model with the adapter in place (inference only), after the checks."""
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: peft pulls in torch; the step registry must stay torch-free
 
     check_adapter_config(adapter_dir, loaded.model_id, loaded.path, loaded.model.config)
     _check_adapter_shapes(adapter_dir, loaded.model)
@@ -380,7 +375,7 @@ class ModelSlot:
         self.model = None
         gc.collect()
         try:
-            import torch
+            import torch  # lazy: heavy; only freeing a loaded model needs it
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -418,9 +413,6 @@ def agreement(critic: list[bool], checker: list[bool]) -> dict:
 
 
 def _arm_block(outs: list[dict], confidence: float) -> dict:
-    from phases.eval_evidence import length_stats
-    from phases.stats import wilson_ci
-
     n = len(outs)
     k = sum(o["success"] for o in outs)
     lo, hi = wilson_ci(k, n, confidence)
@@ -452,9 +444,6 @@ def build_report(items: list[dict], outs: dict[str, list[dict]], base_arms: list
 
     ``outs[arm]`` are `assemble`d outcomes (``both`` present); plain checker outcomes (no ``both``)
     are accepted and treated as constraint-only (task not judged)."""
-    from phases import eval_evidence, gate_criteria
-    from phases.stats import compare_paired, summary_text
-
     conf = params["confidence"]
     for a in outs:
         for o in outs[a]:
@@ -532,9 +521,6 @@ def build_report(items: list[dict], outs: dict[str, list[dict]], base_arms: list
 
 def ifeval_report(prompts: list, outs: dict[str, list[dict]], params: dict, seed: int) -> dict:
     """The four IFEval metrics per arm plus a paired prompt-level-strict comparison."""
-    from phases.ifeval import score_responses
-    from phases.stats import compare_paired
-
     res, strict = {}, {}
     for arm, gens in outs.items():
         sc = score_responses(prompts, {p.key: g["response"] for p, g in zip(prompts, gens)})

@@ -27,13 +27,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from phases.constitution_revision import REVISION_DEFAULTS
-from phases.dpo import DPO_DEFAULTS
-from phases.pair_qc import PAIR_QC_DEFAULTS
-from phases.prompts import END_MARKER
+from phases.cleaning import clean_response
+from phases.constitution_revision import (REVISION_DEFAULTS, accept_revision, critique_prompts, plan_principles,
+                                          principle_usage, revision_prompts)
+from phases.critic import judge
+from phases.dedup import dedup
+from phases.dpo import DPO_DEFAULTS, build_pair_examples, load_policy, sequence_logps, train_dpo
+from phases.evaluate import attach_adapter
+from phases.models.backends.base import GenerationParams
+from phases.models.loader import load_model, loader_version
+from phases.pair_qc import PAIR_QC_DEFAULTS, pair_qc
+from phases.pairs import (_pair, best_of_n_pairs, dedup_pairs, hard_negative_pairs, length_bias, rank_candidates,
+                          refusal_pairs)
+from phases.prompts import END_MARKER, response_prompt
+from phases.sft import model_ref
 # the DPO gate's evaluation lives in its own module; its names stay importable from here
 from phases.steps.dpo_eval import (DPO_GATE_CRITERIA, EVALUATE_DPO_DEFAULTS, SHARED_EVAL_KEYS, check_gate_criteria,
                                    dpo_gate, dpo_gate_decision, dpo_report, evaluate_dpo, win_rate)
+from phases.steps.generation import collect_instructions, leakage_check, verdict_dict
 from runner import gate, step
 from runner.errors import DataError
 from runner.pipeline import GateCheck, derive_seed
@@ -65,17 +76,12 @@ def _tree_sha256(root: Path) -> str:
 
 
 def _model_ref(ctx) -> str:
-    from phases.sft import model_ref
-
     return model_ref(ctx.input("prepare_model") / "model.json")
 
 
 def _load(ctx, ref: str, batch_size: int, sft_adapter: Path | None, what: str):
     """Base model (+ SFT adapter for generation; the judge disables it), device/quantization like evaluate."""
-    import torch
-
-    from phases.evaluate import attach_adapter
-    from phases.models.loader import load_model
+    import torch  # lazy: heavy; the step registry imports this module torch-free
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     quant = "nf4" if dev == "cuda" else None
@@ -87,8 +93,6 @@ def _load(ctx, ref: str, batch_size: int, sft_adapter: Path | None, what: str):
 
 
 def _gen_params(s: dict, temperature: float | None = None, max_new: int | None = None):
-    from phases.models.backends.base import GenerationParams
-
     return GenerationParams(max_new_tokens=int(max_new or s["max_new_tokens"]),
                             temperature=float(s["temperature"] if temperature is None else temperature),
                             top_p=float(s["top_p"]), repetition_penalty=float(s["repetition_penalty"]),
@@ -96,8 +100,6 @@ def _gen_params(s: dict, temperature: float | None = None, max_new: int | None =
 
 
 def _clean(text: str) -> str:
-    from phases.cleaning import clean_response
-
     return clean_response(text, end_marker=END_MARKER).text
 
 
@@ -108,9 +110,6 @@ def _clean(text: str) -> str:
       params=CANDIDATES_DEFAULTS, version="1")
 def candidates(ctx):
     """Fresh instructions (not the SFT set, leakage-checked) and k sampled SFT-model responses each."""
-    from phases.dedup import dedup
-    from phases.steps.generation import collect_instructions, leakage_check
-
     p = dict(ctx.params)
     if not p["families"] or not p["instructions"]:
         raise DataError("step candidates has no families/instruction settings; run it with a stage config "
@@ -137,9 +136,6 @@ def candidates(ctx):
     fam_ref = [c for c in got["candidates"] if p["families"].get(c["family"], {}).get("refusal_expected")]
     safety = {}
     if fam_ref:
-        from phases.critic import judge
-        from phases.steps.generation import verdict_dict
-
         def judge_safety(batch, info):
             with model.model.disable_adapter():
                 return [verdict_dict(v) for v in judge(model, "request_safety", batch, float(p["safety_threshold"]))]
@@ -158,8 +154,6 @@ def candidates(ctx):
     seed_base = ctx.seed_for("cand")
 
     def work(batch, info):
-        from phases.prompts import response_prompt
-
         seeds = [derive_seed(seed_base, b["prompt_id"], b["j"]) for b in batch]
         gens = model.generate([response_prompt(b["instruction"]) for b in batch], params, seeds)
         return [{"prompt_id": b["prompt_id"], "index": b["j"], "seed": s, "raw": g.text, "response": _clean(g.text),
@@ -188,9 +182,6 @@ def candidates(ctx):
 
 def _verdicts(ctx, model, items: list[dict], p: dict, ledger: str) -> list[dict]:
     """Pair-critic verdicts with the SFT adapter disabled (the base model judges, as in evaluate)."""
-    from phases.critic import judge
-    from phases.steps.generation import verdict_dict
-
     def work(batch, info):
         with model.model.disable_adapter():
             return [verdict_dict(v) for v in judge(model, "pair", batch, p["critic_threshold"])]
@@ -201,9 +192,6 @@ def _verdicts(ctx, model, items: list[dict], p: dict, ledger: str) -> list[dict]
 
 def _revisions(ctx, model, p: dict, prompts: list[dict], by_prompt: dict) -> tuple[list[dict], list[dict], dict]:
     """Constitutional critique -> revision for a seeded sample; returns (pairs, attempts, usage)."""
-    from phases.constitution_revision import (accept_revision, critique_prompts, plan_principles, principle_usage,
-                                              revision_prompts)
-
     rv = {**REVISION_DEFAULTS, **p["revision"]}
     rng = random.Random(ctx.seed_for("revision-sample"))
     pool = [x for x in prompts if by_prompt.get(x["id"])]
@@ -232,7 +220,6 @@ def _revisions(ctx, model, p: dict, prompts: list[dict], by_prompt: dict) -> tup
     judged_idx = [i for i in ok if revised[i].strip() and revised[i].strip() != items[i]["response"].strip()]
     rv_verdicts = dict(zip(judged_idx, _verdicts(ctx, model, [{"instruction": items[i]["instruction"],
                                                              "response": revised[i]} for i in judged_idx], p, "judge-revised")))
-    from phases.pairs import _pair
 
     out, attempts = [], []
     for i, it in enumerate(items):
@@ -256,9 +243,6 @@ def _revisions(ctx, model, p: dict, prompts: list[dict], by_prompt: dict) -> tup
       params=PAIRS_DEFAULTS, version="1")
 def pairs(ctx):
     """Judge every candidate, build best-of-N / refusal / hard-negative / constitutional pairs, run pair QC."""
-    from phases.pair_qc import pair_qc
-    from phases.pairs import best_of_n_pairs, dedup_pairs, hard_negative_pairs, rank_candidates, refusal_pairs
-
     p = {**PAIRS_DEFAULTS, **dict(ctx.params)}
     prompts = read_jsonl(ctx.input("candidates") / "prompts.jsonl")
     cands = read_jsonl(ctx.input("candidates") / "candidates.jsonl")
@@ -311,8 +295,6 @@ def pairs(ctx):
 
 
 def _git_sha() -> str:
-    from phases.models.loader import loader_version
-
     return loader_version()
 
 
@@ -352,8 +334,6 @@ qc_pairs = gate("qc_pairs", check=_qc_pairs_check, evidence=_qc_pairs_evidence, 
       params=dict(DPO_DEFAULTS), version="1")
 def dpo(ctx):
     """DPO (TRL DPOTrainer; SimPO/ORPO by config) on the QC-passed pairs, from the SFT model; resumable."""
-    from phases.dpo import build_pair_examples, load_policy, sequence_logps, train_dpo
-
     p = {**DPO_DEFAULTS, **dict(ctx.params)}
     qc = _read(ctx.input("pairs") / "pair_qc.json")
     if not qc.get("thresholds_passed"):
@@ -367,8 +347,6 @@ def dpo(ctx):
     pairs_path = ctx.input("pairs") / "pairs.jsonl"
     rows = read_jsonl(pairs_path)
     if p["length_matched_only"]:
-        from phases.pairs import length_bias
-
         keep = set(length_bias(rows, qc["thresholds"]["length_match_tolerance"])["length_matched"]["indices"])
         rows = [r for i, r in enumerate(rows) if i in keep]
     if p["max_pairs"] > 0:

@@ -24,13 +24,19 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from phases import evaluate as ev
-from phases.evaluate import EVAL_DEFAULTS
+from phases.evaluate import BASE_ARMS, EVAL_DEFAULTS
+from phases.gate_criteria import criteria_table
+from phases.ifeval import load_prompts
 from phases.models.devices import DeviceError, resolve_placement
+from phases.models.loader import load_model, loader_version
+from phases.models.registry import PROFILES
 from phases.pieces import CRITIC_PAIR, CRITIC_REFUSAL, CRITIC_TASK, IFEVAL, STATS, builder_param, builder_piece
-from phases.sft import SFT_DEFAULTS
+from phases.plots import plot_loss, plot_per_type
+from phases.sft import SFT_DEFAULTS, check_merge_inputs, model_ref, run_sft
 from phases.steps import sizes
 from runner import gate, step
 from runner.errors import ConfigError
@@ -43,8 +49,6 @@ __all__ = ["sft", "evaluate", "sft_gate", "judge_outcomes", "task_calibration", 
 
 
 def _git_sha() -> str:
-    from phases.models.loader import loader_version
-
     return loader_version()
 
 
@@ -59,9 +63,6 @@ def _tree_sha256(root: Path) -> str:
       gpu=True, size=sizes.sft_examples)
 def sft(ctx):
     """SFT (QLoRA on CUDA, LoRA on CPU) on the merged, QC-passed data; resumes from checkpoints."""
-    from phases.plots import plot_loss
-    from phases.sft import check_merge_inputs, model_ref, run_sft
-
     # the precondition, before any model is loaded
     ins = check_merge_inputs(ctx.input("merge"), require_qc_pass=bool(ctx.params["require_qc_pass"]))
     qc_passed = ins["qc"].get("thresholds_passed") is True
@@ -112,8 +113,6 @@ def sft(ctx):
 
 
 def _arms(params) -> list[str]:
-    from phases.evaluate import BASE_ARMS
-
     arms = list(params["arms"])
     bad = [a for a in arms if a not in BASE_ARMS]
     if not arms or bad:
@@ -139,10 +138,6 @@ def judge_outcomes(ctx, slot, items: list[dict], arm: str, gens: list[dict], p: 
     """`phases.evaluate.assemble`d outcomes of one arm: task critic on ordinary items, refusal
     checker on ``refusal_expected`` items, pair critic when ``p["critic"]``; every verdict batch is
     in the ledger. ``judge_ctx(model)`` wraps judging (the trained arm disables its adapter)."""
-    from contextlib import nullcontext
-
-    from phases import evaluate as ev
-
     thr, bs = p["critic_threshold"], p["batch_size"]
     wrap = judge_ctx or (lambda m: nullcontext())
     pairs = [{"instruction": r["instruction"], "response": g["response"]} for r, g in zip(items, gens)]
@@ -218,12 +213,6 @@ def evaluate(ctx):
     (both = success), refusal checker (safety), length control, truncation per arm, IFEval."""
     import torch  # lazy: heavy, and only this step's body needs it
 
-    from phases import evaluate as ev
-    from phases.models.loader import load_model
-    from phases.models.registry import PROFILES
-    from phases.plots import plot_per_type
-    from phases.sft import model_ref
-
     p = {**EVAL_DEFAULTS, **dict(ctx.params)}
     base_arms = _arms(p)
     fewshot = [list(x) for x in p["response_fewshot"]]
@@ -269,8 +258,6 @@ def evaluate(ctx):
     best = max(base_arms, key=lambda a: (sum(o["both"] for o in scored[a]), -base_arms.index(a)))
     prompts, if_outs = [], {}
     if p["ifeval_limit"] != 0:
-        from phases.ifeval import load_prompts
-
         prompts = load_prompts()
         prompts = prompts if p["ifeval_limit"] < 0 else prompts[: p["ifeval_limit"]]
         if_outs[f"base:{best}"] = gen(base, best, [x.prompt for x in prompts], p["ifeval_max_new_tokens"],
@@ -342,8 +329,6 @@ def _summary_text(report: dict, *, what: str = "base vs trained", baseline_line:
     words, critic agreement), baseline, length control, safety, families and constraint types,
     IFEval, then every gate criterion and the decision line. ``what``, ``baseline_line`` and
     ``extra_lines`` (before the criteria) let another evaluation (the DPO gate's) reuse it."""
-    from phases.gate_criteria import criteria_table
-
     md = report["metadata"]
     lines = [f"Evaluation of {md['model_ref']} {what} on {md['n_items']} held-out items "
              f"(greedy, max_new_tokens={md['decoding']['max_new_tokens']}, one stop rule for every arm: turn "

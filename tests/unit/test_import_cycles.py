@@ -142,15 +142,6 @@ def test_no_import_cycles():
 
 
 # ---- imports at module top --------------------------------------------------------------------
-# Files whose in-function project imports are not converted yet (count = how many remain). The
-# list may only shrink: converting a file means moving its imports to the top and deleting its
-# entry here. These three are being edited by parallel branches; convert them after those merge.
-PENDING_LAZY: dict[str, int] = {
-    "phases/evaluate.py": 14,
-    "phases/steps/preferences.py": 25,
-    "phases/steps/train_eval.py": 12,
-}
-
 # An import that must stay inside a function says why on its line: ``# lazy: <reason>``.
 LAZY_MARK = re.compile(r"#\s*lazy:\s*\S")
 
@@ -203,10 +194,6 @@ def test_project_imports_sit_at_module_top():
     """A module's header shows what it needs: project imports inside functions are allowed only
     with a ``# lazy: <why>`` comment on the line (a heavy optional dependency behind it)."""
     found = _in_function_project_imports()
-    new = [line for rel, hits in found.items() if rel not in PENDING_LAZY for line in hits]
+    new = [line for hits in found.values() for line in hits]
     assert not new, "move these imports to the top of the module (or say `# lazy: why` on the line):\n" + \
         "\n".join(new)
-    grown = {rel: len(found.get(rel, [])) for rel in PENDING_LAZY if len(found.get(rel, [])) > PENDING_LAZY[rel]}
-    assert not grown, f"in-function imports grew in pending files (move them to the top): {grown}"
-    done = sorted(rel for rel in PENDING_LAZY if rel not in found)
-    assert not done, f"no in-function import is left in {done}: delete their PENDING_LAZY entries"
