@@ -59,7 +59,11 @@ def _vgen(llm, prompts: list[list[int]], new: int) -> list[list[int]]:
 
 
 def _timed(fn, repeats: int = 3) -> tuple[float, float]:
-    """(median seconds of ``repeats`` timed calls, first call seconds); device-synchronised."""
+    """(median seconds of ``repeats`` timed calls, first call seconds); device-synchronised.
+
+    Wall-clock on purpose, not ``common.timeit``'s CUDA events: vLLM's engine runs in another
+    process, so events recorded on this process's stream around ``llm.generate`` would time an
+    idle stream. The fastgen rows use the same clock so the two paths are timed alike."""
     import torch
 
     torch.cuda.synchronize()
