@@ -61,6 +61,7 @@ class Engine:
         self.run = store.get_run(run_id)
         self.fence: Optional[Fence] = None
         self._attempt: Optional[Attempt] = None
+        self._signalled = ""  # set by resume()'s signal handler (see there)
         self._plan = self.pipeline.plan()  # stored in the run, with each step's resolved key
         if budget_plan_node(config) is not None:
             self._plan.append(budget_plan_node(config))
@@ -129,7 +130,7 @@ class Engine:
         outputs: dict[str, tuple[Path, str]] = {}
         summaries: dict[str, Any] = {}
         for node in self.pipeline.nodes:
-            if getattr(self, "_signalled", ""):
+            if self._signalled:
                 raise Interrupted(self._signalled)  # a stop signal whose exception was swallowed
             if isinstance(node, StepSpec):
                 out = self._do_step(node, outputs, summaries)
