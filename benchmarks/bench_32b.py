@@ -96,18 +96,32 @@ def critic_rows(model, dev: str, n_items: int) -> list[dict]:
 
 
 def sft_row(model, dev: str, warm: int, steps: int, tmp: str) -> dict:
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import TrainerCallback
-
     from phases import sft
-    from phases.models.tiny import build_tiny_model
-    from transformers import AutoTokenizer
+    from phases.sft_speed import apply_liger, resolve_kernels
 
     cuda = dev.startswith("cuda")
     p = {**sft.SFT_DEFAULTS, "trainer": "fast", "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0,
          "logging_steps": 1, "lora_dropout": 0.0}
     n_params = sum(x.numel() * (2 if getattr(x, "quant_type", None) else 1) for x in model.parameters())
     grad_ckpt = n_params > sft.FAST_NO_CKPT_MAX_PARAMS
+    # the step's kernels rule (params.sft.kernels auto): Liger's RoPE/RMSNorm/SwiGLU on CUDA when importable,
+    # patched before quantization and PEFT as load_for_training does; undone when the row ends
+    kernels = resolve_kernels("auto", dev, model.config.model_type)
+    patch = apply_liger(model, model.config.model_type) if kernels.applied else None
+    try:
+        return _sft_row(model, dev, warm, steps, tmp, p, grad_ckpt, cuda, kernels)
+    finally:
+        if patch is not None:
+            patch.restore()
+
+
+def _sft_row(model, dev, warm, steps, tmp, p, grad_ckpt, cuda, kernels) -> dict:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from phases import sft
+    from phases.models.tiny import build_tiny_model
+
     if cuda:
         quantize_nf4_inplace(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
@@ -145,7 +159,8 @@ def sft_row(model, dev: str, warm: int, steps: int, tmp: str) -> dict:
     tr.train()
     t, tokens = box["t1"] - box["t0"], box["tok1"] - box["tok0"]
     row = {"bench": "32b", "part": "SFT " + ("nf4 QLoRA" if cuda else "fp32 LoRA (CPU)"), "value": round(tokens / t, 1),
-           "unit": "tokens/s", "path": f"phases.sft.make_trainer fast (grad ckpt {grad_ckpt})", "steps": steps}
+           "unit": "tokens/s", "path": f"phases.sft.make_trainer fast (grad ckpt {grad_ckpt}, kernels {kernels.label})",
+           "kernels": kernels.record(), "steps": steps}
     if cuda:
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     del tr

@@ -33,6 +33,15 @@ token ids (loss on every token); the step rows on records of random words (respo
   ``metrics.throughput``: optimizer steps after the same warm-up, model load and imports outside;
   the run seed orders the batches, so the timed batches differ from the other step rows');
   ``wall_s`` is the whole subprocess, ``step_wall_s`` the step (load included).
+- ``step_compile`` / ``step_liger_compile``: the step with ``compile: layers`` (every decoder layer
+  through ``torch.compile``, Inductor, dynamic shapes; ``phases/sft_speed.py``), kernels none /
+  liger. Compilation happens in the warm-up steps (a recompile inside the timed window would show
+  as a slow row, as it did for Unsloth).
+- ``runner_defaults``: the ``runner`` row with the stage's own ``params.sft`` defaults
+  (``phases/sft.py`` ``SFT_DEFAULTS``: nf4 QLoRA on CUDA, LoRA dropout 0.05, lr 2e-4, kernels and
+  compile auto), only ``max_steps``, checkpoints and the dev split set as in the other rows: the
+  speed a stage-1 run trains at. Not comparable 1:1 with the bf16 rows (nf4 dequantisation,
+  dropout), which is why it is a separate row.
 
 Run alone:  python3 benchmarks/bench_sft.py --sizes 1.5B --out /tmp/sft   (or via run_all.py)
 The step rows only:  python3 benchmarks/bench_sft.py --sizes 1.5B,7B --variants trl,step_fast,step_liger,runner --out /tmp/sft
@@ -161,11 +170,12 @@ def make_records(n: int, lo: int, hi: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def step_params(size: str, dev: str, warm: int, steps: int, trainer: str = "fast", kernels: str = "none") -> dict:
+def step_params(size: str, dev: str, warm: int, steps: int, trainer: str = "fast", kernels: str = "none",
+                compile: str = "off") -> dict:
     """``params.sft`` of the step rows: the method's 16 rows a step, the size's token budget, TRL's
     lr and LoRA shape, bf16 base (``quantization: none``, comparable with the TRL rows), no
     checkpoint or dev evaluation inside the timed steps."""
-    return {"trainer": trainer, "kernels": kernels, "device": "cuda" if dev.startswith("cuda") else "cpu",
+    return {"trainer": trainer, "kernels": kernels, "compile": compile, "device": "cuda" if dev.startswith("cuda") else "cpu",
             "quantization": "none", "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0, "lora_r": 16,
             "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": 2e-5, "logging_steps": 1, "max_seq_len": 1024,
             "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
@@ -184,7 +194,7 @@ def _kernels_label(kernels: dict | None) -> str:
 
 
 def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast",
-             kernels: str = "none") -> dict:
+             kernels: str = "none", compile: str = "off") -> dict:
     """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks."""
     from transformers import TrainerCallback
 
@@ -204,27 +214,32 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
                 common.sync(dev)
                 box["t1"], box["tok1"] = time.perf_counter(), state.num_input_tokens_seen
 
-    params = step_params(size, dev, warm, steps, trainer, kernels)
+    params = step_params(size, dev, warm, steps, trainer, kernels, compile)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    tag = f"{trainer}-{kernels}"
+    tag = f"{trainer}-{kernels}-{compile}"
     res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
                   lambda *a, **k: None, callbacks=[Timer()])
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     losses = [x["loss"] for x in res["loss_curve"]["train"]]
-    name = f"sft step (run_sft), trainer {res['trainer']}" + (", Liger kernels" if kernels == "liger" else "")
+    name = (f"sft step (run_sft), trainer {res['trainer']}" + (", Liger kernels" if kernels == "liger" else "")
+            + (", compiled layers" if res["compile"]["applied"] else ""))
     out = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens), "kernels": _kernels_label(res["kernels"]),
-           "tokens_per_s": tokens / t if tokens else None, "steps": steps,
+           "compile": res["compile"], "tokens_per_s": tokens / t if tokens else None, "steps": steps,
            "gradient_checkpointing": res["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+    if res["compile"]["applied"]:  # graphs Dynamo compiled in this process so far (a recompile adds one)
+        import torch._dynamo
+
+        out["dynamo_unique_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     if dev.startswith("cuda"):
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     common.free(dev)
     return out
 
 
-def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str) -> dict:
+def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, defaults: bool = False) -> dict:
     """The ``sft`` step run by ``python -m runner`` (a subprocess) on the benchmark's records.
 
     The run's pipeline is ``benchmarks/sft_runner_pipeline.py`` (two input steps, then the real
@@ -242,13 +257,15 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
     from state.files import write_jsonl
 
     repo = Path(__file__).resolve().parents[1]
-    root = Path(tmp) / "runner"
+    root = Path(tmp) / ("runner-defaults" if defaults else "runner")
     root.mkdir(parents=True, exist_ok=True)
     write_jsonl(root / "records.jsonl", records)
     cfg = {"pipeline": "benchmarks.sft_runner_pipeline:pipeline", "seed": 0, "max_attempts": 1,
            "params": {"prepare_model": {"model_path": str(_model_folder(size, dev, tmp))},
                       "merge": {"records": str(root / "records.jsonl")},
-                      "sft": step_params(size, dev, warm, steps, "fast", "auto")}}
+                      "sft": ({"max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0,
+                               "logging_steps": 1, "max_seq_len": 1024} if defaults
+                              else step_params(size, dev, warm, steps, "fast", "auto", "auto"))}}
     (root / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     env["PYTHONPATH"] = os.pathsep.join([str(repo)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -265,7 +282,8 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
     man = json.loads(mans[-1].read_text())
     tp = man["metrics"].get("throughput") or {}
     losses = [x["loss"] for x in man["loss_curve"]["train"]]
-    return {"variant": "sft step through runner", "seconds": tp.get("seconds"), "tokens": tp.get("tokens"),
+    name = "sft step through runner" + (", stage defaults (nf4 on CUDA, dropout 0.05)" if defaults else "")
+    return {"variant": name, "quantization": man["quantization"], "compile": man.get("compile"), "seconds": tp.get("seconds"), "tokens": tp.get("tokens"),
             "tokens_per_s": tp.get("tokens_per_s"), "steps": tp.get("steps"), "warmup_steps": tp.get("warmup_steps"),
             "trainer": man["trainer"], "kernels": _kernels_label(man["kernels"]),
             "kernels_reason": man["kernels"]["reason"],
@@ -301,10 +319,14 @@ def _liger_available() -> bool:
         return False
 
 
-VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "runner")
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "step_liger_compile",
+            "runner", "runner_defaults")
 
 
-def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS) -> list[dict]:
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS,
+        on_row=None) -> list[dict]:
+    """The rows of ``variants`` at ``size``; ``on_row(rows)`` after each (main saves them, so a
+    process killed by a time limit keeps the rows it finished)."""
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
@@ -329,8 +351,19 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                          "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
                 elif fn == "step_liger":
                     r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger")
-                else:  # runner
-                    r = run_runner(size, dev, records, warm, steps, tmp)
+                elif fn == "step_compile":
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers")
+                elif fn == "step_liger_compile" and (not dev.startswith("cuda") or liger_import_error()):
+                    r = {"variant": "sft step (run_sft), trainer fast, Liger kernels, compiled layers",
+                         "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
+                elif fn == "step_liger_compile":
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger", "layers")
+                elif fn == "runner_defaults" and not dev.startswith("cuda"):
+                    r = {"variant": "sft step through runner, stage defaults (nf4 on CUDA, dropout 0.05)",
+                         "note": "skipped: off CUDA the stage defaults train through TRL unquantized; this row is "
+                                 "the CUDA path"}
+                else:  # runner, runner_defaults
+                    r = run_runner(size, dev, records, warm, steps, tmp, defaults=fn == "runner_defaults")
             except Exception as e:
                 import traceback
 
@@ -346,6 +379,8 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                 r["tokens_per_s"] = round(r["tokens_per_s"], 1)
             rows.append(r)
             print(f"sft {size:>5} {r['variant']:48} {r.get('tokens_per_s', r.get('error'))} tok/s  MFU(6N) {r.get('mfu_6N')}", flush=True)
+            if on_row is not None:
+                on_row(rows)
     trl = rows[0].get("tokens_per_s")
     for r in rows:
         r["x_trl"] = round(r["tokens_per_s"] / trl, 2) if trl and r.get("tokens_per_s") else None
@@ -365,13 +400,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"--variants: unknown {bad}; choose from {VARIANTS}")
     dev = "cpu" if a.cpu else "cuda"
     peak = common.ceilings(dev, quick=a.cpu)["matmul_tflops"]
-    rows = []
-    for s in a.sizes.split(","):
-        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
     from state.files import atomic_write_text
 
-    atomic_write_text(Path(a.out) / "sft.json", json.dumps(rows, indent=1) + "\n")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def save(partial: list[dict]) -> None:
+        atomic_write_text(Path(a.out) / "sft.json", json.dumps(rows + partial, indent=1) + "\n")
+
+    for s in a.sizes.split(","):
+        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants, on_row=save)
+    save([])
     return 0
 
 

@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="padded tokens per step at most")
     ap.add_argument("--max-rows", type=int, default=MAX_ROWS, help="rows per step at most")
     ap.add_argument("--steps", type=int, default=0, help="timed steps (0: the rest of the plan after warm-up)")
+    ap.add_argument("--warm-pass", action="store_true",
+                    help="warm up on one whole pass over the plan (every sequence length compiled once), then time "
+                         "a second pass (or its first --steps): Unsloth's steady state")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 matmul peak for MFU (0: measure here)")
     ap.add_argument("--plan", action="store_true", help="print the batch plan and exit (no unsloth, no GPU)")
     a = ap.parse_args(argv)
@@ -134,8 +137,13 @@ def import_unsloth() -> tuple[object, dict]:
     return FastLanguageModel, vers
 
 
-def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: str = "cuda") -> dict:
+def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: str = "cuda",
+               warm_pass: bool = False) -> dict:
     """Train on ``batches`` (warm-up, then timed steps); the timing and token counts of the row.
+
+    ``warm_pass``: the warm-up is the whole plan once, the timed steps a second pass over it (its
+    first ``steps`` when given), so no shape is new inside the window (Unsloth's torch.compile
+    recompiles once per new sequence length).
 
     ``model(input_ids, labels)`` must return ``.loss`` (Unsloth's patched forward computes its fused
     CE there). ``dev`` ``cpu`` exists for the tests (a plain model, no autocast).
@@ -145,7 +153,10 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
     from phases.sft_fast import collate_right_padded
 
     cuda = dev.startswith("cuda")
-    todo = batches[: warm + steps] if steps else batches
+    if warm_pass:
+        warm, todo = len(batches), batches + (batches[:steps] if steps else batches)
+    else:
+        todo = batches[: warm + steps] if steps else batches
     if len(todo) <= warm:
         raise ValueError(f"plan has {len(batches)} steps; need more than the {warm} warm-up steps")
 
@@ -183,12 +194,13 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
     sel = todo[warm:]
     real = sum(len(data[i]) for b in sel for i in b)
     padded = sum(len(b) * max(len(data[i]) for i in b) for b in sel)
-    return {"seconds": round(t, 3), "tokens": tokens, "tokens_per_s": tokens / t, "steps": len(sel),
+    return {"seconds": round(t, 3), "tokens": tokens, "tokens_per_s": tokens / t, "steps": len(sel), "warmup_steps": warm,
             "padding_frac": round(1 - real / padded, 3), "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
             "step_s_median": round(step_s[len(step_s) // 2], 4), "step_s_max": round(step_s[-1], 4)}
 
 
-def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_rows: int, steps: int) -> dict:
+def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_rows: int, steps: int,
+             warm_pass: bool = False) -> dict:
     import torch
 
     from benchmarks import common
@@ -210,7 +222,7 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
         opt = torch.optim.AdamW(params, lr=2e-5, fused=True)
         torch.cuda.reset_peak_memory_stats()
         try:
-            res = _step_loop(model, opt, params, data, batches, WARM, steps)
+            res = _step_loop(model, opt, params, data, batches, WARM, steps, warm_pass=warm_pass)
             break
         except torch.OutOfMemoryError:
             if budget <= 1024:
@@ -222,7 +234,8 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
         print(f"unsloth {size}: out of memory, token budget -> {budget}", flush=True)
     res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     res["trainable_params"] = sum(p.numel() for p in params)
-    res["variant"] = f"unsloth (token budget {budget}, <= {max_rows} rows, no ckpt, its fused CE)"
+    res["variant"] = (f"unsloth (token budget {budget}, <= {max_rows} rows, no ckpt, its fused CE"
+                      + (", timed after a warm-up pass)" if warm_pass else ")"))
     res["batch"] = f"<= {max_rows} rows, <= {budget} tokens"
     res["gradient_checkpointing"] = False
     del model, opt, params
@@ -266,7 +279,8 @@ def main(argv=None) -> int:
         for s in a.sizes:
             params = common.count_params(s)
             try:
-                r = run_size(s, FastLanguageModel, tmp, max_tokens=a.max_tokens, max_rows=a.max_rows, steps=a.steps)
+                r = run_size(s, FastLanguageModel, tmp, max_tokens=a.max_tokens, max_rows=a.max_rows, steps=a.steps,
+                             warm_pass=a.warm_pass)
                 r["mfu_6N"] = round(6 * params * r["tokens_per_s"] / (peak * 1e12), 3)
                 r["tokens_per_s"] = round(r["tokens_per_s"], 1)
             except Exception as e:

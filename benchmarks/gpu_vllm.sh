@@ -6,10 +6,12 @@
 #
 # Here, once (network to PyPI; ~3 min):
 #   bash benchmarks/gpu_vllm.sh prep        # builds .vc1/, .vc2/ and .vc3/ (git-excluded; needs .whl, docs/performance.md)
-# There, two calls in a row (device tool; carry [".vc1"] then [".vc2"]):
-#   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site
-#   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm, runs bench_vllm.py, a runner stage-1 run, the critic rows
-#   bash benchmarks/gpu_vllm.sh c           # (carry [".vc3"]: bitsandbytes + unsloth) the SFT rows, then Unsloth at 1.5B
+# There, four calls in a row (device tool; carry [".vc1"], [".vc2"], [".vc3"], nothing):
+#   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site; the critic rows
+#   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm; bench_vllm throughput at 7B (fastgen and vLLM, bs 64/256)
+#   bash benchmarks/gpu_vllm.sh c           # (bitsandbytes + unsloth wheels) the SFT rows at 1.5B and 7B
+#   bash benchmarks/gpu_vllm.sh d           # Unsloth after a warm-up pass at 1.5B and 7B; 32B (nf4 SFT with the kernels)
+# (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
 # import site is guarded in vLLM): the FlashAttention-2 kernels (Hopper uses FA3), the MoE kernels,
@@ -19,7 +21,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -57,6 +59,10 @@ if [ "$part" = a ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc1/*.whl \
     || { echo "wheel install failed"; exit 2; }
   stamp "part 1 stored: $(ls -la /tmp/vparts)"
+  nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
+  stamp "bench critic start"
+  timeout 480 python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
+  stamp "bench critic rc=$?"
 elif [ "$part" = b ]; then
   cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
   cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
@@ -65,32 +71,27 @@ elif [ "$part" = b ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc2/*.whl
   stamp "vllm unpacked"
   python3 -c 'import torch, vllm, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tee "$R/versions.txt"
-  nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
-  stamp "bench_vllm start"
-  timeout 400 python3 benchmarks/bench_vllm.py --sizes 0.5B,7B --out "$R/bench" > "$R/bench_vllm.log" 2>&1
+  stamp "bench_vllm 7B throughput start"
+  timeout 540 python3 benchmarks/bench_vllm.py --parts throughput --sizes 7B --out "$R/bench" > "$R/bench_vllm.log" 2>&1
   stamp "bench_vllm rc=$?"
-  left=$(( 560 - ($(date +%s) - t0) ))
-  python3 -c "from phases.models.tiny import build_tiny_model as b; b('/tmp/tiny256-4k', hidden_size=256, max_position_embeddings=4096)" > "$R/runner.log" 2>&1
-  stamp "runner stage-1 (backend vllm) start, $left s left"
-  timeout 90 python3 -m runner --home /tmp/vllm-home run --config benchmarks/gpu_vllm_stage1.yaml --run-id vllm >> "$R/runner.log" 2>&1
-  stamp "runner rc=$?"
-  python3 -m runner --home /tmp/vllm-home status > "$R/runner_status.txt" 2>&1
-  (cd /tmp/vllm-home && find . -name '*.json' -path '*prepare_model*' -exec cp --parents {} "$R" \;) 2>/dev/null
-  left=$(( 570 - ($(date +%s) - t0) ))
-  stamp "bench critic start ($left s left)"
-  [ "$left" -gt 60 ] && timeout "$left" python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
-  stamp "bench critic rc=$?"
 elif [ "$part" = c ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc3/*.whl
-  stamp "sft bench start"  # as recorded: one process per size, the runner row at 1.5B only (time)
-  timeout 170 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_fast,step_liger,runner --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft bench start"  # one process per size; Liger's process-wide patches are undone after each row
+  timeout 290 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_liger,step_compile,step_liger_compile,runner_defaults \
+    --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
-  timeout 150 python3 benchmarks/bench_sft.py --sizes 7B --variants trl,step_fast,step_liger --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
+  left=$(( 575 - ($(date +%s) - t0) ))
+  timeout "$left" python3 benchmarks/bench_sft.py --sizes 7B --variants trl,step_liger,step_compile,step_liger_compile \
+    --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
-  left=$(( 570 - ($(date +%s) - t0) ))
-  stamp "unsloth start ($left s left)"
-  timeout "$left" python3 benchmarks/bench_unsloth.py --sizes 1.5B --out "$R/unsloth" > "$R/bench_unsloth.log" 2>&1
+elif [ "$part" = d ]; then
+  stamp "unsloth start"
+  timeout 330 python3 benchmarks/bench_unsloth.py --sizes 1.5B,7B --warm-pass --steps 24 --out "$R/unsloth" > "$R/bench_unsloth.log" 2>&1
   stamp "unsloth rc=$?"
+  left=$(( 575 - ($(date +%s) - t0) ))
+  stamp "32B start ($left s left)"
+  [ "$left" -gt 90 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
+  stamp "32B rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

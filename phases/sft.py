@@ -36,6 +36,9 @@ Contracts:
   imports and the architecture is qwen2/llama, else none (reason logged); ``liger`` = the same or a
   ``ConfigError``; ``none``. Restored when ``run_sft`` ends; the loss stays the project's fused CE.
   ``sft_started``/``sft_resumed`` and the manifest's ``kernels`` say what ran.
+- Compiled layers (``params.compile``, ``phases/sft_speed.py``): ``layers`` = ``torch.compile``
+  of every decoder layer after PEFT wraps it (not with nf4 or checkpointing); ``auto`` follows
+  ``AUTO_COMPILE``; ``off``. The manifest's ``compile`` and the start/resume events say what ran.
 - Gradient checkpointing ``auto``: on for ``trl`` on CUDA; for ``fast`` off when the model has
   at most ``FAST_NO_CKPT_MAX_PARAMS`` parameters (activations of a 16k-token step fit an 80 GB
   card), on above (32B).
@@ -55,7 +58,7 @@ from phases.models.devices import DeviceError, resolve_placement
 from phases.models.loader import load_model
 from phases.models.registry import PROFILES
 from phases.prompts import response_prompt
-from phases.sft_speed import apply_liger, resolve_kernels, throughput_callback
+from phases.sft_speed import apply_liger, compile_layers, resolve_compile, resolve_kernels, throughput_callback
 from runner.context import PROGRESS_EVENT
 from runner.errors import ConfigError, DataError
 from runner.progress import Progress
@@ -71,6 +74,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "trainer": "auto",           # auto (fast on CUDA, trl on CPU) | fast | trl
     "fast_max_tokens": 16384,    # fast trainer: padded tokens per optimizer step (memory bound)
     "kernels": "auto",           # auto (Liger rope+rms_norm+swiglu on CUDA when importable) | liger | none
+    "compile": "auto",           # auto (phases/sft_speed.AUTO_COMPILE) | layers (torch.compile each decoder layer) | off
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
@@ -318,6 +322,9 @@ def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
     if tr == "fast" and int(params.get("fast_max_tokens", 1)) < 1:
         raise ConfigError(f"params.sft.fast_max_tokens = {params['fast_max_tokens']!r}; must be >= 1 (padded tokens per step)")
     resolve_kernels(params.get("kernels", "auto"), dev)  # a bad value, or liger where it cannot run, fails before the model loads
+    # the same for compile; with the fast trainer, checkpointing "auto" is decided from the loaded model
+    resolve_compile(params.get("compile", "auto"), dev, quant,
+                    grad_ckpt and not (tr == "fast" and gc == "auto"))
     return dev, quant, grad_ckpt, tr
 
 
@@ -333,8 +340,9 @@ def _lora_config(params: dict):
 def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None]):
     """(loaded, peft_model, device, quantization, trainer_name, grad_ckpt, kernels) through the canonical loader.
 
-    ``kernels``: ``(KernelChoice, LigerPatch | None)``; the caller must call the patch's
-    ``restore()`` once training is over (``run_sft`` does; on an error here it is restored already).
+    ``kernels``: ``(KernelChoice, LigerPatch | None, CompileChoice)``; the caller must call the
+    patch's ``restore()`` once training is over (``run_sft`` does; on an error here it is restored
+    already). The decoder layers are compiled (``params.compile``) after PEFT has wrapped them.
     """
     from transformers import set_seed
 
@@ -349,12 +357,14 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     # Liger patches the plain HF modules, before PEFT (LoRA / Linear4bit) wraps the linears they call
     patch = apply_liger(model, model.config.model_type) if choice.applied else None
     try:
+        comp = resolve_compile(params.get("compile", "auto"), dev, quant, grad_ckpt)
         model = _wrap_for_training(model, params, quant, grad_ckpt, seed)
+        compile_layers(model, comp)
     except BaseException:
         if patch is not None:
             patch.restore()
         raise
-    return loaded, model, dev, quant, tr, grad_ckpt, (choice, patch)
+    return loaded, model, dev, quant, tr, grad_ckpt, (choice, patch, comp)
 
 
 def _wrap_for_training(model, params: dict, quant: str | None, grad_ckpt: bool, seed: int):
@@ -502,20 +512,21 @@ def run_sft(records: list[dict], ref: str, params: dict, work_dir: Path, out_dir
     Resumes from the last complete checkpoint under ``work_dir/trainer`` if there is one.
     """
     params = {**SFT_DEFAULTS, **params}
-    loaded, model, device, quant, trainer_name, grad_ckpt, (kernels, patch) = load_for_training(ref, params, seed, log)
+    loaded, model, device, quant, trainer_name, grad_ckpt, (kernels, patch, comp) = load_for_training(
+        ref, params, seed, log)
     try:
         return _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, records, params, work_dir,
-                      out_dir, seed, log, encode_records, callbacks)
+                      out_dir, seed, log, encode_records, callbacks, comp)
     finally:
         if patch is not None:
             patch.restore()  # Liger's module-level names live exactly as long as this training call
 
 
 def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, records, params, work_dir, out_dir, seed,
-           log, encode_records, callbacks) -> dict:
+           log, encode_records, callbacks, comp) -> dict:
     import torch
 
-    kernels_record = kernels.record()
+    kernels_record, compile_record = kernels.record(), comp.record()
     if params["max_examples"] > 0:
         records = records[: params["max_examples"]]
     examples, counts = (encode_records or build_examples)(loaded, records, params["max_seq_len"])
@@ -542,14 +553,15 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     for cb in callbacks or ():
         trainer.add_callback(cb)
     ckpt, step = last_complete_checkpoint(trainer_dir)
-    kernels_line = f"kernels {kernels.label}" + ("" if kernels.applied else f" ({kernels.reason})")
+    kernels_line = (f"kernels {kernels.label}" + ("" if kernels.applied else f" ({kernels.reason})")
+                    + f", {comp.label}" + ("" if comp.applied else f" ({comp.reason})"))
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0; {kernels_line}",
-            kind="sft_resumed", from_step=step, checkpoint=ckpt.name, kernels=kernels_record)
+            kind="sft_resumed", from_step=step, checkpoint=ckpt.name, kernels=kernels_record, compile=compile_record)
     else:
         log(f"training from step 0 on {len(train_ex)} examples ({len(dev_ex)} dev), device {device}, "
             f"quantization {quant}, trainer {trainer_name}, {kernels_line}", kind="sft_started",
-            kernels=kernels_record)
+            kernels=kernels_record, compile=compile_record)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     seconds = time.time() - t0
@@ -585,7 +597,7 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     # tokens of this attempt only: a resumed trainer starts from the checkpoint's count
     tokens_attempt = int(state.num_input_tokens_seen or 0) - speed.tokens_at_begin
     out = {
-        "kernels": kernels_record,
+        "kernels": kernels_record, "compile": compile_record,
         "device": device, "quantization": quant, "loaded_in_4bit": bool(getattr(loaded.model, "is_loaded_in_4bit", False)),
         "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
         "model_provenance": {k: v for k, v in loaded.provenance.items() if k != "load_seconds"},

@@ -22,6 +22,15 @@ Not runnable; ``phases/sft.py`` (``load_for_training``, ``run_sft``) uses them. 
   rebound too; ``LigerPatch.restore()`` puts every rebound name of that module back (``run_sft``
   calls it when training ends or fails), so the kernels live exactly as long as the training call.
   The loss is never Liger's (the project's fused linear + CE stays, ``phases/sft_fast.py``).
+- ``params.sft.compile``: ``auto`` | ``layers`` | ``off`` (``COMPILE_CHOICES``). ``layers`` =
+  ``torch.compile`` (Inductor, ``dynamic=True``) of every decoder layer in place, after PEFT has
+  wrapped the linears, so the LoRA side paths (dropout, the two small matmuls, the add), the norms,
+  RoPE and SwiGLU are traced and fused with the layer; one compiled graph serves every layer
+  (regional compilation: the layers share their code) and the token-budget batches' changing shapes
+  are symbolic, not a recompile each. Not with nf4 (bitsandbytes' ``Linear4bit`` breaks the graph)
+  nor with gradient checkpointing (unmeasured): ``resolve_compile`` says why, and refuses an
+  explicit ``layers`` there. ``auto`` = ``AUTO_COMPILE`` (see its comment: what the H200 rows
+  decided). The loss stays outside the compiled layers (the project's fused linear + CE).
 - ``throughput_callback``: a ``TrainerCallback`` timing this attempt's optimizer steps after
   ``warmup_steps`` (kernel compilation, Triton autotuning and allocator growth happen there),
   synchronising CUDA at the window's edges; ``record()`` is the manifest's
@@ -35,7 +44,7 @@ from typing import Callable
 
 from runner.errors import ConfigError
 
-__all__ = ["KERNEL_CHOICES", "LIGER_ARCHS", "LIGER_KERNELS", "KernelChoice", "resolve_kernels", "liger_import_error",
+__all__ = ["COMPILE_CHOICES", "AUTO_COMPILE", "CompileChoice", "resolve_compile", "compile_layers", "KERNEL_CHOICES", "LIGER_ARCHS", "LIGER_KERNELS", "KernelChoice", "resolve_kernels", "liger_import_error",
            "LigerPatch", "apply_liger", "throughput_callback", "THROUGHPUT_WARMUP_STEPS"]
 
 KERNEL_CHOICES = ("auto", "liger", "none")
@@ -43,6 +52,11 @@ KERNEL_CHOICES = ("auto", "liger", "none")
 #: fused_linear_cross_entropy, rms_norm, swiglu, model); Qwen2.5 is qwen2, SmolLM2 is llama
 LIGER_ARCHS = {"qwen2": "apply_liger_kernel_to_qwen2", "llama": "apply_liger_kernel_to_llama"}
 LIGER_KERNELS = ("rope", "rms_norm", "swiglu")
+COMPILE_CHOICES = ("auto", "layers", "off")
+#: what ``compile: auto`` does where compiled layers can apply (CUDA, no nf4, no checkpointing):
+#: False = off until an H200 row of ``benchmarks/bench_sft.py`` (variant ``step_compile``) shows the
+#: compiled step faster than the step with Liger kernels; docs/performance.md has the rows.
+AUTO_COMPILE = False
 #: optimizer steps of an attempt left out of the throughput window (at most; see Throughput)
 THROUGHPUT_WARMUP_STEPS = 3
 
@@ -154,6 +168,74 @@ def apply_liger(model, model_type: str) -> LigerPatch:
         except Exception:
             pass
     return patch
+
+
+@dataclass
+class CompileChoice:
+    """What ``resolve_compile`` decided: ``applied`` (compile the decoder layers or not) and why;
+    ``layers`` is filled by ``compile_layers``."""
+
+    requested: str
+    applied: bool = False
+    reason: str = ""
+    layers: int = 0
+
+    def record(self) -> dict:
+        """The manifest's / log event's ``compile``."""
+        return {"requested": self.requested, "applied": self.applied, "reason": self.reason, "layers": self.layers}
+
+    @property
+    def label(self) -> str:
+        return f"compiled layers ({self.layers})" if self.applied else "not compiled"
+
+
+def resolve_compile(value: object, device: str, quantization: str | None, grad_ckpt: bool) -> CompileChoice:
+    """The ``params.sft.compile`` rule (module docstring). Raises ``ConfigError`` naming the key for
+    a value outside ``COMPILE_CHOICES`` and for ``layers`` where compiled layers are not supported."""
+    if value not in COMPILE_CHOICES:
+        raise ConfigError(f"params.sft.compile = {value!r}; allowed: {', '.join(COMPILE_CHOICES)} "
+                          "(layers = torch.compile every decoder layer; auto = what the benchmark decided)")
+    if value == "off":
+        return CompileChoice("off", False, "params.sft.compile: off")
+    why_not = None
+    if quantization:
+        why_not = f"quantization {quantization}: bitsandbytes' 4-bit linears break the compiled graph"
+    elif grad_ckpt:
+        why_not = "gradient checkpointing is on (compiled layers under checkpointing are not measured)"
+    if why_not and value == "layers":
+        raise ConfigError(f"params.sft.compile = 'layers' cannot apply: {why_not}. Set params.sft.compile to "
+                          "auto or off" + (", or params.sft.quantization: none" if quantization else
+                                           ", or params.sft.gradient_checkpointing: off") + ".")
+    if why_not:
+        return CompileChoice("auto", False, why_not)
+    if value == "auto" and not (AUTO_COMPILE and str(device).startswith("cuda")):
+        return CompileChoice("auto", False, "auto: compiled layers are not the default (AUTO_COMPILE, "
+                             "phases/sft_speed.py)" if str(device).startswith("cuda") else
+                             f"auto: device {device} (compiled layers are the default on CUDA only)")
+    return CompileChoice(str(value), True, f"device {device}, no quantization, no checkpointing")
+
+
+def decoder_layers(model):
+    """The ``nn.ModuleList`` of decoder layers inside ``model`` (HF or PEFT-wrapped): the first
+    module list named ``layers`` (``model.layers`` for qwen2 and llama)."""
+    import torch
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers" and len(mod):
+            return mod
+    raise ValueError(f"{type(model).__name__}: no decoder layer list ('layers') found to compile")
+
+
+def compile_layers(model, choice: CompileChoice) -> CompileChoice:
+    """``torch.compile`` every decoder layer of ``model`` in place when ``choice.applied``
+    (``nn.Module.compile``: the parameters and state-dict keys stay as they are, so checkpoints and
+    adapters save as without compilation). Compilation itself happens at the first forward."""
+    if choice.applied:
+        layers = decoder_layers(model)
+        for layer in layers:
+            layer.compile(dynamic=True)
+        choice.layers = len(layers)
+    return choice
 
 
 def throughput_callback(cuda: bool):

@@ -31,6 +31,7 @@ _FRACTION = {"lo": 0.0, "hi": 1.0}
 SFT_LIMITS: dict[str, dict] = {
     "device": _DEVICE, "quantization": _QUANT,
     "trainer": {"choices": list(TRAINERS)}, "kernels": {"choices": ["auto", "liger", "none"]},
+    "compile": {"choices": ["auto", "layers", "off"]},
     "fast_max_tokens": {"lo": 1},
     "lora_r": {"lo": 1}, "lora_alpha": {"lo": 1}, "lora_dropout": {"lo": 0.0, "hi": 0.9},
     "learning_rate": {"lo": 0.0, "lo_open": True, "hi": 1.0}, "weight_decay": {"lo": 0.0},

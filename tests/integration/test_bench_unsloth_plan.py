@@ -76,3 +76,9 @@ def test_step_loop_counts_the_timed_steps_real_tokens_and_trains():
     assert r1["steps"] == 1 and r1["tokens"] == sum(len(data[i]) for i in batches[2])
     with pytest.raises(ValueError, match="warm-up"):
         bu._step_loop(model, opt, params, data, batches[:2], warm=2, steps=0, dev="cpu")
+    # --warm-pass: the whole plan is the warm-up, the timed window a second pass (or its first --steps)
+    r2 = bu._step_loop(model, opt, params, data, batches, warm=2, steps=0, dev="cpu", warm_pass=True)
+    assert r2["warmup_steps"] == len(batches) and r2["steps"] == len(batches)
+    assert r2["tokens"] == sum(len(data[i]) for b in batches for i in b)
+    r3 = bu._step_loop(model, opt, params, data, batches, warm=2, steps=2, dev="cpu", warm_pass=True)
+    assert r3["steps"] == 2 and r3["tokens"] == sum(len(data[i]) for b in batches[:2] for i in b)

@@ -41,6 +41,11 @@ def test_run_all_cpu_writes_every_benchmark(tmp_path):
     assert runner[0]["trainer"] == "fast" and runner[0]["kernels"] == "none" and runner[0]["steps"] == 2
     assert "CUDA only" in runner[0]["kernels_reason"]  # the step's manifest says why no kernels ran
     assert runner[0]["seconds"] < runner[0]["train_seconds"] <= runner[0]["step_wall_s"] < runner[0]["wall_s"]
+    compiled = [r for r in step if r["variant"].endswith("compiled layers") and "note" not in r]
+    assert compiled and compiled[0]["compile"]["applied"] and compiled[0]["compile"]["layers"] > 0
+    assert runner[0]["compile"]["applied"] is False and runner[0]["compile"]["requested"] == "auto"
+    dflt = [r for r in report["rows"] if r["bench"] == "sft" and r["variant"].startswith("sft step through runner, stage")]
+    assert dflt and "CUDA" in dflt[0]["note"]  # the stage-defaults row is the CUDA path; skipped, said so
     table = (tmp_path / "table.md").read_text()
     assert "### Critic scoring" in table and "### Generation" in table and "### SFT" in table
     assert report["ceilings"]["matmul_tflops"] > 0 and report["ceilings"]["copy_gbps"] > 0

@@ -175,3 +175,45 @@ def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_pat
     with pytest.raises(ConfigError, match=r"params\.sft\.kernels = 'liger' cannot apply: device cpu"):
         sft.run_sft(records, "tiny-random-qwen2", {**params, "kernels": "liger"}, tmp_path / "w2", tmp_path / "o2", 3,
                     lambda *a, **k: None)
+
+
+def test_compiled_layers_train_like_eager(tmp_path):
+    """params.sft.compile: layers (torch.compile of every decoder layer, Inductor, dynamic shapes)
+    gives the eager step's losses in fp32 over steps of different batch shapes, records what it
+    compiled in the result (the manifest's ``compile``) and the sft_started event, and saves an
+    adapter with the same keys as the eager step's."""
+    import json
+
+    from safetensors import safe_open
+
+    from phases import sft
+
+    records = [{"instruction": f"Item {i}.", "response": "word " * (1 + 3 * (i % 4))} for i in range(8)]
+    params = {"trainer": "fast", "device": "cpu", "max_steps": 4, "save_steps": 100, "dev_fraction": 0.0,
+              "per_device_batch_size": 2, "grad_accum": 1, "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0,
+              "max_seq_len": 128, "logging_steps": 1, "kernels": "none"}
+    import torch._dynamo
+
+    runs, events = {}, []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for mode in ("off", "layers"):
+        runs[mode] = sft.run_sft(records, "tiny-random-qwen2", {**params, "compile": mode}, tmp_path / f"w-{mode}",
+                                 tmp_path / f"o-{mode}", 3,
+                                 lambda msg, kind="log", **d: events.append({"message": msg, "kind": kind, **d}))
+    eager, comp = (runs[m]["loss_curve"]["train"] for m in ("off", "layers"))
+    assert [x["step"] for x in eager] == [x["step"] for x in comp] == [1, 2, 3, 4]
+    for a, b in zip(eager, comp):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5), (eager, comp)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # Inductor really compiled the layers
+    rec = runs["layers"]["compile"]
+    assert rec["applied"] is True and rec["layers"] == 2 and runs["off"]["compile"]["applied"] is False
+    started = [e for e in events if e["kind"] == "sft_started"]
+    assert "not compiled" in started[0]["message"] and "compiled layers (2)" in started[1]["message"]
+    assert started[1]["compile"] == rec
+    keys = []
+    for mode in ("off", "layers"):
+        with safe_open(str(tmp_path / f"o-{mode}" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+            keys.append(sorted(f.keys()))
+    assert keys[0] == keys[1] and keys[0] and not any("_orig_mod" in k for k in keys[1])
+    assert json.loads((tmp_path / "o-layers" / "adapter" / "adapter_config.json").read_text())["r"] == 2

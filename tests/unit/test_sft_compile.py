@@ -1,0 +1,64 @@
+"""params.sft.compile: the resolve rule (auto/layers/off by quantization and checkpointing) and its
+validation in a stage config; no torch import. The compiled step itself (loss equal to the eager
+step in fp32) is tests/integration/test_sft_fast_trainer.py::test_compiled_layers_train_like_eager.
+
+Run: .venv/bin/pytest tests/unit/test_sft_compile.py -q
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from phases import sft_speed
+from phases.sft_speed import resolve_compile
+from runner.errors import ConfigError
+
+DEMO = Path(__file__).resolve().parents[2] / "phases" / "stages" / "demo.yaml"
+
+
+def test_unknown_value_names_the_key_and_choices():
+    with pytest.raises(ConfigError, match=r"params\.sft\.compile = 'max'; allowed: auto, layers, off"):
+        resolve_compile("max", "cuda", None, False)
+
+
+def test_off_never_applies():
+    c = resolve_compile("off", "cuda", None, False)
+    assert not c.applied and c.requested == "off" and c.label == "not compiled"
+
+
+def test_layers_applies_without_quantization_or_checkpointing_on_any_device():
+    for dev in ("cuda", "cuda:1", "cpu"):
+        c = resolve_compile("layers", dev, None, False)
+        assert c.applied and c.record() == {"requested": "layers", "applied": True, "reason": c.reason, "layers": 0}
+
+
+def test_layers_refuses_nf4_and_checkpointing_saying_what_to_change():
+    with pytest.raises(ConfigError, match=r"compile = 'layers' cannot apply: quantization nf4.*quantization: none"):
+        resolve_compile("layers", "cuda", "nf4", False)
+    with pytest.raises(ConfigError, match=r"cannot apply: gradient checkpointing.*gradient_checkpointing: off"):
+        resolve_compile("layers", "cuda", None, True)
+
+
+def test_auto_follows_the_measured_default_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(sft_speed, "AUTO_COMPILE", False)
+    c = resolve_compile("auto", "cuda", None, False)
+    assert not c.applied and "AUTO_COMPILE" in c.reason
+    monkeypatch.setattr(sft_speed, "AUTO_COMPILE", True)
+    assert resolve_compile("auto", "cuda", None, False).applied
+    assert not resolve_compile("auto", "cpu", None, False).applied
+    nf4 = resolve_compile("auto", "cuda", "nf4", False)  # auto never raises: it says why not
+    assert not nf4.applied and "nf4" in nf4.reason
+    assert not resolve_compile("auto", "cuda", None, True).applied
+
+
+def test_stage_config_checks_compile_with_file_and_line(tmp_path):
+    from runner.config import load_config
+
+    from phases.pipeline import pipeline
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"include: {DEMO}\nparams:\n  sft:\n    compile: always\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, pipeline)
+    assert f"{cfg}:4: params.sft.compile = 'always': expected one of" in str(e.value)
