@@ -77,11 +77,11 @@ elif [ "$part" = b ]; then
 elif [ "$part" = c ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc3/*.whl
   stamp "sft bench start"  # one process per size; Liger's process-wide patches are undone after each row
-  timeout 290 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_liger,step_compile,step_liger_compile,runner_defaults \
+  timeout 290 python3 benchmarks/bench_sft.py --sizes 1.5B --variants ${SFT15:-trl,step_liger,step_compile,step_liger_compile,runner_defaults} \
     --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
   left=$(( 575 - ($(date +%s) - t0) ))
-  timeout "$left" python3 benchmarks/bench_sft.py --sizes 7B --variants trl,step_liger,step_compile,step_liger_compile \
+  timeout "$left" python3 benchmarks/bench_sft.py --sizes 7B --variants ${SFT7:-trl,step_liger,step_compile,step_liger_compile} \
     --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
 elif [ "$part" = d ]; then
@@ -89,6 +89,20 @@ elif [ "$part" = d ]; then
   timeout 330 python3 benchmarks/bench_unsloth.py --sizes 1.5B,7B --warm-pass --steps 24 --out "$R/unsloth" > "$R/bench_unsloth.log" 2>&1
   stamp "unsloth rc=$?"
   left=$(( 575 - ($(date +%s) - t0) ))
+  stamp "32B start ($left s left)"
+  [ "$left" -gt 90 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
+  stamp "32B rc=$?"
+elif [ "$part" = e ]; then  # carry [".vc4"]: .vc3's wheels + liger/trl/datasets + the runner's (sqlmodel, pydantic)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  stamp "compile check start"
+  timeout 170 python3 benchmarks/check_sft_compile.py --size 0.5B --steps 10 --out "$R/check" > "$R/check_sft_compile.log" 2>&1
+  stamp "compile check rc=$?"
+  timeout 200 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_compile,runner,runner_defaults \
+    --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft 1.5B rc=$?"
+  timeout 150 python3 benchmarks/bench_sft.py --sizes 7B --variants trl,runner --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
+  stamp "sft 7B rc=$?"
+  left=$(( 580 - ($(date +%s) - t0) ))
   stamp "32B start ($left s left)"
   [ "$left" -gt 90 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
   stamp "32B rc=$?"

@@ -324,7 +324,7 @@ def _resolve(params: dict) -> tuple[str, str | None, bool, str]:
     resolve_kernels(params.get("kernels", "auto"), dev)  # a bad value, or liger where it cannot run, fails before the model loads
     # the same for compile; with the fast trainer, checkpointing "auto" is decided from the loaded model
     resolve_compile(params.get("compile", "auto"), dev, quant,
-                    grad_ckpt and not (tr == "fast" and gc == "auto"))
+                    grad_ckpt and not (tr == "fast" and gc == "auto"), params.get("kernels", "auto"))
     return dev, quant, grad_ckpt, tr
 
 
@@ -353,11 +353,11 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     model = loaded.model
     if tr == "fast" and params["gradient_checkpointing"] == "auto":
         grad_ckpt = needs_checkpointing(model)
-    choice = resolve_kernels(params["kernels"], dev, getattr(model.config, "model_type", None))
+    comp = resolve_compile(params.get("compile", "auto"), dev, quant, grad_ckpt, params["kernels"])
+    choice = resolve_kernels(params["kernels"], dev, getattr(model.config, "model_type", None), compiled=comp.applied)
     # Liger patches the plain HF modules, before PEFT (LoRA / Linear4bit) wraps the linears they call
     patch = apply_liger(model, model.config.model_type) if choice.applied else None
     try:
-        comp = resolve_compile(params.get("compile", "auto"), dev, quant, grad_ckpt)
         model = _wrap_for_training(model, params, quant, grad_ckpt, seed)
         compile_layers(model, comp)
     except BaseException:

@@ -53,10 +53,12 @@ KERNEL_CHOICES = ("auto", "liger", "none")
 LIGER_ARCHS = {"qwen2": "apply_liger_kernel_to_qwen2", "llama": "apply_liger_kernel_to_llama"}
 LIGER_KERNELS = ("rope", "rms_norm", "swiglu")
 COMPILE_CHOICES = ("auto", "layers", "off")
-#: what ``compile: auto`` does where compiled layers can apply (CUDA, no nf4, no checkpointing):
-#: False = off until an H200 row of ``benchmarks/bench_sft.py`` (variant ``step_compile``) shows the
-#: compiled step faster than the step with Liger kernels; docs/performance.md has the rows.
-AUTO_COMPILE = False
+#: what ``compile: auto`` does where compiled layers can apply (CUDA, no nf4, no checkpointing, kernels
+#: not liger): True since the H200 rows of ``benchmarks/bench_sft.py`` (2026-12-01, one process per
+#: size): the compiled step 2.63x (1.5B) and 1.76x (7B) the step with Liger kernels, and
+#: ``benchmarks/check_sft_compile.py`` (loss, gradients, causality, loss curve vs eager);
+#: docs/performance.md "Issue 15, third run".
+AUTO_COMPILE = True
 #: optimizer steps of an attempt left out of the throughput window (at most; see Throughput)
 THROUGHPUT_WARMUP_STEPS = 3
 
@@ -89,7 +91,7 @@ def liger_import_error() -> str | None:
 
 
 def resolve_kernels(value: object, device: str, model_type: str | None = None,
-                    import_error: Callable[[], str | None] = liger_import_error) -> KernelChoice:
+                    import_error: Callable[[], str | None] = liger_import_error, compiled: bool = False) -> KernelChoice:
     """The ``params.sft.kernels`` rule (see the module docstring).
 
     ``device``: the resolved device ("cpu", "cuda", "cuda:1"...). ``model_type``: the loaded
@@ -103,6 +105,9 @@ def resolve_kernels(value: object, device: str, model_type: str | None = None,
                           "(auto = Liger's fused kernels on CUDA when liger-kernel is installed, else none)")
     if value == "none":
         return KernelChoice("none", (), "params.sft.kernels: none")
+    if compiled:  # resolve_compile refuses compile: layers with kernels: liger, so this is auto
+        return KernelChoice("auto", (), "compiled layers: Inductor fuses RoPE, RMSNorm and SwiGLU itself "
+                                        "(Liger's Triton kernels fail inside torch.compile)")
     why_not = None
     if not str(device).startswith("cuda"):
         why_not = f"device {device}: Liger's kernels are Triton, CUDA only"
@@ -189,22 +194,29 @@ class CompileChoice:
         return f"compiled layers ({self.layers})" if self.applied else "not compiled"
 
 
-def resolve_compile(value: object, device: str, quantization: str | None, grad_ckpt: bool) -> CompileChoice:
+def resolve_compile(value: object, device: str, quantization: str | None, grad_ckpt: bool,
+                    kernels: object = "auto") -> CompileChoice:
     """The ``params.sft.compile`` rule (module docstring). Raises ``ConfigError`` naming the key for
-    a value outside ``COMPILE_CHOICES`` and for ``layers`` where compiled layers are not supported."""
+    a value outside ``COMPILE_CHOICES`` and for ``layers`` where compiled layers are not supported
+    (nf4, checkpointing, or ``kernels: liger``: Liger's Triton kernels fail inside torch.compile,
+    an AssertionError in Dynamo's Triton wrapper on the H200). Decided before the kernels: where
+    compiled layers apply, ``kernels: auto`` resolves to none (``resolve_kernels(compiled=True)``)."""
     if value not in COMPILE_CHOICES:
         raise ConfigError(f"params.sft.compile = {value!r}; allowed: {', '.join(COMPILE_CHOICES)} "
                           "(layers = torch.compile every decoder layer; auto = what the benchmark decided)")
     if value == "off":
         return CompileChoice("off", False, "params.sft.compile: off")
     why_not = None
-    if quantization:
-        why_not = f"quantization {quantization}: bitsandbytes' 4-bit linears break the compiled graph"
+    if kernels == "liger":
+        why_not = "params.sft.kernels is liger (Liger's Triton kernels fail inside torch.compile)"
+    elif quantization:
+        why_not = f"quantization {quantization}: bitsandbytes' 4-bit linears are not compiled (unmeasured)"
     elif grad_ckpt:
         why_not = "gradient checkpointing is on (compiled layers under checkpointing are not measured)"
     if why_not and value == "layers":
         raise ConfigError(f"params.sft.compile = 'layers' cannot apply: {why_not}. Set params.sft.compile to "
-                          "auto or off" + (", or params.sft.quantization: none" if quantization else
+                          "auto or off" + (", or params.sft.kernels: auto" if kernels == "liger" else
+                                           ", or params.sft.quantization: none" if quantization else
                                            ", or params.sft.gradient_checkpointing: off") + ".")
     if why_not:
         return CompileChoice("auto", False, why_not)

@@ -62,3 +62,17 @@ def test_stage_config_checks_compile_with_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(cfg, pipeline)
     assert f"{cfg}:4: params.sft.compile = 'always': expected one of" in str(e.value)
+
+
+def test_compile_and_liger_exclude_each_other():
+    """Liger's Triton kernels fail inside torch.compile (H200): layers + liger is refused, auto
+    compile yields to an explicit liger, and kernels auto resolves to none where layers compile."""
+    from phases.sft_speed import resolve_kernels
+
+    with pytest.raises(ConfigError, match=r"compile = 'layers' cannot apply: params\.sft\.kernels is liger.*kernels: auto"):
+        resolve_compile("layers", "cuda", None, False, kernels="liger")
+    yielded = resolve_compile("auto", "cuda", None, False, kernels="liger")
+    assert not yielded.applied and "liger" in yielded.reason
+    k = resolve_kernels("auto", "cuda", "qwen2", import_error=lambda: None, compiled=True)
+    assert k.applied == () and "Inductor fuses" in k.reason
+    assert resolve_kernels("auto", "cuda", "qwen2", import_error=lambda: None, compiled=False).applied
