@@ -106,6 +106,11 @@ elif [ "$part" = e ]; then  # carry [".vc4"]: .vc3's wheels + liger/trl/datasets
   stamp "32B start ($left s left)"
   [ "$left" -gt 90 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
   stamp "32B rc=$?"
+elif [ "$part" = f ]; then  # carry [".vc4"]: the 1.5B rows again in one process, with the runner row (compiled layers)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  timeout 320 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_liger,step_compile,runner \
+    --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft 1.5B rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

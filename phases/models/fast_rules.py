@@ -28,20 +28,21 @@ The rule (docs/performance.md "Which path runs"):
   "x plain" = scorings/s over plain batched at bs64, i.e. 4 forwards of 64 rows):
   - 1.5B: prefix 1.14x (pair256) / 1.40x (instr80) at 64 rows per forward, 1.15x / 1.52x at 128;
     7B: 1.15x / 1.60x at 64, 1.17x / 1.65x at 128. So >= 1 B: prefix at every measured batch.
-  - 0.5B: prefix 1.08x (pair256) but 0.92x (instr80) at 64 rows per forward; 1.15x (pair256) and
-    1.49x (instr80) at 128 (the table's "fast prefix-cached (bs256)" rows: max_batch 256, but each
-    label-order group has 128 rows, so 2 forwards of 128). H100 run 3 (``benchmarks/results/
-    h100-run3``, same prefix code) agrees: 1.12x / 1.75x at 128. Hence PREFIX_SMALL_MIN_ROWS =
-    128, the smallest measured point where both shapes win; nothing between 64 and 128 was measured.
-  Caveats, open until the next GPU run (``benchmarks/bench_critic.py``'s rows at bs256 measure
-  both): (1) the plain baseline of those rows ran 64 rows per forward; plain at the same 128-256
-  rows per forward was not measured. (2) an earlier H200 run (raw output not kept; cited in issue
-  15 and in docs/performance.md) saw 0.94x for 0.5B instr80 at "bs256", against 1.49x here.
-  Why small models need the batch: a 0.5B forward is launch/copy-bound, and the prefixed forward
-  adds per layer a K/V concat of the prefix broadcast over the batch, a GQA expand that
-  materialises K/V for all query heads (7 per KV head at 0.5B), a hand-written RoPE and a masked
-  SDPA (bottom-right causal mask, no flash kernel); at 64 rows those fixed costs exceed the 33 of
-  80 tokens of tiny matmuls saved, at 128 rows they are amortised.
+  - 0.5B: prefix 1.08x (pair256) but 0.92x (instr80) at 64 rows per forward; 1.15x / 1.49x at
+    128 in that run, which set a batch term (prefix from 128 rows per forward). The third H200 run
+    (``benchmarks/results/h200-2026-12-01c/critic/``, same command, plain also timed at the same
+    batch) overturned it: at 128 rows per forward the prefix path ran 1.11x plain-at-the-same-batch
+    on pair256 but **0.58x** on instr80 (the route with the term: 0.81x), and 0.94x on instr80 at
+    64. So below 1 B the prefix path is not reliably faster at any measured batch, and
+    ``PREFIX_SMALL_MIN_ROWS`` is infinite: plain batched at every batch below 1 B (the machinery
+    stays, tested with a patched constant, for a future kernel that changes the picture).
+  Why small models lose: a 0.5B forward is launch/copy-bound, and the prefixed forward adds per
+  layer a K/V concat of the prefix broadcast over the batch, a GQA expand that materialises K/V
+  for all query heads (7 per KV head at 0.5B), a hand-written RoPE and a masked SDPA
+  (bottom-right causal mask, no flash kernel); those fixed costs exceed the 33 of 80 tokens of
+  tiny matmuls saved. At >= 1.5B the third run confirms the prefix path at both shapes and both
+  batches: 1.09-1.10x (pair256) and 1.38-1.45x (instr80) at 1.5B, 1.15-1.16x / 1.58-1.59x at 7B
+  (the route's rows against plain at the same batch).
 - generation: the static-KV graph path (``backends/fastgen.py``) wherever it is supported:
   3.1-8.2x plain batched ``generate`` at every measured size (0.5B-7B) and batch (64, 256).
 The lead's GPU run (``benchmarks/run_all.py --only critic``, rows "rule: ...") re-checks both per
@@ -54,8 +55,9 @@ from collections.abc import Sequence
 
 PREFIX_MIN_PARAMS = 1.0e9
 PREFIX_MIN_SAVED_FRACTION = 0.10
-#: below PREFIX_MIN_PARAMS, the prefix path needs at least this many rows per prefixed forward
-PREFIX_SMALL_MIN_ROWS = 128
+#: below PREFIX_MIN_PARAMS, the prefix path needs at least this many rows per prefixed forward;
+#: infinite since the third H200 run (0.5B instr80 at 128 rows: 0.58x plain), i.e. plain below 1 B
+PREFIX_SMALL_MIN_ROWS = float("inf")
 #: prefixes shorter than this are not reused (prefix_cache.score_ids' default min_prefix)
 MIN_PREFIX = 8
 #: the prefix path's padded-suffix-token cap per forward (prefix_cache.score_ids' default max_tokens)
@@ -106,8 +108,9 @@ def critic_route(model, rows: Sequence[Sequence[int]], *, max_batch: int = 64, m
     prefix path cutting forwards at ``max_batch`` rows (HFBackend passes ``max(batch_size, 64)``)."""
     n = model_params(model)
     frac = saved_fraction(rows)
-    # rows per forward matters only below PREFIX_MIN_PARAMS; skip planning otherwise
-    fr = rows_per_forward(rows, max_batch, max_tokens) if n < PREFIX_MIN_PARAMS and frac >= PREFIX_MIN_SAVED_FRACTION else 0.0
+    # rows per forward matters only below PREFIX_MIN_PARAMS with a finite batch term; skip planning otherwise
+    small_term = n < PREFIX_MIN_PARAMS and frac >= PREFIX_MIN_SAVED_FRACTION and PREFIX_SMALL_MIN_ROWS != float("inf")
+    fr = rows_per_forward(rows, max_batch, max_tokens) if small_term else 0.0
     return critic_route_for(n, frac, fr)
 
 
