@@ -209,6 +209,8 @@ def resolve_compile(value: object, device: str, quantization: str | None, grad_c
     why_not = None
     if kernels == "liger":
         why_not = "params.sft.kernels is liger (Liger's Triton kernels fail inside torch.compile)"
+    elif not c_compiler():
+        why_not = "no C compiler on PATH (Inductor and Triton build their kernels' launchers with one; apt-get install gcc)"
     elif quantization:
         why_not = f"quantization {quantization}: bitsandbytes' 4-bit linears are not compiled (unmeasured)"
     elif grad_ckpt:
@@ -225,6 +227,17 @@ def resolve_compile(value: object, device: str, quantization: str | None, grad_c
                              "phases/sft_speed.py)" if str(device).startswith("cuda") else
                              f"auto: device {device} (compiled layers are the default on CUDA only)")
     return CompileChoice(str(value), True, f"device {device}, no quantization, no checkpointing")
+
+
+def c_compiler() -> str | None:
+    """The C compiler Inductor/Triton would use ($CC, else cc, gcc or clang on PATH), or None."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def decoder_layers(model):

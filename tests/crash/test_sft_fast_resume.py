@@ -6,7 +6,9 @@ A child process runs ``phases.sft.run_sft`` (trainer ``fast``, tiny random Qwen2
 CAI_SFT_STEP_DELAY_S slowing each optimizer step; it is killed once a complete checkpoint exists
 before the last step. ``run_sft`` on the same work dir then resumes from that checkpoint, across an
 epoch boundary of the token-budget batches, and its adapter must equal, tensor for tensor, the
-adapter of an uninterrupted run with the same seed.
+adapter of an uninterrupted run with the same seed. Twice: eager layers, and compiled layers
+(``compile: layers``, the step's CUDA default for bf16 LoRA; here Inductor's CPU backend, so each of
+the three trainings compiles the layers again in its own process).
 """
 from __future__ import annotations
 
@@ -40,11 +42,11 @@ run_sft(args["records"], "tiny-random-qwen2", args["params"], Path(args["work"])
 """
 
 
-def _run(work: Path, out: Path) -> tuple[dict, list[dict]]:
+def _run(work: Path, out: Path, params: dict) -> tuple[dict, list[dict]]:
     from phases.sft import run_sft
 
     events: list[dict] = []
-    res = run_sft(RECORDS, "tiny-random-qwen2", PARAMS, work, out, 5, lambda m, **k: events.append({"msg": m, **k}))
+    res = run_sft(RECORDS, "tiny-random-qwen2", params, work, out, 5, lambda m, **k: events.append({"msg": m, **k}))
     return res, events
 
 
@@ -54,12 +56,14 @@ def _adapter(out: Path) -> dict:
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
-def test_killed_fast_training_resumes_to_the_uninterrupted_adapter(tmp_path):
+@pytest.mark.parametrize("compile_mode", ["off", "layers"])
+def test_killed_fast_training_resumes_to_the_uninterrupted_adapter(tmp_path, compile_mode):
     import torch
 
+    params = {**PARAMS, "compile": compile_mode}
     work, out = tmp_path / "work", tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "CAI_SFT_STEP_DELAY_S": "1.0", "OMP_NUM_THREADS": "1"}
-    arg = json.dumps({"records": RECORDS, "params": PARAMS, "work": str(work), "out": str(tmp_path / "never")})
+    arg = json.dumps({"records": RECORDS, "params": params, "work": str(work), "out": str(tmp_path / "never")})
     p = subprocess.Popen([sys.executable, "-c", CHILD, arg], env=env, cwd=str(REPO),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -76,13 +80,13 @@ def test_killed_fast_training_resumes_to_the_uninterrupted_adapter(tmp_path):
     last = max(int(c.name.split("-")[-1]) for c in complete())
     assert last < MAX_STEPS, "the kill must land mid-training"
 
-    resumed, events = _run(work, out)
-    assert resumed["trainer"] == "fast"
+    resumed, events = _run(work, out, params)
+    assert resumed["trainer"] == "fast" and resumed["compile"]["applied"] is (compile_mode == "layers")
     assert resumed["resumed_from"] == {"checkpoint": f"checkpoint-{last}", "step": last}
     assert resumed["metrics"]["global_step"] == MAX_STEPS
     assert [e for e in events if e.get("kind") == "sft_resumed"]
 
-    ref, _ = _run(tmp_path / "work_ref", tmp_path / "out_ref")
+    ref, _ = _run(tmp_path / "work_ref", tmp_path / "out_ref", params)
     assert ref["resumed_from"] is None and ref["metrics"]["global_step"] == MAX_STEPS
     # the batches per epoch are fewer than MAX_STEPS: the runs cross an epoch boundary
     assert ref["metrics"]["epochs_done"] > 1

@@ -76,3 +76,11 @@ def test_compile_and_liger_exclude_each_other():
     k = resolve_kernels("auto", "cuda", "qwen2", import_error=lambda: None, compiled=True)
     assert k.applied == () and "Inductor fuses" in k.reason
     assert resolve_kernels("auto", "cuda", "qwen2", import_error=lambda: None, compiled=False).applied
+
+
+def test_no_c_compiler_means_no_compiled_layers(monkeypatch):
+    monkeypatch.setattr(sft_speed, "c_compiler", lambda: None)
+    c = resolve_compile("auto", "cuda", None, False)
+    assert not c.applied and "no C compiler" in c.reason
+    with pytest.raises(ConfigError, match="no C compiler on PATH.*apt-get install gcc"):
+        resolve_compile("layers", "cuda", None, False)
