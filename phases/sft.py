@@ -37,8 +37,10 @@ Contracts:
   ``ConfigError``; ``none``. Restored when ``run_sft`` ends; the loss stays the project's fused CE.
   ``sft_started``/``sft_resumed`` and the manifest's ``kernels`` say what ran.
 - Compiled layers (``params.compile``, ``phases/sft_speed.py``): ``layers`` = ``torch.compile``
-  of every decoder layer after PEFT wraps it (not with nf4 or checkpointing); ``auto`` follows
-  ``AUTO_COMPILE``; ``off``. The manifest's ``compile`` and the start/resume events say what ran.
+  of every decoder layer after PEFT wraps it (not with nf4, checkpointing or ``kernels: liger``);
+  ``auto`` = that on CUDA where it applies (``AUTO_COMPILE``), and then ``kernels: auto`` is none
+  (Inductor fuses what Liger would); ``off``. The manifest's ``compile`` and the start/resume
+  events say what ran.
 - Gradient checkpointing ``auto``: on for ``trl`` on CUDA; for ``fast`` off when the model has
   at most ``FAST_NO_CKPT_MAX_PARAMS`` parameters (activations of a 16k-token step fit an 80 GB
   card), on above (32B).
@@ -73,8 +75,8 @@ SFT_DEFAULTS: dict[str, Any] = {
     "quantization": "auto",      # auto (nf4 on CUDA, none on CPU) | none | nf4
     "trainer": "auto",           # auto (fast on CUDA, trl on CPU) | fast | trl
     "fast_max_tokens": 16384,    # fast trainer: padded tokens per optimizer step (memory bound)
-    "kernels": "auto",           # auto (Liger rope+rms_norm+swiglu on CUDA when importable) | liger | none
-    "compile": "auto",           # auto (phases/sft_speed.AUTO_COMPILE) | layers (torch.compile each decoder layer) | off
+    "kernels": "auto",           # auto (Liger rope+rms_norm+swiglu on CUDA when importable and the layers are not compiled) | liger | none
+    "compile": "auto",           # auto (compiled layers on CUDA without nf4/checkpointing: AUTO_COMPILE) | layers | off
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
