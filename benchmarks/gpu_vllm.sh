@@ -77,11 +77,11 @@ elif [ "$part" = b ]; then
 elif [ "$part" = c ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc3/*.whl
   stamp "sft bench start"  # one process per size; Liger's process-wide patches are undone after each row
-  timeout 290 python3 benchmarks/bench_sft.py --sizes 1.5B --variants ${SFT15:-trl,step_liger,step_compile,step_liger_compile,runner_defaults} \
+  timeout 290 python3 benchmarks/bench_sft.py --sizes 1.5B --variants ${SFT15:-trl,step_liger,step_compile,runner,runner_defaults} \
     --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
   left=$(( 575 - ($(date +%s) - t0) ))
-  timeout "$left" python3 benchmarks/bench_sft.py --sizes 7B --variants ${SFT7:-trl,step_liger,step_compile,step_liger_compile} \
+  timeout "$left" python3 benchmarks/bench_sft.py --sizes 7B --variants ${SFT7:-trl,step_liger,step_compile} \
     --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
 elif [ "$part" = d ]; then
