@@ -99,29 +99,29 @@ def sft_row(model, dev: str, warm: int, steps: int, tmp: str) -> dict:
     from phases import sft
     from phases.sft_speed import apply_liger, resolve_kernels
 
-    cuda = dev.startswith("cuda")
     p = {**sft.SFT_DEFAULTS, "trainer": "fast", "max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0,
          "logging_steps": 1, "lora_dropout": 0.0}
-    n_params = sum(x.numel() * (2 if getattr(x, "quant_type", None) else 1) for x in model.parameters())
-    grad_ckpt = n_params > sft.FAST_NO_CKPT_MAX_PARAMS
+    grad_ckpt = sft.needs_checkpointing(model)  # the fast trainer's auto rule (on above 10 B parameters)
     # the step's kernels rule (params.sft.kernels auto): Liger's RoPE/RMSNorm/SwiGLU on CUDA when importable,
     # patched before quantization and PEFT as load_for_training does; undone when the row ends
     kernels = resolve_kernels("auto", dev, model.config.model_type)
     patch = apply_liger(model, model.config.model_type) if kernels.applied else None
     try:
-        return _sft_row(model, dev, warm, steps, tmp, p, grad_ckpt, cuda, kernels)
+        return _train_row(model, dev, warm, steps, tmp, p, grad_ckpt, kernels)
     finally:
         if patch is not None:
             patch.restore()
 
 
-def _sft_row(model, dev, warm, steps, tmp, p, grad_ckpt, cuda, kernels) -> dict:
+def _train_row(model, dev, warm, steps, tmp, p, grad_ckpt, kernels) -> dict:
+    """``sft_row``'s training, with ``kernels`` already patched in (the caller undoes them)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoTokenizer, TrainerCallback
 
     from phases import sft
     from phases.models.tiny import build_tiny_model
 
+    cuda = dev.startswith("cuda")
     if cuda:
         quantize_nf4_inplace(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)

@@ -241,6 +241,16 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
     return out
 
 
+#: the step rows' keys the runner_defaults row keeps (the timed steps, no checkpoint or dev split
+#: inside them, the data's length cap); everything else is the stage's own default
+RUN_SHAPE_KEYS = ("max_steps", "save_steps", "dev_fraction", "logging_steps", "max_seq_len")
+
+
+def _runner_sft_params(size: str, dev: str, warm: int, steps: int, defaults: bool) -> dict:
+    p = step_params(size, dev, warm, steps, "fast", "auto", "auto")
+    return {k: p[k] for k in RUN_SHAPE_KEYS} if defaults else p
+
+
 def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, defaults: bool = False) -> dict:
     """The ``sft`` step run by ``python -m runner`` (a subprocess) on the benchmark's records.
 
@@ -265,9 +275,7 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
     cfg = {"pipeline": "benchmarks.sft_runner_pipeline:pipeline", "seed": 0, "max_attempts": 1,
            "params": {"prepare_model": {"model_path": str(_model_folder(size, dev, tmp))},
                       "merge": {"records": str(root / "records.jsonl")},
-                      "sft": ({"max_steps": warm + steps, "save_steps": 10**6, "dev_fraction": 0.0,
-                               "logging_steps": 1, "max_seq_len": 1024} if defaults
-                              else step_params(size, dev, warm, steps, "fast", "auto", "auto"))}}
+                      "sft": _runner_sft_params(size, dev, warm, steps, defaults)}}
     (root / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     env["PYTHONPATH"] = os.pathsep.join([str(repo)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])

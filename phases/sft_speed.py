@@ -206,20 +206,20 @@ def resolve_compile(value: object, device: str, quantization: str | None, grad_c
                           "(layers = torch.compile every decoder layer; auto = what the benchmark decided)")
     if value == "off":
         return CompileChoice("off", False, "params.sft.compile: off")
-    why_not = None
+    why_not = fix = None  # why compiled layers cannot apply, and the other setting that would let them
     if kernels == "liger":
-        why_not = "params.sft.kernels is liger (Liger's Triton kernels fail inside torch.compile)"
+        why_not, fix = "params.sft.kernels is liger (Liger's Triton kernels fail inside torch.compile)", "params.sft.kernels: auto"
     elif not c_compiler():
         why_not = "no C compiler on PATH (Inductor and Triton build their kernels' launchers with one; apt-get install gcc)"
     elif quantization:
         why_not = f"quantization {quantization}: bitsandbytes' 4-bit linears are not compiled (unmeasured)"
+        fix = "params.sft.quantization: none"
     elif grad_ckpt:
         why_not = "gradient checkpointing is on (compiled layers under checkpointing are not measured)"
+        fix = "params.sft.gradient_checkpointing: off"
     if why_not and value == "layers":
         raise ConfigError(f"params.sft.compile = 'layers' cannot apply: {why_not}. Set params.sft.compile to "
-                          "auto or off" + (", or params.sft.kernels: auto" if kernels == "liger" else
-                                           ", or params.sft.quantization: none" if quantization else
-                                           ", or params.sft.gradient_checkpointing: off") + ".")
+                          "auto or off" + (f", or {fix}" if fix else "") + ".")
     if why_not:
         return CompileChoice("auto", False, why_not)
     if value == "auto" and not (AUTO_COMPILE and str(device).startswith("cuda")):
@@ -235,8 +235,9 @@ def c_compiler() -> str | None:
     import shutil
 
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 
