@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from phases import sft_speed
 from phases.models.devices import DeviceError, resolve_placement
 from phases.models.loader import load_model
 from phases.models.registry import PROFILES
@@ -362,6 +363,7 @@ def load_for_training(ref: str, params: dict, seed: int, log: Callable[..., None
     try:
         model = _wrap_for_training(model, params, quant, grad_ckpt, seed)
         compile_layers(model, comp)
+        comp.loss = comp.applied and sft_speed.COMPILE_LOSS and tr == "fast"  # the fused loss is the fast trainer's
     except BaseException:
         if patch is not None:
             patch.restore()
@@ -439,12 +441,14 @@ def tensorboard_callback(log_dir: Path):
 
 def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
                  seed: int, device: str, grad_ckpt: bool, use_trl: bool = True,
-                 on_checkpoint: Callable[[str, int], None] | None = None, fast: bool = False):
+                 on_checkpoint: Callable[[str, int], None] | None = None, fast: bool = False,
+                 compile_loss: bool = False):
     """TRL's ``SFTTrainer`` over the pre-tokenized examples with ``ResponseOnlyCollator``.
 
     ``fast=True``: the fast trainer (``phases/sft_fast_trainer.py``) with the same optimizer,
     schedule, checkpoints and callbacks, gradient accumulation 1 and token-budget batches of at
-    most ``per_device_batch_size x grad_accum`` examples (the same examples per optimizer step).
+    most ``per_device_batch_size x grad_accum`` examples (the same examples per optimizer step);
+    ``compile_loss``: its fused loss's chunk math through torch.compile (``CompileChoice.loss``).
 
     Without ``trl``/``datasets`` (e.g. a GPU image where they cannot be installed) the plain
     ``transformers.Trainer`` runs the same examples with the same collator, optimizer and schedule.
@@ -483,7 +487,7 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
         kw.update(gradient_accumulation_steps=1, per_device_train_batch_size=rows)
         return make_fast_trainer(model, train_ex, dev_ex, TrainingArguments(**kw), collator, loaded.eos_token_id,
                                  int(params["fast_max_tokens"]), rows, seed, processing_class=loaded.tokenizer,
-                                 callbacks=cbs)
+                                 callbacks=cbs, compile_loss=compile_loss)
     if use_trl:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -549,7 +553,7 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
             global_step=global_step)
 
     trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl,
-                           on_checkpoint=checkpoint_done, fast=trainer_name == "fast")
+                           on_checkpoint=checkpoint_done, fast=trainer_name == "fast", compile_loss=comp.loss)
     speed = throughput_callback(device.startswith("cuda"))
     trainer.add_callback(speed)
     for cb in callbacks or ():

@@ -13,7 +13,9 @@ Not runnable. Tests: ``.venv/bin/pytest -m integration tests/integration/test_fa
   are computed in chunks of ``chunk`` tokens, only at labelled positions, and the loss gradient
   w.r.t. the hidden states is formed in the forward pass, so the (tokens x vocab) fp32 logits
   never exist at once (for a 152k vocabulary that is 600 KB per token) and the lm_head matmul is
-  not recomputed. Loss = sum of cross-entropies over labelled tokens and their count.
+  not recomputed. Loss = sum of cross-entropies over labelled tokens and their count. With
+  ``compiled=True`` (the step's compiled layers) each chunk's softmax and gradient run as
+  Inductor kernels (``compiled_ce_chunk``) that never hold the chunk's logits in fp32.
 - ``collate_right_padded``: token-id lists (and optional loss masks) to right-padded
   ``input_ids``/``labels`` without an attention mask, for benchmarks that feed raw ids
   (``benchmarks/bench_unsloth.py``); the step collates its examples with
@@ -91,35 +93,72 @@ def collate_right_padded(examples: Sequence[Sequence[int]], pad_id: int, loss_ma
     return {"input_ids": ids, "labels": labels, "n_tokens": sum(len(x) for x in examples)}
 
 
+def _ce_chunk_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropies, d loss / d logits in ``logits``' dtype) of one chunk, fp32 math.
+
+    Written for ``torch.compile`` (``compiled_ce_chunk``): Inductor fuses the upcast, logsumexp,
+    softmax and one-hot subtraction into a reduction and a pointwise kernel that read the bf16
+    logits and write the bf16 gradient, where the eager ``_ce_chunk_grad_eager`` materialises fp32
+    (tokens x vocab) tensors several times. Same values (tests/integration/test_fast_paths.py)."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, y[:, None]).squeeze(1)).sum()
+    hit = torch.arange(x.shape[1], device=x.device)[None, :] == y[:, None]
+    return loss, (torch.exp(x - lse[:, None]) - hit.to(x.dtype)).to(logits.dtype)
+
+
+def _ce_chunk_grad_eager(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_ce_chunk_grad`` for eager mode: in-place one-hot subtraction instead of a (tokens x
+    vocab) comparison mask."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, y[:, None]).squeeze(1)).sum()
+    p = torch.exp(x - lse[:, None])
+    p[torch.arange(y.shape[0], device=p.device), y] -= 1.0
+    return loss, p.to(logits.dtype)
+
+
+_COMPILED_CE = None
+
+
+def compiled_ce_chunk():
+    """``_ce_chunk_grad`` through ``torch.compile`` (Inductor, dynamic rows: the last chunk of a
+    batch and every batch's labelled-token count differ), built once per process."""
+    global _COMPILED_CE
+    if _COMPILED_CE is None:
+        _COMPILED_CE = torch.compile(_ce_chunk_grad, dynamic=True)
+    return _COMPILED_CE
+
+
 class _FusedLinearCE(torch.autograd.Function):
     """Sum of cross-entropies of ``h @ W.T`` vs ``y``; W frozen. Gradient w.r.t. h made in forward."""
 
     @staticmethod
-    def forward(ctx, h, W, y, chunk: int):
+    def forward(ctx, h, W, y, chunk: int, compiled: bool):
+        ce = compiled_ce_chunk() if compiled else _ce_chunk_grad_eager
         grad_h = torch.empty_like(h)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, h.shape[0], chunk):
-            logits = (h[i : i + chunk] @ W.t()).float()
-            yi = y[i : i + chunk]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, yi[:, None]).squeeze(1)).sum()
-            p = torch.exp(logits - lse[:, None])
-            p[torch.arange(yi.shape[0], device=p.device), yi] -= 1.0
-            grad_h[i : i + chunk] = p.to(W.dtype) @ W
+            loss, g = ce(h[i : i + chunk] @ W.t(), y[i : i + chunk])
+            total += loss
+            grad_h[i : i + chunk] = g @ W
         ctx.save_for_backward(grad_h)
         return total
 
     @staticmethod
     def backward(ctx, g):
         (grad_h,) = ctx.saved_tensors
-        return grad_h * g.to(grad_h.dtype), None, None, None
+        return grad_h * g.to(grad_h.dtype), None, None, None, None
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, chunk: int = 4096) -> tuple[torch.Tensor, int]:
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, chunk: int = 4096,
+                               compiled: bool = False) -> tuple[torch.Tensor, int]:
     """Causal-LM loss SUM over labelled positions and their count (next-token shift applied here).
 
     ``hidden`` ``(n, t, d)``, ``labels`` ``(n, t)`` with -100 = ignore; ``weight`` (vocab, d) must
-    not require grad (else use the model's own loss).
+    not require grad (else use the model's own loss). ``compiled``: each chunk's softmax and
+    gradient through ``torch.compile`` (``compiled_ce_chunk``; needs a C compiler, as compiled
+    layers do), else eager.
     """
     if weight.requires_grad:
         raise ValueError("fused_linear_cross_entropy needs a frozen output layer (weight.requires_grad is True)")
@@ -130,4 +169,4 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     n = int(y.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0
-    return _FusedLinearCE.apply(h, weight, y, chunk), n
+    return _FusedLinearCE.apply(h, weight, y, chunk, compiled), n

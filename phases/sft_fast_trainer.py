@@ -27,7 +27,8 @@ What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performa
   those of the unpadded row; pads carry label -100. Dev batches keep the mask (the plain loss).
 - **Fused linear + cross-entropy** (``phases.sft_fast.fused_linear_cross_entropy``) over labelled
   positions only, against the frozen lm_head; with a trainable lm_head the model's own loss is
-  used instead.
+  used instead. ``compile_loss`` (the step passes its compiled-layers choice) compiles each
+  chunk's softmax and gradient (``phases.sft_fast.compiled_ce_chunk``).
 - ``state.num_input_tokens_seen`` counts the real (unpadded) tokens trained, prompt included.
 - Gradient checkpointing is decided by the caller (``phases/sft.py``: ``auto`` is off for this
   trainer, see ``grad_ckpt_default``).
@@ -88,23 +89,25 @@ def collate_train(examples: list[dict], pad_id: int) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
-def fast_loss(model, input_ids, labels, chunk: int = 4096):
+def fast_loss(model, input_ids, labels, chunk: int = 4096, compiled: bool = False):
     """Mean next-token cross-entropy over labelled positions, decoder run without a mask.
 
     ``model``: a PEFT-wrapped or plain HF causal LM. Falls back to the model's own loss when the
-    output layer is trainable (the fused loss assumes a frozen one).
+    output layer is trainable (the fused loss assumes a frozen one). ``compiled``: the fused loss's
+    chunk math through torch.compile.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
     if head.weight.requires_grad:
         return model(input_ids=input_ids, labels=labels, use_cache=False).loss
     hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
-    loss_sum, n = fused_linear_cross_entropy(hidden, head.weight, labels, chunk=chunk)
+    loss_sum, n = fused_linear_cross_entropy(hidden, head.weight, labels, chunk=chunk, compiled=compiled)
     return loss_sum / max(n, 1)
 
 
 def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eval_collator, pad_id: int,
-                      max_tokens: int, max_rows: int, seed: int, processing_class=None, callbacks=None):
+                      max_tokens: int, max_rows: int, seed: int, processing_class=None, callbacks=None,
+                      compile_loss: bool = False):
     """A ``transformers.Trainer`` subclass instance training ``train_ex`` by the recipe above.
 
     ``args``: ``TrainingArguments`` with ``gradient_accumulation_steps == 1`` (the token-budget
@@ -137,7 +140,7 @@ def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eva
             # count across resumes, the manifest and the benchmarks read it
             pos = torch.arange(labels.shape[1], device=labels.device)
             self.state.num_input_tokens_seen += int(((labels != IGNORE) * (pos + 1)).amax(dim=1).sum())
-            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], labels)
+            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], labels, compiled=compile_loss)
 
     return FastSFTTrainer(model=model, args=args, data_collator=eval_collator, train_dataset=train_ex,
                           eval_dataset=dev_ex or None, processing_class=processing_class, callbacks=callbacks)

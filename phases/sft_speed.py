@@ -30,7 +30,9 @@ Not runnable; ``phases/sft.py`` (``load_for_training``, ``run_sft``) uses them. 
   are symbolic, not a recompile each. Not with nf4 (bitsandbytes' ``Linear4bit`` breaks the graph)
   nor with gradient checkpointing (unmeasured): ``resolve_compile`` says why, and refuses an
   explicit ``layers`` there. ``auto`` = ``AUTO_COMPILE`` (see its comment: what the H200 rows
-  decided). The loss stays outside the compiled layers (the project's fused linear + CE).
+  decided). The loss stays outside the compiled layers (the project's fused linear + CE), but its
+  chunk math (upcast, logsumexp, softmax, one-hot subtraction) is compiled with them
+  (``COMPILE_LOSS``; the fast trainer only, ``CompileChoice.loss`` says whether it ran).
 - ``throughput_callback``: a ``TrainerCallback`` timing this attempt's optimizer steps after
   ``warmup_steps`` (kernel compilation, Triton autotuning and allocator growth happen there),
   synchronising CUDA at the window's edges; ``record()`` is the manifest's
@@ -44,7 +46,7 @@ from typing import Callable
 
 from runner.errors import ConfigError
 
-__all__ = ["COMPILE_CHOICES", "AUTO_COMPILE", "CompileChoice", "resolve_compile", "compile_layers", "KERNEL_CHOICES", "LIGER_ARCHS", "LIGER_KERNELS", "KernelChoice", "resolve_kernels", "liger_import_error",
+__all__ = ["COMPILE_CHOICES", "AUTO_COMPILE", "COMPILE_LOSS", "CompileChoice", "resolve_compile", "compile_layers", "KERNEL_CHOICES", "LIGER_ARCHS", "LIGER_KERNELS", "KernelChoice", "resolve_kernels", "liger_import_error",
            "LigerPatch", "apply_liger", "throughput_callback", "THROUGHPUT_WARMUP_STEPS"]
 
 KERNEL_CHOICES = ("auto", "liger", "none")
@@ -59,6 +61,10 @@ COMPILE_CHOICES = ("auto", "layers", "off")
 #: ``benchmarks/check_sft_compile.py`` (loss, gradients, causality, loss curve vs eager);
 #: docs/performance.md "Issue 15, third run".
 AUTO_COMPILE = True
+#: compiled layers bring the fast trainer's fused loss with them (``phases.sft_fast.compiled_ce_chunk``:
+#: each chunk's softmax and gradient as Inductor kernels); ``benchmarks/bench_sft.py`` variant
+#: ``step_compile_layers`` sets it False in its process to time the layers alone beside it
+COMPILE_LOSS = True
 #: optimizer steps of an attempt left out of the throughput window (at most; see Throughput)
 THROUGHPUT_WARMUP_STEPS = 3
 
@@ -184,14 +190,16 @@ class CompileChoice:
     applied: bool = False
     reason: str = ""
     layers: int = 0
+    loss: bool = False  # the fast trainer's fused loss compiled too (phases/sft.py load_for_training sets it)
 
     def record(self) -> dict:
         """The manifest's / log event's ``compile``."""
-        return {"requested": self.requested, "applied": self.applied, "reason": self.reason, "layers": self.layers}
+        return {"requested": self.requested, "applied": self.applied, "reason": self.reason, "layers": self.layers,
+                "loss": self.loss}
 
     @property
     def label(self) -> str:
-        return f"compiled layers ({self.layers})" if self.applied else "not compiled"
+        return (f"compiled layers ({self.layers})" + (" + loss" if self.loss else "")) if self.applied else "not compiled"
 
 
 def resolve_compile(value: object, device: str, quantization: str | None, grad_ckpt: bool,
@@ -274,7 +282,9 @@ def throughput_callback(cuda: bool):
     evaluations and checkpoint saves between steps inside the window are counted. CUDA is
     synchronised at each step end (the fast trainer already synchronises once a step to count
     tokens). Tokens are ``state.num_input_tokens_seen`` (real tokens; the fast trainer counts them,
-    TRL's path may leave it 0, then ``tokens_per_s`` is None).
+    TRL's path may leave it 0, then ``tokens_per_s`` is None). ``median_step_s`` and
+    ``slowest_step_s`` describe the window's steps (begin to end of each): a slowest step far above
+    the median is a stall (a recompile, allocator growth) inside the window.
     """
     from transformers import TrainerCallback
 
@@ -283,6 +293,8 @@ def throughput_callback(cuda: bool):
             self.t0 = self.t1 = None
             self.start = self.warm = self.step0 = self.step1 = self.tok0 = self.tok1 = 0
             self.tokens_at_begin = 0  # num_input_tokens_seen when train() began (a checkpoint's count on resume)
+            self.durations: list[float] = []  # each timed optimizer step, begin to end
+            self.begun = 0.0
 
         @staticmethod
         def _now() -> float:
@@ -301,16 +313,23 @@ def throughput_callback(cuda: bool):
         def on_step_begin(self, args, state, control, **kw):
             if self.t0 is None and state.global_step == self.start + self.warm:
                 self.t0, self.tok0, self.step0 = self._now(), int(state.num_input_tokens_seen), state.global_step
+                self.durations = []
+            if self.t0 is not None:
+                self.begun = self._now() if self.t1 is not None else self.t0
 
         def on_step_end(self, args, state, control, **kw):
             if self.t0 is not None:
                 self.t1, self.tok1, self.step1 = self._now(), int(state.num_input_tokens_seen), state.global_step
+                self.durations.append(self.t1 - self.begun)
 
         def record(self) -> dict | None:
             if self.t0 is None or self.t1 is None:
                 return None
             seconds, tokens = self.t1 - self.t0, self.tok1 - self.tok0
+            d = sorted(self.durations)
             return {"warmup_steps": self.warm, "steps": self.step1 - self.step0, "seconds": round(seconds, 4),
-                    "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if tokens and seconds > 0 else None}
+                    "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
+                    # one slow step far above the median = a compile or allocator stall inside the window
+                    "median_step_s": round(d[len(d) // 2], 4) if d else None, "slowest_step_s": round(d[-1], 4) if d else None}
 
     return Throughput()

@@ -185,6 +185,32 @@ def test_sft_fast_loss_and_grads_equal_the_masked_reference():
             assert torch.allclose(p.grad, ref_grads[name], atol=1e-6, rtol=1e-4), name
 
 
+def test_compiled_loss_chunk_equals_the_eager_one():
+    """The fused loss with its chunk math through torch.compile (the step's compiled mode) gives the
+    eager loss and hidden-state gradient in fp32, over several chunks of different row counts (a
+    dynamic shape: the last chunk is shorter) and on a second call with another token count."""
+    import torch
+
+    from phases.sft_fast import fused_linear_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(97, 16, generator=g) * 0.3
+    for t in (23, 31):
+        hidden = torch.randn(2, t, 16, generator=g)
+        labels = torch.randint(0, 97, (2, t), generator=g)
+        labels[0, :5] = labels[1, t - 3:] = -100  # prompt and pad positions
+        out = {}
+        for compiled in (False, True):
+            h = hidden.clone().requires_grad_(True)
+            loss, n = fused_linear_cross_entropy(h, W, labels, chunk=7, compiled=compiled)
+            loss.backward()
+            out[compiled] = (float(loss), n, h.grad)
+        assert out[True][1] == out[False][1] > 14  # several chunks
+        assert out[True][0] == pytest.approx(out[False][0], rel=1e-6)
+        assert torch.allclose(out[True][2], out[False][2], atol=1e-6, rtol=1e-5)
+        assert out[True][2][0, 5:].abs().sum() > 0 and out[True][2][:, -1].abs().sum() == 0  # no label after the last
+
+
 def test_token_budget_batches_cover_every_example_once():
     from phases.sft_fast import token_budget_batches
 

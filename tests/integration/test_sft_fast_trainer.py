@@ -167,6 +167,8 @@ def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_pat
     tp = m["throughput"]
     assert tp["warmup_steps"] == 1 and tp["steps"] == 2  # 3 steps: the first is warm-up
     assert 0 < tp["tokens"] < m["tokens_trained"] and tp["seconds"] > 0 and tp["tokens_per_s"] > 0
+    # each timed step begin to end: two steps, so the median is the slower one and both fit in the window
+    assert 0 < tp["median_step_s"] <= tp["slowest_step_s"] <= tp["seconds"]
 
     def no_load(*a, **k):
         raise AssertionError("the model must not be loaded when the kernels setting cannot apply")
@@ -179,8 +181,8 @@ def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_pat
 
 def test_compiled_layers_train_like_eager(tmp_path):
     """params.sft.compile: layers (torch.compile of every decoder layer, Inductor, dynamic shapes)
-    gives the eager step's losses in fp32 over steps of different batch shapes, records what it
-    compiled in the result (the manifest's ``compile``) and the sft_started event, and saves an
+    gives the eager step's losses in fp32 over steps of different batch shapes (its fused loss's
+    chunk math compiled too), records what it compiled in the result (the manifest's ``compile``) and the sft_started event, and saves an
     adapter with the same keys as the eager step's."""
     import json
 
@@ -207,9 +209,11 @@ def test_compiled_layers_train_like_eager(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5), (eager, comp)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # Inductor really compiled the layers
     rec = runs["layers"]["compile"]
-    assert rec["applied"] is True and rec["layers"] == 2 and runs["off"]["compile"]["applied"] is False
+    # the fast trainer's fused loss is compiled with the layers (its chunk math: phases.sft_fast.compiled_ce_chunk)
+    assert rec["applied"] is True and rec["layers"] == 2 and rec["loss"] is True
+    assert runs["off"]["compile"]["applied"] is False and runs["off"]["compile"]["loss"] is False
     started = [e for e in events if e["kind"] == "sft_started"]
-    assert "not compiled" in started[0]["message"] and "compiled layers (2)" in started[1]["message"]
+    assert "not compiled" in started[0]["message"] and "compiled layers (2) + loss" in started[1]["message"]
     assert started[1]["compile"] == rec
     keys = []
     for mode in ("off", "layers"):

@@ -30,7 +30,17 @@ def test_off_never_applies():
 def test_layers_applies_without_quantization_or_checkpointing_on_any_device():
     for dev in ("cuda", "cuda:1", "cpu"):
         c = resolve_compile("layers", dev, None, False)
-        assert c.applied and c.record() == {"requested": "layers", "applied": True, "reason": c.reason, "layers": 0}
+        assert c.applied and c.record() == {"requested": "layers", "applied": True, "reason": c.reason, "layers": 0,
+                                            "loss": False}
+
+
+def test_label_and_record_say_whether_the_loss_was_compiled_too():
+    c = resolve_compile("layers", "cuda", None, False)
+    c.layers = 28
+    assert c.label == "compiled layers (28)"
+    c.loss = True  # phases/sft.py sets it for the fast trainer when COMPILE_LOSS is on
+    assert c.label == "compiled layers (28) + loss" and c.record()["loss"] is True
+    assert sft_speed.COMPILE_LOSS is True  # the measured default (bench_loss: 1.44-1.99x the eager loss)
 
 
 def test_layers_refuses_nf4_and_checkpointing_saying_what_to_change():
