@@ -35,10 +35,14 @@ token ids (loss on every token); the step rows on records of random words (respo
   the run seed orders the batches, so the timed batches differ from the other step rows');
   ``wall_s`` is the whole subprocess, ``step_wall_s`` the step (load included).
 - ``step_compile``: the step with ``compile: layers`` (every decoder layer through ``torch.compile``,
-  Inductor, dynamic shapes; ``phases/sft_speed.py``) and kernels none. Compilation happens in the
+  Inductor, dynamic shapes; ``phases/sft_speed.py``), the fused loss's chunk math compiled with
+  them (``COMPILE_LOSS``), and kernels none. Compilation happens in the
   warm-up steps (a recompile inside the timed window would show as a slow row, as it did for
   Unsloth; ``dynamo_unique_graphs`` counts the graphs). Compiled layers with Liger's kernels failed
   on the H200 (Liger's Triton kernels inside Dynamo), so the step refuses that pair.
+- ``step_compile_layers``: ``step_compile`` with the fused loss's chunk math left eager
+  (``phases.sft_speed.COMPILE_LOSS`` off in this process for the row): what compiling the loss's
+  softmax and gradient (``phases.sft_fast.compiled_ce_chunk``) adds, side by side.
 - ``runner_defaults``: the ``runner`` row with the stage's own ``params.sft`` defaults
   (``phases/sft.py`` ``SFT_DEFAULTS``: nf4 QLoRA on CUDA, LoRA dropout 0.05, lr 2e-4, kernels and
   compile auto), only ``max_steps``, checkpoints and the dev split set as in the other rows: the
@@ -196,7 +200,7 @@ def _kernels_label(kernels: dict | None) -> str:
 
 
 def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast",
-             kernels: str = "none", compile: str = "off") -> dict:
+             kernels: str = "none", compile: str = "off", row: int = 0) -> dict:
     """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks."""
     from transformers import TrainerCallback
 
@@ -219,15 +223,21 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
     params = step_params(size, dev, warm, steps, trainer, kernels, compile)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    tag = f"{trainer}-{kernels}-{compile}"
+    from phases import sft_speed
+
+    # a fresh work dir per row (a variant may repeat: --variants step_compile,step_compile)
+    tag = f"{row}-{trainer}-{kernels}-{compile}" + ("" if sft_speed.COMPILE_LOSS else "-eagerloss")
     res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
                   lambda *a, **k: None, callbacks=[Timer()])
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     losses = [x["loss"] for x in res["loss_curve"]["train"]]
     name = (f"sft step (run_sft), trainer {res['trainer']}" + (", Liger kernels" if kernels == "liger" else "")
-            + (", compiled layers" if res["compile"]["applied"] else ""))
+            + (", compiled layers" if res["compile"]["applied"] else "")
+            + (" + loss" if res["compile"].get("loss") else ""))
+    tp = res["metrics"].get("throughput") or {}
     out = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens), "kernels": _kernels_label(res["kernels"]),
+           "median_step_s": tp.get("median_step_s"), "slowest_step_s": tp.get("slowest_step_s"),
            "compile": res["compile"], "tokens_per_s": tokens / t if tokens else None, "steps": steps,
            "gradient_checkpointing": res["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
@@ -251,7 +261,8 @@ def _runner_sft_params(size: str, dev: str, warm: int, steps: int, defaults: boo
     return {k: p[k] for k in RUN_SHAPE_KEYS} if defaults else p
 
 
-def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, defaults: bool = False) -> dict:
+def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, defaults: bool = False,
+               row: int = 0) -> dict:
     """The ``sft`` step run by ``python -m runner`` (a subprocess) on the benchmark's records.
 
     The run's pipeline is ``benchmarks/sft_runner_pipeline.py`` (two input steps, then the real
@@ -269,7 +280,7 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
     from state.files import write_jsonl
 
     repo = Path(__file__).resolve().parents[1]
-    root = Path(tmp) / ("runner-defaults" if defaults else "runner")
+    root = Path(tmp) / f"{row}-{'runner-defaults' if defaults else 'runner'}"  # its own run home per row
     root.mkdir(parents=True, exist_ok=True)
     write_jsonl(root / "records.jsonl", records)
     cfg = {"pipeline": "benchmarks.sft_runner_pipeline:pipeline", "seed": 0, "max_attempts": 1,
@@ -295,6 +306,7 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
     name = "sft step through runner" + (", stage defaults (nf4 on CUDA, dropout 0.05)" if defaults else "")
     return {"variant": name, "quantization": man["quantization"], "compile": man.get("compile"), "seconds": tp.get("seconds"), "tokens": tp.get("tokens"),
             "tokens_per_s": tp.get("tokens_per_s"), "steps": tp.get("steps"), "warmup_steps": tp.get("warmup_steps"),
+            "median_step_s": tp.get("median_step_s"), "slowest_step_s": tp.get("slowest_step_s"),
             "trainer": man["trainer"], "kernels": _kernels_label(man["kernels"]),
             "kernels_reason": man["kernels"]["reason"],
             "gradient_checkpointing": man["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
@@ -329,21 +341,25 @@ def _liger_available() -> bool:
         return False
 
 
-VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "runner", "runner_defaults")
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "step_compile_layers", "runner",
+            "runner_defaults")
 
 
 def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS,
-        on_row=None) -> list[dict]:
+        on_row=None, steps: int | None = None) -> list[dict]:
     """The rows of ``variants`` at ``size``; ``on_row(rows)`` after each (main saves them, so a
-    process killed by a time limit keeps the rows it finished)."""
+    process killed by a time limit keeps the rows it finished). ``steps``: timed optimizer steps
+    per row (default 2 on CPU, 12 on CUDA, after 1 / 3 warm-up steps); the data grows with it so
+    no row runs out of batches."""
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
-        data, warm, steps = make_data(32, vocab, 8, 40), 1, 2
-        records = make_records(48, 24, 60)
+        warm, steps = 1, steps or 2
+        data, records = make_data(max(32, 8 * (warm + steps)), vocab, 8, 40), make_records(max(48, 16 * (warm + steps)), 24, 60)
     else:
-        data, warm, steps = make_data(640, vocab, 64, 768), 3, 12
-        records = make_records(640, 64, 768)
+        warm, steps = 3, steps or 12
+        n = max(640, 40 * (warm + steps))  # TRL: 8 rows a step; the step: <= 16 rows (token budget)
+        data, records = make_data(n, vocab, 64, 768), make_records(n, 64, 768)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fn in variants:
@@ -354,20 +370,28 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                 elif fn.startswith("trl"):
                     r = run_trl(size, dev, data, warm, steps, tmp, fn)
                 elif fn == "step_fast":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none")
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", row=len(rows))
                 elif fn == "step_liger" and (not dev.startswith("cuda") or liger_import_error()):
                     r = {"variant": "sft step (run_sft), trainer fast, Liger kernels",
                          "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
                 elif fn == "step_liger":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger")
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger", row=len(rows))
                 elif fn == "step_compile":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers")
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                elif fn == "step_compile_layers":  # the layers alone: the fused loss's chunk math eager
+                    from phases import sft_speed
+
+                    sft_speed.COMPILE_LOSS = False
+                    try:
+                        r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                    finally:
+                        sft_speed.COMPILE_LOSS = True
                 elif fn == "runner_defaults" and not dev.startswith("cuda"):
                     r = {"variant": "sft step through runner, stage defaults (nf4 on CUDA, dropout 0.05)",
                          "note": "skipped: off CUDA the stage defaults train through TRL unquantized; this row is "
                                  "the CUDA path"}
                 else:  # runner, runner_defaults
-                    r = run_runner(size, dev, records, warm, steps, tmp, defaults=fn == "runner_defaults")
+                    r = run_runner(size, dev, records, warm, steps, tmp, defaults=fn == "runner_defaults", row=len(rows))
             except Exception as e:
                 import traceback
 
@@ -385,7 +409,7 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
             print(f"sft {size:>5} {r['variant']:48} {r.get('tokens_per_s', r.get('error'))} tok/s  MFU(6N) {r.get('mfu_6N')}", flush=True)
             if on_row is not None:
                 on_row(rows)
-    trl = rows[0].get("tokens_per_s")
+    trl = rows[0].get("tokens_per_s") if variants and variants[0] == "trl" else None  # x_trl: against TRL's row only
     for r in rows:
         r["x_trl"] = round(r["tokens_per_s"] / trl, 2) if trl and r.get("tokens_per_s") else None
     return rows
@@ -397,6 +421,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", default="/tmp/bench-sft")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {VARIANTS} (TRL defaults first: x_trl)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed optimizer steps per row (default 12 on CUDA, 2 with --cpu); longer windows show "
+                         "whether a row's early slowness fades")
     a = ap.parse_args(argv)
     variants = tuple(v for v in a.variants.split(",") if v)
     bad = [v for v in variants if v not in VARIANTS]
@@ -413,7 +440,7 @@ def main(argv=None) -> int:
         atomic_write_text(Path(a.out) / "sft.json", json.dumps(rows + partial, indent=1) + "\n")
 
     for s in a.sizes.split(","):
-        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants, on_row=save)
+        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants, on_row=save, steps=a.steps)
     save([])
     return 0
 

@@ -5,7 +5,10 @@ Measures, in one run (one machine, one command), per model size (random-weight Q
   ignored), at batch 64 and 256: the project's fast path (`fastgen`, static KV cache + CUDA graph,
   as `HFBackend` routes it on CUDA; with and without `torch.compile` of the decode step) and vLLM
   (`LLM.generate` on token-id prompts, CUDA graphs + torch.compile, its defaults). Tokens/s and the
-  fraction of the decode bandwidth bound, computed exactly as `bench_generation.py` does.
+  fraction of the decode bandwidth bound, computed exactly as `bench_generation.py` does (time per
+  new token, prefill included); beside it the **decode-only** step, the same call with one new
+  token timed too: ``(t(64 new) - t(1 new)) / 63``, the prefill and per-call overhead taken out,
+  which is what the bandwidth bound (weights read once per decode step) describes.
 - **correctness** (0.5B config): the same saved random weights loaded by HF and by vLLM, in fp32
   and in bf16: share of rows whose 16 greedy tokens are identical, and the critic's quantity — the
   log-probability of a candidate next token — via vLLM `prompt_logprobs` against the HF model's
@@ -99,21 +102,25 @@ def child_throughput(size: str, copy_gbps: float) -> list[dict]:
     be = common.id_backend(model, max(BATCHES))
     rows = []
 
-    def row(variant, bs, t, first):
-        step = t / NEW
+    def row(variant, bs, t, first, t_one):
+        step, decode = t / NEW, (t - t_one) / (NEW - 1)
         r = {"bench": "vllm-throughput", "size": size, "variant": variant, "batch": bs, "prompt_tokens": PLEN,
              "new_tokens": NEW, "seconds": round(t, 4), "first_call_s": round(first, 2),
              "tokens_per_s": round(bs * NEW / t, 1), "ms_per_step": round(step * 1e3, 3),
-             "bound_ms_per_step": round(bound * 1e3, 3), "frac_bandwidth_bound": round(bound / step, 3), "params": params}
+             "bound_ms_per_step": round(bound * 1e3, 3), "frac_bandwidth_bound": round(bound / step, 3),
+             "seconds_one_token": round(t_one, 4), "decode_ms_per_step": round(decode * 1e3, 3),
+             "frac_bound_decode": round(bound / decode, 3), "params": params}
         print(f"vllm-bench {size:>5} {variant:40} bs{bs:<4} {r['tokens_per_s']:10.1f} tok/s  "
-              f"{r['ms_per_step']:7.2f} ms/step  bound {r['frac_bandwidth_bound']:6.1%}", flush=True)
+              f"{r['ms_per_step']:7.2f} ms/step  bound {r['frac_bandwidth_bound']:6.1%}  "
+              f"decode only {r['decode_ms_per_step']:7.2f} ms/step  {r['frac_bound_decode']:6.1%}", flush=True)
         rows.append(r)
 
+    one = GenerationParams.greedy(1)
     for bs in BATCHES:
-        t, f = _timed(lambda: fastgen.generate(be, texts[:bs], greedy, batch_size=bs))
-        row("fastgen (pipeline default, no compile)", bs, t, f)
-        t, f = _timed(lambda: fastgen.generate(be, texts[:bs], greedy, batch_size=bs, compile_step=True))
-        row("fastgen + torch.compile", bs, t, f)
+        for variant, comp in (("fastgen (pipeline default, no compile)", False), ("fastgen + torch.compile", True)):
+            t, f = _timed(lambda: fastgen.generate(be, texts[:bs], greedy, batch_size=bs, compile_step=comp))
+            t1, _ = _timed(lambda: fastgen.generate(be, texts[:bs], one, batch_size=bs, compile_step=comp))
+            row(variant, bs, t, f, t1)
     cfg = model.config
     del be, model
     common.free("cuda")
@@ -124,7 +131,8 @@ def child_throughput(size: str, copy_gbps: float) -> list[dict]:
         start = time.perf_counter() - t0
         for bs in BATCHES:
             t, f = _timed(lambda: _vgen(llm, ids[:bs], NEW))
-            row("vLLM (CUDA graphs + compile, defaults)", bs, t, f)
+            t1, _ = _timed(lambda: _vgen(llm, ids[:bs], 1))
+            row("vLLM (CUDA graphs + compile, defaults)", bs, t, f, t1)
     for r in rows:
         if r["variant"].startswith("vLLM"):
             r["engine_start_s"] = round(start, 1)
@@ -271,9 +279,11 @@ def main(argv=None) -> int:
         rows += json.loads(f.read_text()) if p.returncode == 0 and f.exists() else \
             [{"bench": "vllm-error", "part": job, "rc": p.returncode}]
     (out / "vllm.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-    lines = ["| size | variant | batch | tokens/s | ms/step | % of bandwidth bound | first call s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| size | variant | batch | tokens/s | ms/step | % of bandwidth bound | decode-only ms/step | "
+             "decode-only % of bound | first call s |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size']} | {r['variant']} | {r['batch']} | {r['tokens_per_s']:,} | {r['ms_per_step']} | "
-              f"{r['frac_bandwidth_bound']:.1%} | {r['first_call_s']} |" for r in rows if r["bench"] == "vllm-throughput"]
+              f"{r['frac_bandwidth_bound']:.1%} | {r['decode_ms_per_step']} | {r['frac_bound_decode']:.1%} | "
+              f"{r['first_call_s']} |" for r in rows if r["bench"] == "vllm-throughput"]
     lines += ["", *[f"- {json.dumps(r)}" for r in rows if r["bench"] != "vllm-throughput"]]
     (out / "vllm_table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

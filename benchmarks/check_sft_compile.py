@@ -3,7 +3,8 @@
 For a random Qwen2 of ``--size`` wrapped in the step's LoRA (r=16 on every linear layer, LoRA B
 drawn non-zero so the adapters matter), in fp32 and bf16, on two batch shapes (right-padded rows
 of different lengths, no attention mask: what the fast trainer feeds), the step's loss
-(``phases.sft_fast_trainer.fast_loss``: the decoder, then the fused linear + CE):
+(``phases.sft_fast_trainer.fast_loss``: the decoder, then the fused linear + CE, whose chunk math
+is compiled too on the compiled side, as the step runs it with ``COMPILE_LOSS``):
 - loss and LoRA gradients of the compiled layers vs the eager ones (relative difference);
 - causality: changing row 0's tokens from position ``k`` on must leave its hidden states before
   ``k`` unchanged (a lost causal mask would let training see the tokens it predicts);
@@ -58,11 +59,11 @@ def _batch(vocab: int, lens: list[int], dev: str, seed: int):
     return ids.to(dev), labels.to(dev)
 
 
-def _loss_grads(model, ids, labels):
+def _loss_grads(model, ids, labels, compiled: bool):
     from phases.sft_fast_trainer import fast_loss
 
     model.zero_grad(set_to_none=True)
-    loss = fast_loss(model, ids, labels)
+    loss = fast_loss(model, ids, labels, compiled=compiled)
     loss.backward()
     grads = {n: w.grad.detach().float().clone() for n, w in model.named_parameters() if w.requires_grad}
     return float(loss), grads
@@ -85,8 +86,8 @@ def check(size: str, dev: str, dtype_name: str, steps: int) -> list[dict]:
     rows, tol = [], TOL[dtype_name]
     for shape, lens in enumerate(([96, 64, 33, 17], [160, 120, 80, 40, 20, 9])):
         ids, labels = _batch(vocab, lens, dev, seed=shape)
-        le, ge = _loss_grads(eager, ids, labels)
-        lc, gc = _loss_grads(comp, ids, labels)
+        le, ge = _loss_grads(eager, ids, labels, False)
+        lc, gc = _loss_grads(comp, ids, labels, True)
         num = sum(float((ge[n] - gc[n]).norm()) ** 2 for n in ge) ** 0.5
         den = sum(float(ge[n].norm()) ** 2 for n in ge) ** 0.5
         loss_rel, grad_rel = abs(le - lc) / abs(le), num / den
@@ -113,7 +114,7 @@ def check(size: str, dev: str, dtype_name: str, steps: int) -> list[dict]:
             ids, labels = _batch(vocab, [128 - 8 * (s % 5), 100, 77, 50, 31], dev, seed=100 + s)
             from phases.sft_fast_trainer import fast_loss
 
-            loss = fast_loss(m, ids, labels)
+            loss = fast_loss(m, ids, labels, compiled=m is comp)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -7,10 +7,13 @@
 # Here, once (network to PyPI; ~3 min):
 #   bash benchmarks/gpu_vllm.sh prep        # builds .vc1/, .vc2/ and .vc3/ (git-excluded; needs .whl, docs/performance.md)
 # There, four calls in a row (device tool; carry [".vc1"], [".vc2"], [".vc3"], nothing):
-#   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site; the critic rows
+#   bash benchmarks/gpu_vllm.sh a           # stores part 1, installs the small wheels into /tmp/site; the compile check (fp32, bf16)
 #   bash benchmarks/gpu_vllm.sh b           # joins + unpacks vllm; bench_vllm throughput at 7B (fastgen and vLLM, bs 64/256)
 #   bash benchmarks/gpu_vllm.sh c           # (bitsandbytes + unsloth wheels) the SFT rows at 1.5B and 7B
 #   bash benchmarks/gpu_vllm.sh d           # Unsloth after a warm-up pass at 1.5B and 7B; 32B (nf4 SFT with the kernels)
+# Parts e-h carry [".vc4"] (.vc3's wheels + liger, trl, datasets and the runner's sqlmodel/pydantic):
+#   e, f: session 5's compile check and SFT rows; g: bench_loss, then the 1.5B SFT rows (compiled loss
+#   beside the layers alone, the runner row); h: the 7B SFT rows, then 32B with the time left.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -21,7 +24,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -60,9 +63,9 @@ if [ "$part" = a ]; then
     || { echo "wheel install failed"; exit 2; }
   stamp "part 1 stored: $(ls -la /tmp/vparts)"
   nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
-  stamp "bench critic start"
-  timeout 480 python3 benchmarks/run_all.py --out "$R/critic" --only critic --sizes 0.5B,1.5B,7B > "$R/bench_critic.log" 2>&1
-  stamp "bench critic rc=$?"
+  stamp "compile check start"  # (session 5 ran the critic rows here: git history at fc39938)
+  timeout 400 python3 benchmarks/check_sft_compile.py --size 0.5B --steps 10 --out "$R/check" > "$R/check_sft_compile.log" 2>&1
+  stamp "compile check rc=$?"
 elif [ "$part" = b ]; then
   cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
   cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
@@ -111,6 +114,24 @@ elif [ "$part" = f ]; then  # carry [".vc4"]: the 1.5B rows again in one process
   timeout 320 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_liger,step_compile,runner \
     --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
+elif [ "$part" = g ]; then  # carry [".vc4"]: the loss alone, then the 1.5B rows (compiled loss beside layers only)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
+  timeout 120 python3 benchmarks/bench_loss.py --sizes 1.5B,7B --out "$R/loss" > "$R/bench_loss.log" 2>&1
+  stamp "loss rc=$?"
+  left=$(( 585 - ($(date +%s) - t0) ))
+  timeout "$left" python3 benchmarks/bench_sft.py --sizes 1.5B --variants ${SFT15:-trl,step_compile_layers,step_compile,runner} \
+    --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft 1.5B rc=$?"
+elif [ "$part" = h ]; then  # carry [".vc4"]: the 7B rows (compiled loss beside layers only), then 32B with what is left
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  timeout 330 python3 benchmarks/bench_sft.py --sizes 7B --variants ${SFT7:-trl,step_compile_layers,step_compile} \
+    --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
+  stamp "sft 7B rc=$?"
+  left=$(( 585 - ($(date +%s) - t0) ))
+  stamp "32B start ($left s left)"
+  [ "$left" -gt 150 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
+  stamp "32B rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

@@ -41,14 +41,36 @@ def test_run_all_cpu_writes_every_benchmark(tmp_path):
     assert runner[0]["trainer"] == "fast" and runner[0]["kernels"] == "none" and runner[0]["steps"] == 2
     assert "CUDA only" in runner[0]["kernels_reason"]  # the step's manifest says why no kernels ran
     assert runner[0]["seconds"] < runner[0]["train_seconds"] <= runner[0]["step_wall_s"] < runner[0]["wall_s"]
-    compiled = [r for r in step if r["variant"].endswith("compiled layers") and "note" not in r]
-    assert compiled and compiled[0]["compile"]["applied"] and compiled[0]["compile"]["layers"] > 0
+    compiled = [r for r in step if "compiled layers" in r["variant"] and "note" not in r]
+    # step_compile (layers + the fused loss's chunk math) and step_compile_layers (the loss eager), side by side
+    assert sorted(r["compile"]["loss"] for r in compiled) == [False, True], compiled
+    for r in compiled:
+        assert r["compile"]["applied"] and r["compile"]["layers"] > 0 and r["variant"].endswith(
+            "compiled layers + loss" if r["compile"]["loss"] else "compiled layers")
+        assert 0 < r["median_step_s"] <= r["slowest_step_s"]
     assert runner[0]["compile"]["applied"] is False and runner[0]["compile"]["requested"] == "auto"
     dflt = [r for r in report["rows"] if r["bench"] == "sft" and r["variant"].startswith("sft step through runner, stage")]
     assert dflt and "CUDA" in dflt[0]["note"]  # the stage-defaults row is the CUDA path; skipped, said so
     table = (tmp_path / "table.md").read_text()
     assert "### Critic scoring" in table and "### Generation" in table and "### SFT" in table
     assert report["ceilings"]["matmul_tflops"] > 0 and report["ceilings"]["copy_gbps"] > 0
+
+
+def test_bench_loss_cpu_smoke(tmp_path):
+    """The loss-alone benchmark: eager and compiled chunk agree with the fp32 reference on CPU (Liger is
+    CUDA only: its row is a note here, never a silent pass)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import bench_loss
+
+    assert bench_loss.main(["--cpu", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "loss.json").read_text())
+    timed = {r["variant"]: r for r in rows if "ms" in r}
+    assert set(timed) >= {"fused (eager)", "fused (compiled chunk)"}, rows
+    for r in timed.values():
+        assert r["ms"] > 0 and r["loss_rel_err"] < 1e-5 and r["grad_max_rel_err"] < 1e-4 and r["x_eager"] > 0
+    liger = [r for r in rows if r["variant"] == "Liger FLCE"]
+    assert liger and ("note" in liger[0] or "error" in liger[0] or "ms" in liger[0])
+    assert "| tiny | fused (compiled chunk) |" in (tmp_path / "table.md").read_text()
 
 
 def test_bench_32b_cpu_smoke(tmp_path):
