@@ -8,7 +8,7 @@ Exact commands:
     .venv/bin/python benchmarks/run_all.py --cpu --out /tmp/bench-cpu
 
 Writes ``<out>/results.json`` (machine, ceilings, every row) and ``<out>/table.md`` (the Markdown
-tables printed last). Each benchmark module's docstring says what it measures; common.py says how
+tables printed last, ending with issue 15's targets read from this run's rows: ``targets``). Each benchmark module's docstring says what it measures; common.py says how
 timing and the ceilings are done.
 """
 
@@ -62,6 +62,61 @@ def tables(report: dict) -> str:
     return "\n".join(out)
 
 
+def _best(rows: list[dict], key: str) -> dict | None:
+    rows = [r for r in rows if isinstance(r.get(key), (int, float))]
+    return max(rows, key=lambda r: r[key]) if rows else None
+
+
+def targets(report: dict) -> list[dict]:
+    """Issue 15's targets, each read from this run's rows: ``target``, ``measured`` (the row it
+    comes from) and ``met`` (True / False / None = not measured in this run). The `sft` step's
+    figure is the ``runner`` row (a fresh process, what a run gets; docs/performance.md "Issue 15,
+    fourth run" says why), else the best in-process step row, which is shown beside it. Generation here is the project's own path (fastgen); vLLM's rows come
+    from ``benchmarks/bench_vllm.py``."""
+    rows = report["rows"]
+    out = []
+
+    def sft_rows(size: str) -> tuple[dict | None, dict | None]:
+        sel = [r for r in rows if r.get("bench") == "sft" and r.get("size") == size]
+        runner = next((r for r in sel if r.get("variant") == "sft step through runner" and r.get("tokens_per_s")), None)
+        return runner, _best([r for r in sel if str(r.get("variant", "")).startswith("sft step (run_sft)")], "x_trl")
+
+    for size, want in (("1.5B", 4.0), ("7B", 2.5)):  # judged on the runner row, else the best step row
+        runner, step = sft_rows(size)
+        got = runner.get("x_trl") if runner else (step or {}).get("x_trl")
+        measured = (f"runner row {runner.get('x_trl')}x" if runner else "no runner row") + (
+            f"; best in-process step row {step['x_trl']}x ({step['variant']})" if step else "")
+        out.append({"target": f"sft step >= {want}x TRL defaults at {size}", "measured": measured,
+                    "met": None if got is None else got >= want})
+    runner, _ = sft_rows("1.5B")
+    step_mfu = _best([r for r in rows if r.get("bench") == "sft" and r.get("size") == "1.5B"
+                      and str(r.get("variant", "")).startswith("sft step (run_sft)")], "mfu_6N")
+    got = runner.get("mfu_6N") if runner else (step_mfu or {}).get("mfu_6N")
+    out.append({"target": "sft step >= 40% 6N-MFU at 1.5B",
+                "measured": (f"runner row {runner['mfu_6N']:.1%}" if runner and runner.get("mfu_6N") is not None
+                             else "no runner row") + (f"; best step row {step_mfu['mfu_6N']:.1%}" if step_mfu else ""),
+                "met": None if got is None else got >= 0.40})
+    gen = _best([r for r in rows if r.get("bench") == "generation" and r.get("size") == "7B"], "frac_bandwidth_bound")
+    out.append({"target": "generation at 7B >= 60% of the decode bandwidth bound (fastgen here; vLLM: bench_vllm.py)",
+                "measured": f"{gen['frac_bandwidth_bound']:.1%} per new token, prefill included ({gen['variant']}, "
+                            f"batch {gen.get('batch')})" if gen else "no 7B generation row",
+                "met": None if gen is None else gen["frac_bandwidth_bound"] >= 0.60})
+    rule = [r for r in rows if r.get("bench") == "critic" and str(r.get("variant", "")).startswith("rule:")]
+    worst = min(rule, key=lambda r: r.get("x_plain_same_batch") or 0) if rule else None
+    out.append({"target": "critic route >= 1.0x plain at every size and shape (0.97 = within noise)",
+                "measured": (f"{len(rule)} rule rows; lowest {worst.get('x_plain_same_batch')}x "
+                             f"({worst['size']} {worst.get('shape')}, {worst['variant']})") if worst else "no critic rows",
+                "met": None if not rule else all(r.get("rule_ok") for r in rule)})
+    return out
+
+
+def targets_table(report: dict) -> str:
+    met = {True: "yes", False: "**no**", None: "not measured"}
+    lines = ["### Targets (issue 15)", "", "| target | measured in this run | met? |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {met[t['met']]} |" for t in targets(report)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="tiny model on the CPU (smoke run of every benchmark)")
@@ -94,7 +149,7 @@ def main(argv=None) -> int:
     def save():
         report["seconds"] = round(time.time() - t0, 1)
         atomic_write_text(out / "results.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
-        atomic_write_text(out / "table.md", tables(report) + "\n")
+        atomic_write_text(out / "table.md", tables(report) + "\n" + targets_table(report))
 
     for bench in only:
         for size in (sft_sizes if bench == "sft" else sizes):
@@ -120,7 +175,7 @@ def main(argv=None) -> int:
                 common.free(dev)
             save()
     save()
-    print("\n" + tables(report))
+    print("\n" + tables(report) + "\n" + targets_table(report))
     print(f"wrote {out / 'results.json'} and {out / 'table.md'} in {report['seconds']} s")
     return 1 if any(r.get("bench") == "error" or "error" in r for r in report["rows"]) else 0
 
