@@ -43,6 +43,12 @@ token ids (loss on every token); the step rows on records of random words (respo
 - ``step_compile_layers``: ``step_compile`` with the fused loss's chunk math left eager
   (``phases.sft_speed.COMPILE_LOSS`` off in this process for the row): what compiling the loss's
   softmax and gradient (``phases.sft_fast.compiled_ce_chunk``) adds, side by side.
+- ``step_compile_newdata``: ``step_compile`` on records drawn with another seed, so its batches
+  have widths the earlier rows of the process never ran. The fourth H200 run found the first
+  compiled row of a process 1.4-1.5x slower per step than a second one on the same data; after a
+  ``step_compile`` row, this row says whether the gap follows the process (fast here) or new
+  batch shapes (slow again, as a first-sight cost per GEMM shape would be). With ``--steps 100``
+  it also shows whether a first row's gap fades.
 - ``runner_defaults``: the ``runner`` row with the stage's own ``params.sft`` defaults
   (``phases/sft.py`` ``SFT_DEFAULTS``: nf4 QLoRA on CUDA, LoRA dropout 0.05, lr 2e-4, kernels and
   compile auto), only ``max_steps``, checkpoints and the dev split set as in the other rows: the
@@ -341,8 +347,8 @@ def _liger_available() -> bool:
         return False
 
 
-VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "step_compile_layers", "runner",
-            "runner_defaults")
+VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "step_compile_layers",
+            "step_compile_newdata", "runner", "runner_defaults")
 
 
 def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS,
@@ -356,10 +362,12 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
     if cpu:
         warm, steps = 1, steps or 2
         data, records = make_data(max(32, 8 * (warm + steps)), vocab, 8, 40), make_records(max(48, 16 * (warm + steps)), 24, 60)
+        other = make_records(len(records), 24, 60, seed=1)
     else:
         warm, steps = 3, steps or 12
         n = max(640, 40 * (warm + steps))  # TRL: 8 rows a step; the step: <= 16 rows (token budget)
         data, records = make_data(n, vocab, 64, 768), make_records(n, 64, 768)
+        other = make_records(n, 64, 768, seed=1)  # step_compile_newdata: other lengths, other batch shapes
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fn in variants:
@@ -378,6 +386,9 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                     r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger", row=len(rows))
                 elif fn == "step_compile":
                     r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                elif fn == "step_compile_newdata":
+                    r = run_step(size, dev, other, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                    r["variant"] += ", other records (new batch shapes)"
                 elif fn == "step_compile_layers":  # the layers alone: the fused loss's chunk math eager
                     from phases import sft_speed
 

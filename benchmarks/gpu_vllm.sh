@@ -13,7 +13,8 @@
 #   bash benchmarks/gpu_vllm.sh d           # Unsloth after a warm-up pass at 1.5B and 7B; 32B (nf4 SFT with the kernels)
 # Parts e-h carry [".vc4"] (.vc3's wheels + liger, trl, datasets and the runner's sqlmodel/pydantic):
 #   e, f: session 5's compile check and SFT rows; g: bench_loss, then the 1.5B SFT rows (compiled loss
-#   beside the layers alone, the runner row); h: the 7B SFT rows, then 32B with the time left.
+#   beside the layers alone, the runner row); h: the 7B SFT rows, then 32B with the time left;
+#   k (not run yet): a 60-step window, step_compile twice, then on new records (the first-row effect).
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -24,7 +25,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -132,6 +133,11 @@ elif [ "$part" = h ]; then  # carry [".vc4"]: the 7B rows (compiled loss beside 
   stamp "32B start ($left s left)"
   [ "$left" -gt 150 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
   stamp "32B rc=$?"
+elif [ "$part" = k ]; then  # carry [".vc4"]: what the first-row effect follows (docs/performance.md "Issue 15, fourth run")
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  timeout 560 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 60 \
+    --variants trl,step_compile,step_compile,step_compile_newdata --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft 1.5B rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

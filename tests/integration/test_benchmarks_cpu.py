@@ -43,11 +43,13 @@ def test_run_all_cpu_writes_every_benchmark(tmp_path):
     assert runner[0]["seconds"] < runner[0]["train_seconds"] <= runner[0]["step_wall_s"] < runner[0]["wall_s"]
     compiled = [r for r in step if "compiled layers" in r["variant"] and "note" not in r]
     # step_compile (layers + the fused loss's chunk math) and step_compile_layers (the loss eager), side by side
-    assert sorted(r["compile"]["loss"] for r in compiled) == [False, True], compiled
+    # (and step_compile_newdata: the same on records of other lengths)
+    assert sorted(r["compile"]["loss"] for r in compiled) == [False, True, True], compiled
     for r in compiled:
-        assert r["compile"]["applied"] and r["compile"]["layers"] > 0 and r["variant"].endswith(
-            "compiled layers + loss" if r["compile"]["loss"] else "compiled layers")
+        assert r["compile"]["applied"] and r["compile"]["layers"] > 0 and r["variant"].removesuffix(
+            ", other records (new batch shapes)").endswith("compiled layers + loss" if r["compile"]["loss"] else "compiled layers")
         assert 0 < r["median_step_s"] <= r["slowest_step_s"]
+    assert sum(r["variant"].endswith("(new batch shapes)") for r in compiled) == 1
     assert runner[0]["compile"]["applied"] is False and runner[0]["compile"]["requested"] == "auto"
     dflt = [r for r in report["rows"] if r["bench"] == "sft" and r["variant"].startswith("sft step through runner, stage")]
     assert dflt and "CUDA" in dflt[0]["note"]  # the stage-defaults row is the CUDA path; skipped, said so
