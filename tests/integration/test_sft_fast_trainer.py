@@ -221,3 +221,33 @@ def test_compiled_layers_train_like_eager(tmp_path):
             keys.append(sorted(f.keys()))
     assert keys[0] == keys[1] and keys[0] and not any("_orig_mod" in k for k in keys[1])
     assert json.loads((tmp_path / "o-layers" / "adapter" / "adapter_config.json").read_text())["r"] == 2
+
+
+def test_compiled_layers_share_two_graphs_past_the_recompile_limit():
+    """Every decoder layer runs compiled from one shared graph (plus one for layer 0, whose input
+    does not require grad), for more layers than Dynamo's recompile limit (8) and over batch shapes
+    of different widths and row counts: no per-layer or per-shape recompiles that would end in an
+    eager fallback (docs/performance.md "Issue 15, fourth run")."""
+    import torch
+    import torch._dynamo
+    from peft import get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from phases import sft
+    from phases.sft_fast_trainer import fast_loss
+    from phases.sft_speed import CompileChoice, compile_layers
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cfg = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256)
+    torch.manual_seed(0)
+    m = get_peft_model(Qwen2ForCausalLM(cfg), sft._lora_config({**sft.SFT_DEFAULTS, "lora_dropout": 0.0})).train()
+    comp = compile_layers(m, CompileChoice("layers", True))
+    assert comp.layers == 12 > torch._dynamo.config.recompile_limit
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # a fallback to eager would raise here
+        for rows, width in ((4, 50), (3, 70), (5, 33), (2, 90)):
+            ids = torch.randint(0, 256, (rows, width))
+            fast_loss(m, ids, ids).backward()
+    stats = torch._dynamo.utils.counters["stats"]
+    assert stats["unique_graphs"] == 2, dict(stats)
