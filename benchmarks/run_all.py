@@ -76,21 +76,22 @@ def targets(report: dict) -> list[dict]:
     rows = report["rows"]
     out = []
 
-    def sft_rows(size: str) -> tuple[dict | None, dict | None]:
+    def sft_rows(size: str) -> tuple[dict | None, list[dict]]:
+        """(the runner row, the in-process step rows) at ``size``"""
         sel = [r for r in rows if r.get("bench") == "sft" and r.get("size") == size]
         runner = next((r for r in sel if r.get("variant") == "sft step through runner" and r.get("tokens_per_s")), None)
-        return runner, _best([r for r in sel if str(r.get("variant", "")).startswith("sft step (run_sft)")], "x_trl")
+        return runner, [r for r in sel if str(r.get("variant", "")).startswith("sft step (run_sft)")]
 
     for size, want in (("1.5B", 4.0), ("7B", 2.5)):  # judged on the runner row, else the best step row
-        runner, step = sft_rows(size)
+        runner, steps = sft_rows(size)
+        step = _best(steps, "x_trl")
         got = runner.get("x_trl") if runner else (step or {}).get("x_trl")
         measured = (f"runner row {runner.get('x_trl')}x" if runner else "no runner row") + (
             f"; best in-process step row {step['x_trl']}x ({step['variant']})" if step else "")
         out.append({"target": f"sft step >= {want}x TRL defaults at {size}", "measured": measured,
                     "met": None if got is None else got >= want})
-    runner, _ = sft_rows("1.5B")
-    step_mfu = _best([r for r in rows if r.get("bench") == "sft" and r.get("size") == "1.5B"
-                      and str(r.get("variant", "")).startswith("sft step (run_sft)")], "mfu_6N")
+    runner, steps = sft_rows("1.5B")
+    step_mfu = _best(steps, "mfu_6N")
     got = runner.get("mfu_6N") if runner else (step_mfu or {}).get("mfu_6N")
     out.append({"target": "sft step >= 40% 6N-MFU at 1.5B",
                 "measured": (f"runner row {runner['mfu_6N']:.1%}" if runner and runner.get("mfu_6N") is not None

@@ -314,8 +314,8 @@ def throughput_callback(cuda: bool):
             if self.t0 is None and state.global_step == self.start + self.warm:
                 self.t0, self.tok0, self.step0 = self._now(), int(state.num_input_tokens_seen), state.global_step
                 self.durations = []
-            if self.t0 is not None:
-                self.begun = self._now() if self.t1 is not None else self.t0
+            if self.t0 is not None:  # the previous step's end synchronised already: no second sync per step
+                self.begun = time.perf_counter() if self.t1 is not None else self.t0
 
         def on_step_end(self, args, state, control, **kw):
             if self.t0 is not None:
