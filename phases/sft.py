@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from phases import sft_speed
+from phases.models.attention import attention_record, variable_shape_attention
 from phases.models.devices import DeviceError, resolve_placement
 from phases.models.loader import load_model
 from phases.models.registry import PROFILES
@@ -532,7 +533,7 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
            log, encode_records, callbacks, comp) -> dict:
     import torch
 
-    kernels_record, compile_record = kernels.record(), comp.record()
+    kernels_record, compile_record, attention = kernels.record(), comp.record(), attention_record(device)
     if params["max_examples"] > 0:
         records = records[: params["max_examples"]]
     examples, counts = (encode_records or build_examples)(loaded, records, params["max_seq_len"])
@@ -563,15 +564,17 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
                     + f", {comp.label}" + ("" if comp.applied else f" ({comp.reason})"))
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0; {kernels_line}",
-            kind="sft_resumed", from_step=step, checkpoint=ckpt.name, kernels=kernels_record, compile=compile_record)
+            kind="sft_resumed", from_step=step, checkpoint=ckpt.name, kernels=kernels_record, compile=compile_record,
+            attention=attention)
     else:
         log(f"training from step 0 on {len(train_ex)} examples ({len(dev_ex)} dev), device {device}, "
-            f"quantization {quant}, trainer {trainer_name}, {kernels_line}", kind="sft_started",
-            kernels=kernels_record, compile=compile_record)
+            f"quantization {quant}, trainer {trainer_name}, {kernels_line}, attention {attention['sdpa']}",
+            kind="sft_started", kernels=kernels_record, compile=compile_record, attention=attention)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    seconds = time.time() - t0
-    final_eval = trainer.evaluate() if dev_ex else {}
+    with variable_shape_attention(device):  # SDPA without cuDNN's per-shape graphs: phases/models/attention.py
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        seconds = time.time() - t0
+        final_eval = trainer.evaluate() if dev_ex else {}
     adapter_dir = Path(out_dir) / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
     tb_dir = Path(work_dir) / TENSORBOARD_DIR
@@ -603,7 +606,7 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     # tokens of this attempt only: a resumed trainer starts from the checkpoint's count
     tokens_attempt = int(state.num_input_tokens_seen or 0) - speed.tokens_at_begin
     out = {
-        "kernels": kernels_record, "compile": compile_record,
+        "kernels": kernels_record, "compile": compile_record, "attention": attention,
         "device": device, "quantization": quant, "loaded_in_4bit": bool(getattr(loaded.model, "is_loaded_in_4bit", False)),
         "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
         "model_provenance": {k: v for k, v in loaded.provenance.items() if k != "load_seconds"},

@@ -43,6 +43,11 @@ from phases.sft_fast import IGNORE, fused_linear_cross_entropy, token_budget_bat
 
 __all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT"]
 
+#: batch widths are padded up to a multiple of this: compiled layers guard on ``width % 8`` (an
+#: aligned width compiles a second graph, a ~17 s stall at the first aligned batch mid-run on the
+#: H200; docs/performance.md "Issue 15, fifth run"), so every batch takes the aligned graph
+PAD_MULTIPLE = 8
+
 #: padded tokens per optimizer step; 16k fits a 7B bf16 / 32B nf4 LoRA step without checkpointing
 #: on an 80 GB card at the benchmark's lengths (docs/performance.md), and is ~16 x 1024 tokens
 FAST_MAX_TOKENS_DEFAULT = 16384
@@ -79,7 +84,7 @@ def collate_train(examples: list[dict], pad_id: int) -> dict:
     """``{"input_ids", "labels"}`` right-padded (pad id / -100), NO attention mask (see module)."""
     import torch
 
-    width = max(len(e["input_ids"]) for e in examples)
+    width = -(-max(len(e["input_ids"]) for e in examples) // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.full((len(examples), width), int(pad_id), dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     for b, e in enumerate(examples):

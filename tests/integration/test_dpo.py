@@ -74,6 +74,7 @@ def test_stored_reference_matches_trl_policy_at_step_zero(policy, tmp_path):
     assert first["step"] == 1 and abs(first["rewards/chosen"]) < 1e-4 and abs(first["rewards/rejected"]) < 1e-4
     assert abs(first["loss"] - 0.6931) < 1e-3  # log 2: policy == reference
     assert events == ["dpo_started"] and res["metrics"]["global_step"] == 2
+    assert res["attention"]["sdpa"] == "default" and "not CUDA" in res["attention"]["reason"]  # the manifest says
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     import json
 

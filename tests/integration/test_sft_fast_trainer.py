@@ -82,6 +82,12 @@ def test_fast_batches_label_exactly_the_response_and_eos():
         assert labels[n - 1] == loaded.eos_token_id
         assert labels[n:] == [-100] * (len(labels) - n)        # right padding never trained
         assert b["input_ids"][row, :n].tolist() == e["input_ids"]
+    # the width is the longest row rounded up to PAD_MULTIPLE (compiled layers guard on width % 8)
+    from phases.sft_fast_trainer import PAD_MULTIPLE
+
+    longest = max(len(e["input_ids"]) for e in ex)
+    assert PAD_MULTIPLE == 8 and b["input_ids"].shape[1] % 8 == 0 and longest <= b["input_ids"].shape[1] < longest + 8
+    assert longest % 8, "the fixture's longest row should not be a multiple of 8 already (the test would prove nothing)"
 
 
 def test_fast_loss_ignores_prompt_and_pad_tokens():
@@ -161,6 +167,8 @@ def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_pat
     started = [e for e in events if e["kind"] == "sft_started"]
     assert len(started) == 1 and "kernels none (device cpu" in started[0]["message"]
     assert started[0]["kernels"] == res["kernels"]
+    assert started[0]["attention"] == res["attention"] and res["attention"]["sdpa"] == "default"  # CPU: no change
+    assert "attention default" in started[0]["message"]
     assert res["kernels"]["requested"] == "auto" and res["kernels"]["applied"] == [] and res["kernels"]["library"] is None
     m = res["metrics"]
     assert m["tokens_this_attempt"] == m["tokens_trained"] > 0 and m["train_tokens_per_s"] > 0
@@ -177,6 +185,45 @@ def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_pat
     with pytest.raises(ConfigError, match=r"params\.sft\.kernels = 'liger' cannot apply: device cpu"):
         sft.run_sft(records, "tiny-random-qwen2", {**params, "kernels": "liger"}, tmp_path / "w2", tmp_path / "o2", 3,
                     lambda *a, **k: None)
+
+
+def test_training_and_its_dev_evaluation_run_inside_the_attention_setting(tmp_path, monkeypatch):
+    """run_sft trains and evaluates inside ``variable_shape_attention(device)`` (on CUDA: cuDNN's
+    attention out of SDPA's candidates, phases/models/attention.py); here a recording stand-in
+    for it, since the CPU has no cuDNN attention to leave out."""
+    from contextlib import contextmanager
+
+    from transformers import TrainerCallback
+
+    from phases import sft
+
+    state = {"inside": False, "devices": [], "seen": []}
+
+    @contextmanager
+    def recording(device):
+        state["devices"].append(device)
+        state["inside"] = True
+        try:
+            yield {"sdpa": "recorded", "reason": "test"}
+        finally:
+            state["inside"] = False
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args, st, control, **kw):
+            state["seen"].append(("step", state["inside"]))
+
+        def on_evaluate(self, args, st, control, **kw):
+            state["seen"].append(("eval", state["inside"]))
+
+    monkeypatch.setattr(sft, "variable_shape_attention", recording)
+    records = [{"instruction": f"Item {i}.", "response": "word " * (1 + i % 4)} for i in range(10)]
+    params = {"trainer": "fast", "device": "cpu", "max_steps": 2, "save_steps": 100, "dev_fraction": 0.2,
+              "lora_r": 2, "lora_alpha": 4, "max_seq_len": 128}
+    sft.run_sft(records, "tiny-random-qwen2", params, tmp_path / "w", tmp_path / "o", 3, lambda *a, **k: None,
+                callbacks=[Probe()])
+    assert state["devices"] == ["cpu"] and not state["inside"]
+    assert ("step", True) in state["seen"] and ("eval", True) in state["seen"]
+    assert all(inside for _, inside in state["seen"]), state["seen"]
 
 
 def test_compiled_layers_train_like_eager(tmp_path):
