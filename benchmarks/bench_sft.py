@@ -49,6 +49,12 @@ token ids (loss on every token); the step rows on records of random words (respo
   ``step_compile`` row, this row says whether the gap follows the process (fast here) or new
   batch shapes (slow again, as a first-sight cost per GEMM shape would be). With ``--steps 100``
   it also shows whether a first row's gap fades.
+- ``step_compile_cudnn``: ``step_compile`` with ``phases.models.attention.AVOID_CUDNN`` off for the
+  row, so SDPA makes its own pick (cuDNN's attention on the H200, which builds a graph per new
+  batch shape: the fourth run's "first-row effect", found by the fifth run's profile). The row
+  starts from an empty Dynamo cache with the on-disk graph caches off (``run_step_cudnn`` says
+  why); which attention ops really ran shows in ``profile.attention_ops_per_step`` (with
+  ``--profile-steps``). A diagnostic: run only when named in ``--variants``.
 - ``runner_defaults``: the ``runner`` row with the stage's own ``params.sft`` defaults
   (``phases/sft.py`` ``SFT_DEFAULTS``: nf4 QLoRA on CUDA, LoRA dropout 0.05, lr 2e-4, kernels and
   compile auto), only ``max_steps``, checkpoints and the dev split set as in the other rows: the
@@ -193,8 +199,13 @@ def step_params(size: str, dev: str, warm: int, steps: int, trainer: str = "fast
             "fast_max_tokens": BUDGET[size], "per_device_batch_size": 2, "grad_accum": 8}
 
 
+#: where the random models are saved (``--models-dir``; default: the run's temp folder), so that
+#: several processes of one GPU call build and save each size once
+MODELS_DIR: str | None = None
+
+
 def _model_folder(size: str, dev: str, tmp: str) -> Path:
-    folder = Path(tmp) / f"model-{size}"
+    folder = Path(MODELS_DIR or tmp) / f"model-{size}"
     if not folder.is_dir():
         save_random_model(size, dev, folder)
     return folder
@@ -205,36 +216,154 @@ def _kernels_label(kernels: dict | None) -> str:
     return "liger " + "+".join(applied) if applied else "none"
 
 
+class GcTimer:
+    """Python's garbage collector inside a window: collections per generation and seconds spent
+    (``gc.callbacks``), to tell a collector pause from GPU or launch time in a slow row."""
+
+    def __init__(self):
+        self.on, self.t, self.seconds, self.count = False, 0.0, 0.0, [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self.t = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self.t
+            self.count[info["generation"]] += 1
+
+    def record(self) -> dict:
+        return {"gc_seconds": round(self.seconds, 4), "gc_collections": list(self.count)}
+
+
+#: BENCH_GC (environment) in a step row's timed window: ``freeze`` = ``gc.collect(); gc.freeze()``
+#: when it opens (what compilation left on the heap is never scanned again), ``off`` =
+#: ``gc.disable()`` for the window; unset = the interpreter's default collector
+GC_MODES = ("", "freeze", "off")
+
+
+def device_busy(events) -> tuple[float, float]:
+    """(kernel seconds, busy seconds) of a profiler's device-side events: each kernel counted once
+    (``key_averages`` sums would count a kernel under its launching op too, and overlapping
+    kernels twice), busy = the union of their time ranges."""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
+    total = sum(b - a for a, b in spans)
+    busy, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return total / 1e6, busy / 1e6
+
+
+def profile_summary(prof, n_steps: int, wall_s: float) -> tuple[dict, str]:
+    """A torch.profiler run over ``n_steps`` optimizer steps taking ``wall_s``: per step, the GPU's
+    kernel time and busy fraction (``device_busy``), the SDPA ops that ran (which attention kernel
+    the compiled graphs call) and the CPU time of the CUDA runtime calls; and the top-ops tables
+    (self CPU, self device) as text."""
+    ka = prof.key_averages()
+    calls = {}
+    for e in ka:
+        if e.key.startswith(("cuda", "cu")) and e.key[:4] in ("cuda", "cuLa", "cuMe", "cuMo", "cuSt", "cuEv"):
+            calls[e.key] = {"cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / n_steps, 2),
+                            "count_per_step": round(e.count / n_steps, 1)}
+    kernel_s, busy_s = device_busy(prof.events())
+    attn = {e.key: round(e.count / n_steps, 1) for e in ka if "attention" in e.key and e.key.startswith("aten::_")}
+    summ = {"steps": n_steps, "attention_ops_per_step": attn, "wall_ms_per_step": round(wall_s * 1e3 / n_steps, 1),
+            "gpu_kernel_ms_per_step": round(kernel_s * 1e3 / n_steps, 1),
+            "gpu_busy": round(busy_s / wall_s, 3) if wall_s > 0 else None, "runtime_calls": calls}
+    text = ("# by self CPU time\n" + ka.table(sort_by="self_cpu_time_total", row_limit=40)
+            + "\n# by self device time\n" + ka.table(sort_by="self_device_time_total", row_limit=40))
+    return summ, text
+
+
 def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, trainer: str = "fast",
-             kernels: str = "none", compile: str = "off", row: int = 0) -> dict:
-    """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks."""
+             kernels: str = "none", compile: str = "off", row: int = 0, profile_steps: int = 0,
+             out_dir: str | None = None) -> dict:
+    """The sft step's own code (``phases.sft.run_sft``), timed between step callbacks.
+
+    Also kept per row: each timed step's wall time and real tokens (``step_ms``, ``step_tokens``:
+    does an early slowness fade?), the collector's work in the window (``GcTimer``; ``BENCH_GC``
+    sets it up), and with ``profile_steps`` > 0 that many more steps after the window under
+    torch.profiler (``profile`` summary; the op tables to ``out_dir/profile-row<row>.txt``).
+    """
+    import gc
+    import os
+
     from transformers import TrainerCallback
 
     from phases.sft import run_sft
 
     folder = _model_folder(size, dev, tmp)
-    box: dict = {}
+    box: dict = {"step_ms": [], "step_tokens": []}
+    gc_mode = os.environ.get("BENCH_GC", "")
+    if gc_mode not in GC_MODES:
+        raise SystemExit(f"BENCH_GC={gc_mode!r}: choose one of {GC_MODES}")
+    gct = GcTimer()
+    gc.callbacks.append(gct)
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == warm:
+                if gc_mode == "freeze":
+                    gc.collect()
+                    gc.freeze()
+                elif gc_mode == "off":
+                    gc.disable()
                 common.sync(dev)
                 box["t0"], box["tok0"] = time.perf_counter(), state.num_input_tokens_seen
+                gct.on = True
+            if warm <= state.global_step < warm + steps:
+                box["b"], box["btok"] = time.perf_counter(), state.num_input_tokens_seen
+            if profile_steps and state.global_step == warm + steps:
+                from torch.profiler import ProfilerActivity, profile
+
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+                box["prof"] = profile(activities=acts)
+                common.sync(dev)
+                box["prof"].start()
+                box["p0"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == warm + steps:
+            if warm < state.global_step <= warm + steps:
                 common.sync(dev)
+                box["step_ms"].append(round((time.perf_counter() - box["b"]) * 1e3, 1))
+                box["step_tokens"].append(int(state.num_input_tokens_seen - box["btok"]))
+            if state.global_step == warm + steps:
                 box["t1"], box["tok1"] = time.perf_counter(), state.num_input_tokens_seen
+                gct.on = False
+                if gc_mode == "freeze":
+                    gc.unfreeze()
+                elif gc_mode == "off":
+                    gc.enable()
+            if profile_steps and state.global_step == warm + steps + profile_steps:
+                common.sync(dev)
+                wall = time.perf_counter() - box["p0"]
+                box["prof"].stop()
+                box["profile"], text = profile_summary(box["prof"], profile_steps, wall)
+                if out_dir:
+                    Path(out_dir).mkdir(parents=True, exist_ok=True)
+                    (Path(out_dir) / f"profile-row{row}.txt").write_text(text)
+                del box["prof"]
 
-    params = step_params(size, dev, warm, steps, trainer, kernels, compile)
+    params = step_params(size, dev, warm, steps + profile_steps, trainer, kernels, compile)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     from phases import sft_speed
 
     # a fresh work dir per row (a variant may repeat: --variants step_compile,step_compile)
-    tag = f"{row}-{trainer}-{kernels}-{compile}" + ("" if sft_speed.COMPILE_LOSS else "-eagerloss")
-    res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
-                  lambda *a, **k: None, callbacks=[Timer()])
+    from phases.models import attention
+
+    tag = (f"{row}-{trainer}-{kernels}-{compile}" + ("" if sft_speed.COMPILE_LOSS else "-eagerloss")
+           + ("" if attention.AVOID_CUDNN else "-cudnn"))
+    try:
+        res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
+                      lambda *a, **k: None, callbacks=[Timer()])
+    finally:
+        gc.callbacks.remove(gct)
+        gc.enable()
     t = box["t1"] - box["t0"]
     tokens = box["tok1"] - box["tok0"]
     losses = [x["loss"] for x in res["loss_curve"]["train"]]
@@ -244,9 +373,13 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
     tp = res["metrics"].get("throughput") or {}
     out = {"variant": name, "seconds": round(t, 3), "tokens": int(tokens), "kernels": _kernels_label(res["kernels"]),
            "median_step_s": tp.get("median_step_s"), "slowest_step_s": tp.get("slowest_step_s"),
-           "compile": res["compile"], "tokens_per_s": tokens / t if tokens else None, "steps": steps,
+           "compile": res["compile"], "attention": res.get("attention"), "tokens_per_s": tokens / t if tokens else None, "steps": steps,
            "gradient_checkpointing": res["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
-           "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+           "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+           "step_ms": box["step_ms"], "step_tokens": box["step_tokens"], "gc_mode": gc_mode or "default",
+           **gct.record()}
+    if "profile" in box:
+        out["profile"] = box["profile"]
     if res["compile"]["applied"]:  # graphs Dynamo compiled in this process so far (a recompile adds one)
         from torch._dynamo.utils import counters
 
@@ -255,6 +388,33 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     common.free(dev)
     return out
+
+
+def run_step_cudnn(size: str, dev: str, records: list[dict], warm: int, steps: int, tmp: str, row: int = 0,
+                   **prof) -> dict:
+    """``step_compile`` with ``phases.models.attention.AVOID_CUDNN`` off: SDPA's own pick.
+
+    The SDPA kernel is chosen when a graph is traced and Dynamo does not guard on the SDPA flags,
+    so a graph traced by an earlier row would be reused as it is (the fifth H200 run's first
+    try: its "cuDNN" rows ran flash, as their profiles showed). So the row starts from an empty
+    Dynamo cache with the on-disk graph caches off, and leaves an empty Dynamo cache behind.
+    """
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    from phases.models import attention
+
+    torch._dynamo.reset()
+    attention.AVOID_CUDNN = False
+    try:
+        with functorch_config.patch(enable_autograd_cache=False), inductor_config.patch(fx_graph_cache=False):
+            r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=row, **prof)
+    finally:
+        attention.AVOID_CUDNN = True
+        torch._dynamo.reset()
+    r["variant"] += ", cuDNN attention allowed"
+    return r
 
 
 #: the step rows' keys the runner_defaults row keeps (the timed steps, no checkpoint or dev split
@@ -313,7 +473,7 @@ def run_runner(size: str, dev: str, records: list[dict], warm: int, steps: int, 
     return {"variant": name, "quantization": man["quantization"], "compile": man.get("compile"), "seconds": tp.get("seconds"), "tokens": tp.get("tokens"),
             "tokens_per_s": tp.get("tokens_per_s"), "steps": tp.get("steps"), "warmup_steps": tp.get("warmup_steps"),
             "median_step_s": tp.get("median_step_s"), "slowest_step_s": tp.get("slowest_step_s"),
-            "trainer": man["trainer"], "kernels": _kernels_label(man["kernels"]),
+            "trainer": man["trainer"], "kernels": _kernels_label(man["kernels"]), "attention": man.get("attention"),
             "kernels_reason": man["kernels"]["reason"],
             "gradient_checkpointing": man["gradient_checkpointing"], "batch": f"<= 16 rows, <= {BUDGET[size]} tokens",
             "train_seconds": man["metrics"]["train_seconds"], "step_wall_s": man["wall_seconds"],
@@ -348,15 +508,18 @@ def _liger_available() -> bool:
 
 
 VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "step_compile_layers",
-            "step_compile_newdata", "runner", "runner_defaults")
+            "step_compile_newdata", "step_compile_cudnn", "runner", "runner_defaults")
+#: rows run only when named (``--variants``): diagnostics, not part of run_all's table
+DIAGNOSTIC = ("step_compile_cudnn",)
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in DIAGNOSTIC)
 
 
-def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = VARIANTS,
-        on_row=None, steps: int | None = None) -> list[dict]:
+def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants: tuple[str, ...] = DEFAULT_VARIANTS,
+        on_row=None, steps: int | None = None, profile_steps: int = 0, out_dir: str | None = None) -> list[dict]:
     """The rows of ``variants`` at ``size``; ``on_row(rows)`` after each (main saves them, so a
     process killed by a time limit keeps the rows it finished). ``steps``: timed optimizer steps
     per row (default 2 on CPU, 12 on CUDA, after 1 / 3 warm-up steps); the data grows with it so
-    no row runs out of batches."""
+    no row runs out of batches. ``profile_steps``, ``out_dir``: see ``run_step`` (step rows only)."""
     vocab = common.SIZES[size]["vocab_size"]
     params = common.count_params(size)
     if cpu:
@@ -369,6 +532,7 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
         data, records = make_data(n, vocab, 64, 768), make_records(n, 64, 768)
         other = make_records(n, 64, 768, seed=1)  # step_compile_newdata: other lengths, other batch shapes
     rows = []
+    prof = {"profile_steps": profile_steps, "out_dir": out_dir}
     with tempfile.TemporaryDirectory() as tmp:
         for fn in variants:
             undo = _module_snapshot()
@@ -378,23 +542,25 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                 elif fn.startswith("trl"):
                     r = run_trl(size, dev, data, warm, steps, tmp, fn)
                 elif fn == "step_fast":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", row=len(rows))
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", row=len(rows), **prof)
                 elif fn == "step_liger" and (not dev.startswith("cuda") or liger_import_error()):
                     r = {"variant": "sft step (run_sft), trainer fast, Liger kernels",
                          "note": "skipped: Liger's kernels need CUDA and an importable liger-kernel"}
                 elif fn == "step_liger":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger", row=len(rows))
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "liger", row=len(rows), **prof)
                 elif fn == "step_compile":
-                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                    r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
                 elif fn == "step_compile_newdata":
-                    r = run_step(size, dev, other, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                    r = run_step(size, dev, other, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
                     r["variant"] += ", other records (new batch shapes)"
+                elif fn == "step_compile_cudnn":  # SDPA's own pick (cuDNN's attention on the H200) for the row
+                    r = run_step_cudnn(size, dev, records, warm, steps, tmp, row=len(rows), **prof)
                 elif fn == "step_compile_layers":  # the layers alone: the fused loss's chunk math eager
                     from phases import sft_speed
 
                     sft_speed.COMPILE_LOSS = False
                     try:
-                        r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows))
+                        r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
                     finally:
                         sft_speed.COMPILE_LOSS = True
                 elif fn == "runner_defaults" and not dev.startswith("cuda"):
@@ -431,11 +597,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1.5B")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", default="/tmp/bench-sft")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {VARIANTS} (TRL defaults first: x_trl)")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma list of {VARIANTS} (TRL defaults first: x_trl; {DIAGNOSTIC} only when named)")
     ap.add_argument("--steps", type=int, default=None,
                     help="timed optimizer steps per row (default 12 on CUDA, 2 with --cpu); longer windows show "
                          "whether a row's early slowness fades")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after each step row's timed window, this many more steps under torch.profiler: GPU busy "
+                         "fraction and launch-call CPU time in the row, op tables to OUT/profile-row<N>.txt")
+    ap.add_argument("--models-dir", default=None,
+                    help="save/reuse the random models here (default: a temp folder per process)")
     a = ap.parse_args(argv)
+    global MODELS_DIR
+    MODELS_DIR = a.models_dir
     variants = tuple(v for v in a.variants.split(",") if v)
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -451,7 +625,8 @@ def main(argv=None) -> int:
         atomic_write_text(Path(a.out) / "sft.json", json.dumps(rows + partial, indent=1) + "\n")
 
     for s in a.sizes.split(","):
-        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants, on_row=save, steps=a.steps)
+        rows += run(s, dev, peak_tflops=peak, cpu=a.cpu, variants=variants, on_row=save, steps=a.steps,
+                    profile_steps=a.profile_steps, out_dir=a.out)
     save([])
     return 0
 

@@ -14,7 +14,10 @@
 # Parts e-h carry [".vc4"] (.vc3's wheels + liger, trl, datasets and the runner's sqlmodel/pydantic):
 #   e, f: session 5's compile check and SFT rows; g: bench_loss, then the 1.5B SFT rows (compiled loss
 #   beside the layers alone, the runner row); h: the 7B SFT rows, then 32B with the time left;
-#   k (not run yet): a 60-step window, step_compile twice, then on new records (the first-row effect).
+#   k: the first-row effect: step_compile twice then on new records in one process (40-step windows,
+#   profiled steps), then first rows in fresh processes with the collector frozen / CUDA modules eager.
+#   m, n: the 1.5B / 7B rows with cuDNN's attention left out of SDPA (the cause k found), the runner
+#   row, and a step_compile_cudnn row beside them.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -25,7 +28,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -135,9 +138,31 @@ elif [ "$part" = h ]; then  # carry [".vc4"]: the 7B rows (compiled loss beside 
   stamp "32B rc=$?"
 elif [ "$part" = k ]; then  # carry [".vc4"]: what the first-row effect follows (docs/performance.md "Issue 15, fourth run")
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
-  timeout 560 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 60 \
-    --variants trl,step_compile,step_compile,step_compile_newdata --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
+  M=/tmp/bench-models  # one saved random model for the three processes
+  # one process: the compiled step twice on the same records, then on other records; 40-step windows
+  # (does a first row's gap fade?) and 3 profiled steps after each (GPU busy, launch-call CPU time)
+  timeout 330 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 40 --profile-steps 3 --models-dir $M \
+    --variants step_compile,step_compile,step_compile_newdata --out "$R/order" > "$R/order.log" 2>&1
+  stamp "order rc=$?"
+  # first rows in fresh processes: the collector frozen after warm-up; CUDA modules loaded eagerly
+  BENCH_GC=freeze timeout 130 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 40 --models-dir $M \
+    --variants step_compile --out "$R/gcfreeze" > "$R/gcfreeze.log" 2>&1
+  stamp "gcfreeze rc=$?"
+  left=$(( 585 - ($(date +%s) - t0) ))
+  CUDA_MODULE_LOADING=EAGER timeout "$left" python3 benchmarks/bench_sft.py --sizes 1.5B --steps 40 --models-dir $M \
+    --variants step_compile --out "$R/eager" > "$R/eager.log" 2>&1
+  stamp "eager rc=$?"
+elif [ "$part" = m ]; then  # carry [".vc4"]: 1.5B with cuDNN's attention left out (phases/models/attention.py)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
+  timeout 575 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 30 --profile-steps 3 --models-dir /tmp/bench-models \
+    --variants ${SFT15:-trl,step_compile,step_compile,runner,step_compile_cudnn} --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
+elif [ "$part" = n ]; then  # carry [".vc4"]: 7B the same way
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  timeout 575 python3 benchmarks/bench_sft.py --sizes 7B --steps 20 --profile-steps 2 --models-dir /tmp/bench-models \
+    --variants ${SFT7:-trl,step_compile,runner,step_compile_cudnn} --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
+  stamp "sft 7B rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

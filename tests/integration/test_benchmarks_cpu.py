@@ -94,3 +94,47 @@ def test_bench_32b_cpu_smoke(tmp_path):
     parts = {r["part"] for r in rows}
     assert {"decode bf16 bs4", "decode bf16 bs8", "critic pair256", "critic instr80", "SFT fp32 LoRA (CPU)"} <= parts
     assert all(r["value"] > 0 for r in rows)
+
+
+def test_bench_sft_step_rows_keep_steps_collector_and_profile(tmp_path, monkeypatch):
+    """The step rows' diagnostics: per-step times and tokens summing to the row's, the collector
+    off for the window (BENCH_GC=off: no collection inside it, re-enabled after), a profiled step
+    after the window (its attention ops and op tables), and the cuDNN diagnostic row run with the
+    switch off and restored."""
+    import gc
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks import bench_sft
+    from phases.models import attention
+
+    monkeypatch.setenv("BENCH_GC", "off")
+    out = tmp_path / "out"
+    assert bench_sft.main(["--cpu", "--sizes", "tiny", "--variants", "step_fast,step_compile_cudnn", "--steps", "2",
+                           "--profile-steps", "1", "--models-dir", str(tmp_path / "models"), "--out", str(out)]) == 0
+    rows = json.loads((out / "sft.json").read_text())
+    assert [r.get("error") for r in rows] == [None, None], rows
+    for i, r in enumerate(rows):
+        assert len(r["step_ms"]) == 2 and sum(r["step_tokens"]) == r["tokens"] > 0
+        assert r["gc_mode"] == "off" and r["gc_collections"] == [0, 0, 0]
+        p = r["profile"]
+        assert p["steps"] == 1 and p["wall_ms_per_step"] > 0 and p["gpu_kernel_ms_per_step"] == 0  # CPU: no kernels
+        assert any("attention" in k for k in p["attention_ops_per_step"])
+        assert "# by self CPU time" in (out / f"profile-row{i}.txt").read_text()
+    assert rows[1]["variant"].endswith("cuDNN attention allowed") and rows[1]["compile"]["applied"]
+    assert rows[1]["attention"]["sdpa"] == "default" and attention.AVOID_CUDNN is True and gc.isenabled()
+    assert (tmp_path / "models" / "model-tiny").is_dir()  # --models-dir: saved once, reusable by another process
+
+
+def test_device_busy_counts_each_kernel_once_and_overlap_once():
+    sys.path.insert(0, str(REPO))
+    from torch.autograd import DeviceType
+
+    from benchmarks.bench_sft import device_busy
+
+    class Ev:
+        def __init__(self, a, b, dev=DeviceType.CUDA):
+            self.time_range = type("R", (), {"start": a, "end": b})()
+            self.device_type = dev
+
+    kernels, busy = device_busy([Ev(0, 10), Ev(5, 15), Ev(20, 30), Ev(0, 100, DeviceType.CPU)])
+    assert (kernels, busy) == (30e-6, 25e-6)
