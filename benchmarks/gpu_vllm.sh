@@ -17,7 +17,8 @@
 #   k: the first-row effect: step_compile twice then on new records in one process (40-step windows,
 #   profiled steps), then first rows in fresh processes with the collector frozen / CUDA modules eager.
 #   m, n: the 1.5B / 7B rows with cuDNN's attention left out of SDPA (the cause k found), the runner
-#   row, and a step_compile_cudnn row beside them.
+#   row, and a step_compile_cudnn row beside them. r, s (not run yet): the planned decoder autocast
+#   (step_compile_autocast) beside step_compile and the runner row, at 1.5B / 7B.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -28,7 +29,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -163,6 +164,13 @@ elif [ "$part" = n ]; then  # carry [".vc4"]: 7B the same way
   timeout 575 python3 benchmarks/bench_sft.py --sizes 7B --steps 20 --profile-steps 2 --models-dir /tmp/bench-models \
     --variants ${SFT7:-trl,step_compile,runner,step_compile_cudnn} --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
+elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]; not run yet: the planned decoder autocast
+  # beside today's step, and the runner row after the fifth run's fixes (r: 1.5B, s: 7B)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  size=$([ "$part" = r ] && echo 1.5B || echo 7B)
+  timeout 575 python3 benchmarks/bench_sft.py --sizes $size --steps 30 --profile-steps 2 --models-dir /tmp/bench-models \
+    --variants trl,step_compile,step_compile_autocast,runner --out "$R/sft" > "$R/bench_sft_$size.log" 2>&1
+  stamp "sft $size rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

@@ -7,7 +7,7 @@ loss mask, and a SIGKILL mid-training whose resume ends on the same adapter byte
 uninterrupted run).
 
 What it keeps from ``transformers.Trainer``: the optimizer (AdamW), LR schedule, grad clipping,
-bf16 autocast, checkpoints (model, optimizer, scheduler, RNG, trainer state; ``phases/sft.py``
+checkpoints (model, optimizer, scheduler, RNG, trainer state; ``phases/sft.py``
 marks them ``.complete``), resume with data skipping, logging, dev evaluation, early stopping.
 What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performance.md):
 
@@ -29,6 +29,12 @@ What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performa
   positions only, against the frozen lm_head; with a trainable lm_head the model's own loss is
   used instead. ``compile_loss`` (the step passes its compiled-layers choice) compiles each
   chunk's softmax and gradient (``phases.sft_fast.compiled_ce_chunk``).
+- **Precision**: the base weights are bf16 on CUDA (fp32 on CPU) and the LoRA adapters fp32. The
+  training loss calls the decoder directly, outside the autocast wrapper accelerate puts on the
+  model's ``forward`` (which TRL's path and the dev evaluation go through), so PEFT casts each LoRA
+  input to fp32 and the adapters' matmuls run in fp32: about 58 ms of a 240 ms step at 1.5B on
+  the H200 (docs/performance.md "Issue 15, fifth run"). ``AUTOCAST_DECODER`` (off; planned, to
+  be measured) runs the decoder under bf16 autocast instead when the Trainer trains in bf16.
 - ``state.num_input_tokens_seen`` counts the real (unpadded) tokens trained, prompt included.
 - Gradient checkpointing is decided by the caller (``phases/sft.py``: ``auto`` is off for this
   trainer, see ``grad_ckpt_default``).
@@ -42,6 +48,11 @@ from collections.abc import Sequence
 from phases.sft_fast import IGNORE, fused_linear_cross_entropy, token_budget_batches
 
 __all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT"]
+
+#: planned, off until measured on a GPU (``benchmarks/bench_sft.py`` ``step_compile_autocast``): the
+#: decoder under bf16 autocast when ``args.bf16``, so the LoRA matmuls use bf16 tensor cores as on
+#: TRL's path (see "Precision" above); the fused loss stays outside autocast either way
+AUTOCAST_DECODER = False
 
 #: batch widths are padded up to a multiple of this: compiled layers guard on ``width % 8`` (an
 #: aligned width compiles a second graph, a ~17 s stall at the first aligned batch mid-run on the
@@ -94,18 +105,26 @@ def collate_train(examples: list[dict], pad_id: int) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
-def fast_loss(model, input_ids, labels, chunk: int = 4096, compiled: bool = False):
+def fast_loss(model, input_ids, labels, chunk: int = 4096, compiled: bool = False, autocast_dtype=None):
     """Mean next-token cross-entropy over labelled positions, decoder run without a mask.
 
     ``model``: a PEFT-wrapped or plain HF causal LM. Falls back to the model's own loss when the
     output layer is trainable (the fused loss assumes a frozen one). ``compiled``: the fused loss's
-    chunk math through torch.compile.
+    chunk math through torch.compile. ``autocast_dtype``: run the decoder (not the loss) under
+    ``torch.autocast`` with that dtype (``AUTOCAST_DECODER``); None = no autocast.
     """
+    import contextlib
+
+    import torch
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
     if head.weight.requires_grad:
         return model(input_ids=input_ids, labels=labels, use_cache=False).loss
-    hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    ctx = (torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with ctx:
+        hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
     loss_sum, n = fused_linear_cross_entropy(hidden, head.weight, labels, chunk=chunk, compiled=compiled)
     return loss_sum / max(n, 1)
 
@@ -127,6 +146,7 @@ def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eva
         raise ValueError(f"fast trainer: gradient_accumulation_steps must be 1 (got {args.gradient_accumulation_steps}); "
                          "the effective batch is max_rows examples per token-budget batch")
     sampler = TokenBudgetBatchSampler([len(e["input_ids"]) for e in train_ex], max_tokens, max_rows, seed)
+    autocast_dtype = torch.bfloat16 if AUTOCAST_DECODER and args.bf16 else None
 
     class FastSFTTrainer(Trainer):
         token_sampler = sampler
@@ -145,7 +165,8 @@ def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eva
             # count across resumes, the manifest and the benchmarks read it
             pos = torch.arange(labels.shape[1], device=labels.device)
             self.state.num_input_tokens_seen += int(((labels != IGNORE) * (pos + 1)).amax(dim=1).sum())
-            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], labels, compiled=compile_loss)
+            return fast_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], labels, compiled=compile_loss,
+                             autocast_dtype=autocast_dtype)
 
     return FastSFTTrainer(model=model, args=args, data_collator=eval_collator, train_dataset=train_ex,
                           eval_dataset=dev_ex or None, processing_class=processing_class, callbacks=callbacks)

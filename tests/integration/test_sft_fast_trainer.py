@@ -112,6 +112,34 @@ def test_fast_loss_ignores_prompt_and_pad_tokens():
         assert not torch.equal(fast_loss(m, b["input_ids"], lab), base)
 
 
+def test_decoder_autocast_runs_the_lora_matmuls_in_bf16_and_leaves_the_default_fp32():
+    """``fast_loss(autocast_dtype=bf16)`` (the planned ``AUTOCAST_DECODER``): the LoRA matmuls
+    run in bf16, the loss stays near the fp32 one and the fp32 adapters still get gradients;
+    without it (today's default) they run in the adapters' fp32. CPU autocast stands in for CUDA's."""
+    import torch
+
+    from phases import sft_fast_trainer
+    from phases.sft_fast_trainer import collate_train, fast_loss
+
+    assert sft_fast_trainer.AUTOCAST_DECODER is False  # planned: off until measured on a GPU
+    m = _lora_model()
+    b = collate_train(_examples(), tiny().eos_token_id)
+    seen = []
+    lora_a = next(mod for n, mod in m.named_modules() if n.endswith("lora_A.default"))
+    h = lora_a.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    try:
+        ref = fast_loss(m, b["input_ids"], b["labels"])
+        got = fast_loss(m, b["input_ids"], b["labels"], autocast_dtype=torch.bfloat16)
+    finally:
+        h.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert got.dtype == torch.float32 and abs(got.item() - ref.item()) < 2e-2 * abs(ref.item())
+    got.backward()
+    grads = [p.grad for n, p in m.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 def test_token_budget_sampler():
     from phases.sft_fast_trainer import TokenBudgetBatchSampler
 
