@@ -18,7 +18,8 @@
 #   profiled steps), then first rows in fresh processes with the collector frozen / CUDA modules eager.
 #   m, n: the 1.5B / 7B rows with cuDNN's attention left out of SDPA (the cause k found), the runner
 #   row, and a step_compile_cudnn row beside them. r, s (not run yet): the planned decoder autocast
-#   (step_compile_autocast) beside step_compile and the runner row, at 1.5B / 7B.
+#   (step_compile_autocast) beside step_compile and the runner row, at 1.5B / 7B. t (not run yet):
+#   check_attention.py: which SDPA kernel the critic and generation paths run, and a new shape's cost.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -29,7 +30,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s|t}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -171,6 +172,13 @@ elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]; not run yet: th
   timeout 575 python3 benchmarks/bench_sft.py --sizes $size --steps 30 --profile-steps 2 --models-dir /tmp/bench-models \
     --variants trl,step_compile,step_compile_autocast,runner --out "$R/sft" > "$R/bench_sft_$size.log" 2>&1
   stamp "sft $size rc=$?"
+elif [ "$part" = t ]; then  # carry [".vc4"]; not run yet: cuDNN's per-shape cost in the critic and generation paths
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  timeout 280 python3 benchmarks/check_attention.py --size 1.5B --out "$R/a15" > "$R/check_attention_1.5B.log" 2>&1
+  stamp "attention 1.5B rc=$?"
+  left=$(( 585 - ($(date +%s) - t0) ))
+  timeout "$left" python3 benchmarks/check_attention.py --size 7B --out "$R/a7" > "$R/check_attention_7B.log" 2>&1
+  stamp "attention 7B rc=$?"
 else
   echo "unknown part $part"; exit 2
 fi

@@ -138,3 +138,21 @@ def test_device_busy_counts_each_kernel_once_and_overlap_once():
 
     kernels, busy = device_busy([Ev(0, 10), Ev(5, 15), Ev(20, 30), Ev(0, 100, DeviceType.CPU)])
     assert (kernels, busy) == (30e-6, 25e-6)
+
+
+def test_check_attention_cpu_smoke(tmp_path):
+    """benchmarks/check_attention.py: every inference path in both modes, timed on new and repeated
+    shapes, with the attention ops it ran (on CPU: PyTorch's CPU flash kernel)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import check_attention
+
+    assert check_attention.main(["--cpu", "--calls", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "attention.json").read_text())
+    assert sorted((r["path"], r["mode"]) for r in rows) == sorted(
+        (p, m) for p in check_attention.PATHS for m in ("default", "no_cudnn"))
+    for r in rows:
+        assert r["new_ms"] > 0 and r["repeat_ms"] > 0 and len(r["new_ms_each"]) == 2
+        assert r["attention_ops"] and all("attention" in k for k in r["attention_ops"])
+    assert "| critic prefix | no_cudnn |" in (tmp_path / "attention.md").read_text()
+    # each call has a batch of another size (the shapes the check is about)
+    assert len({len(check_attention.call_prompts(i, 6, 8, 24, 1024)) for i in range(3)}) == 3
