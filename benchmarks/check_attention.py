@@ -13,7 +13,9 @@ number of prompts and their lengths change from call to call), then the same cal
 - ``new_ms``: median wall time of a call on a new shape; ``repeat_ms``: the same calls repeated;
   ``x_new_vs_repeat``: their ratio (near 1 = no per-shape cost);
 - ``attention_ops``: the ``aten::_*attention*`` ops one call ran (a CPU-activity profiler), which
-  says which kernel the path really uses (flash, efficient, cudnn, math).
+  says which kernel the path really uses (flash, efficient, cudnn, math). A replayed CUDA graph
+  (fastgen's decode steps) runs no aten ops on the CPU, so fastgen lists its prefill's ops and
+  those of a decode step it captures (its graphs are kept per decode shape, lengths rounded to 64).
 Modes: ``default`` (PyTorch's pick) and ``no_cudnn`` (inside ``variable_shape_attention``); Dynamo's
 cache is reset between modes, since it does not guard on SDPA's flags.
 Paths: ``critic plain`` (``HFBackend.next_token_logprobs``, batched, padded with a mask),
