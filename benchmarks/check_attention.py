@@ -42,17 +42,24 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-CANDS = ("65", "362", "33", "425")  # id strings standing for the A/B labels, as in bench_critic.py
+from benchmarks.bench_critic import CANDS  # noqa: E402  (the id strings standing for the A/B labels)
+
 PATHS = ("critic plain", "critic prefix", "generate fastgen", "generate plain")
 
 
-def call_prompts(i: int, n: int, lo: int, hi: int, vocab: int, shared: int = 40) -> list[str]:
-    """Call ``i``'s prompts: ``n - i`` prompts (so the batch dimension differs per call) sharing a
-    ``shared``-token rubric head, each of a length drawn from ``lo``-``hi`` with seed ``i``."""
-    g = torch.Generator().manual_seed(1000 + i)
+def call_prompts(seed: int, n: int, lo: int, hi: int, vocab: int, shared: int = 40) -> list[str]:
+    """``n`` prompts sharing a ``shared``-token rubric head, each of a length drawn from
+    ``lo``-``hi`` with ``seed``."""
+    g = torch.Generator().manual_seed(1000 + seed)
     head = common.rand_ids(torch.Generator().manual_seed(7), shared, vocab)
-    lens = torch.randint(lo, hi + 1, (max(1, n - i),), generator=g).tolist()
+    lens = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
     return [" ".join(map(str, head + common.rand_ids(g, L, vocab))) for L in lens]
+
+
+def call_sets(path_index: int, calls: int, batch: int, lo: int, hi: int, vocab: int) -> list[list[str]]:
+    """The timed calls' prompts for one path: call ``i`` has ``batch - i`` prompts (so the batch
+    dimension differs from call to call, as well as the lengths), each path its own seeds."""
+    return [call_prompts(100 * path_index + i, max(1, batch - i), lo, hi, vocab) for i in range(calls)]
 
 
 def attention_ops(fn) -> dict[str, int]:
@@ -98,10 +105,10 @@ def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int
                 fn = fns[path]
                 # warm-up on a shape no timed call uses (allocations, the decode graphs, imports)
                 fn(call_prompts(10_000 + k, batch, lo, hi, vocab))
-                sets = [call_prompts(100 * k + i, batch, lo, hi, vocab) for i in range(calls)]
+                sets = call_sets(k, calls, batch, lo, hi, vocab)
                 new = [_timed(lambda P=P: fn(P), dev) for P in sets]
                 again = [_timed(lambda P=P: fn(P), dev) for P in sets]
-                ops = attention_ops(lambda: fn(call_prompts(100 * k + calls, batch, lo, hi, vocab)))
+                ops = attention_ops(lambda: fn(call_prompts(100 * k + calls, max(1, batch - calls), lo, hi, vocab)))
                 r = {"bench": "attention-check", "size": size, "path": path, "mode": mode, "calls": calls,
                      "new_ms": round(statistics.median(new) * 1e3, 2), "repeat_ms": round(statistics.median(again) * 1e3, 2),
                      "new_ms_each": [round(x * 1e3, 1) for x in new], "attention_ops": ops}
