@@ -79,6 +79,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -271,7 +272,7 @@ def profile_summary(prof, n_steps: int, wall_s: float) -> tuple[dict, str]:
     ka = prof.key_averages()
     calls = {}
     for e in ka:
-        if e.key.startswith(("cuda", "cu")) and e.key[:4] in ("cuda", "cuLa", "cuMe", "cuMo", "cuSt", "cuEv"):
+        if e.key[:4] in ("cuda", "cuLa", "cuMe", "cuMo", "cuSt", "cuEv"):  # CUDA runtime / driver calls
             calls[e.key] = {"cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / n_steps, 2),
                             "count_per_step": round(e.count / n_steps, 1)}
     kernel_s, busy_s = device_busy(prof.events())
@@ -356,13 +357,10 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
     params = step_params(size, dev, warm, steps + profile_steps, trainer, kernels, compile)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    from phases import sft_speed
-
-    # a fresh work dir per row (a variant may repeat: --variants step_compile,step_compile)
+    from phases import sft_fast_trainer, sft_speed
     from phases.models import attention
 
-    from phases import sft_fast_trainer
-
+    # a fresh work dir per row (a variant may repeat: --variants step_compile,step_compile)
     tag = (f"{row}-{trainer}-{kernels}-{compile}" + ("" if sft_speed.COMPILE_LOSS else "-eagerloss")
            + ("" if attention.AVOID_CUDNN else "-cudnn") + ("-autocast" if sft_fast_trainer.AUTOCAST_DECODER else ""))
     try:
@@ -413,12 +411,11 @@ def run_step_cudnn(size: str, dev: str, records: list[dict], warm: int, steps: i
     from phases.models import attention
 
     torch._dynamo.reset()
-    attention.AVOID_CUDNN = False
     try:
-        with functorch_config.patch(enable_autograd_cache=False), inductor_config.patch(fx_graph_cache=False):
+        with mock.patch.object(attention, "AVOID_CUDNN", False), functorch_config.patch(enable_autograd_cache=False), \
+                inductor_config.patch(fx_graph_cache=False):
             r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=row, **prof)
     finally:
-        attention.AVOID_CUDNN = True
         torch._dynamo.reset()
     r["variant"] += ", cuDNN attention allowed"
     return r
@@ -563,22 +560,16 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                 elif fn == "step_compile_autocast":  # the planned precision change, measured side by side
                     from phases import sft_fast_trainer
 
-                    sft_fast_trainer.AUTOCAST_DECODER = True
-                    try:
+                    with mock.patch.object(sft_fast_trainer, "AUTOCAST_DECODER", True):
                         r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
-                    finally:
-                        sft_fast_trainer.AUTOCAST_DECODER = False
                     r["variant"] += ", decoder under bf16 autocast (planned)"
                 elif fn == "step_compile_cudnn":  # SDPA's own pick (cuDNN's attention on the H200) for the row
                     r = run_step_cudnn(size, dev, records, warm, steps, tmp, row=len(rows), **prof)
                 elif fn == "step_compile_layers":  # the layers alone: the fused loss's chunk math eager
                     from phases import sft_speed
 
-                    sft_speed.COMPILE_LOSS = False
-                    try:
+                    with mock.patch.object(sft_speed, "COMPILE_LOSS", False):
                         r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
-                    finally:
-                        sft_speed.COMPILE_LOSS = True
                 elif fn == "runner_defaults" and not dev.startswith("cuda"):
                     r = {"variant": "sft step through runner, stage defaults (nf4 on CUDA, dropout 0.05)",
                          "note": "skipped: off CUDA the stage defaults train through TRL unquantized; this row is "

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from phases.evaluate import attach_adapter
-from phases.models.attention import attention_record, variable_shape_attention
+from phases.models.attention import variable_shape_attention
 from phases.models.loader import load_model
 from phases.prompts import response_prompt
 from phases.sft import COMPLETE, _callbacks, _lora_config, last_complete_checkpoint, needs_checkpointing
@@ -358,7 +358,7 @@ def train_dpo(loaded, model, examples: list[dict], pairs_text: list[dict], param
         log(f"DPO ({params['algorithm']}) from step 0 on {len(examples) or len(pairs_text)} pairs, device {device}, "
             f"quantization {quant}, trainer {name}", kind="dpo_started")
     t0 = time.time()
-    with variable_shape_attention(device):  # as the sft step: phases/models/attention.py
+    with variable_shape_attention(device) as attention:  # as the sft step: phases/models/attention.py
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     seconds = time.time() - t0
     save_adapter(trainer.model, loaded, Path(out_dir) / "adapter", quant, sft_adapter)
@@ -368,7 +368,7 @@ def train_dpo(loaded, model, examples: list[dict], pairs_text: list[dict], param
     curve = [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in hist]
     n_tokens = sum(len(e["prompt_ids"]) * 2 + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
     out = {"device": device, "quantization": quant, "trainer": name, "gradient_checkpointing": grad_ckpt,
-           "attention": attention_record(device),
+           "attention": attention,
            "resumed_from": {"checkpoint": ckpt.name, "step": step} if ckpt else None,
            "checkpoints": sorted((p.name for p in trainer_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()),
                                  key=lambda n: int(n.split("-")[-1])),

@@ -3,10 +3,10 @@
 PyTorch picks an SDPA kernel per call from the enabled backends in priority order; on the H200
 (torch 2.11) that pick is cuDNN's attention for the training step's unmasked causal batches. cuDNN
 builds and caches an execution graph per new input shape, on the CPU, while the GPU waits: the
-fifth H200 run (docs/performance.md "Issue 15, fifth run") profiled it at about 145 ms of CPU
+fifth H200 run (docs/performance.md "Issue 15, fifth run") profiled it at about 144 ms of CPU
 per training step at 1.5B (``aten::_cudnn_attention_forward``/``_backward``, 433 ms over three
-profiled steps), GPU busy 57%, against 4 ms and 98% busy on a second pass over the same batch
-shapes. Token-budget batches give nearly every step a shape not seen before, so a real run pays
+profiled steps; 402 ms a step wall time for the same GPU work), against 4 ms (231 ms a step) on a
+second pass over the same batch shapes. Token-budget batches give nearly every step a shape not seen before, so a real run pays
 it on almost every step: the "first-row effect" of the fourth run.
 
 ``variable_shape_attention(device)`` takes cuDNN out of the candidate list for the duration of a
@@ -28,7 +28,7 @@ AVOID_CUDNN = True
 
 _BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 _REASON = ("cuDNN attention left out: it builds a graph per new batch shape on the CPU "
-           "(about 145 ms a step at 1.5B on the H200), and token-budget batches change shape every step")
+           "(about 144 ms a step at 1.5B on the H200), and token-budget batches change shape every step")
 
 
 def attention_record(device: str) -> dict:
