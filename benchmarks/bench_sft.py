@@ -55,11 +55,12 @@ token ids (loss on every token); the step rows on records of random words (respo
   starts from an empty Dynamo cache with the on-disk graph caches off (``run_step_cudnn`` says
   why); which attention ops really ran shows in ``profile.attention_ops_per_step`` (with
   ``--profile-steps``). A diagnostic: run only when named in ``--variants``.
-- ``step_compile_autocast`` (planned change, only when named): ``step_compile`` with
-  ``phases.sft_fast_trainer.AUTOCAST_DECODER`` on for the row: the decoder under bf16 autocast, so
-  the LoRA matmuls run in bf16 instead of fp32 (the fifth run's profile: about 58 ms of a 240 ms
-  step at 1.5B in fp32 GEMMs). Compare its tokens/s and loss curve with ``step_compile``'s on the
-  same records.
+- ``step_compile_fp32lora`` (a diagnostic, only when named): ``step_compile`` with
+  ``phases.sft_fast_trainer.AUTOCAST_DECODER`` off for the row: the decoder outside autocast, so
+  the LoRA matmuls run in fp32 (the step's precision before the sixth H200 run, which measured the
+  autocast row 1.17x faster at 1.5B and 7B with the same loss curve; this row was then called
+  ``step_compile_autocast`` with the switch the other way). Compare its tokens/s and loss curve
+  with ``step_compile``'s on the same records.
 - ``runner_defaults``: the ``runner`` row with the stage's own ``params.sft`` defaults
   (``phases/sft.py`` ``SFT_DEFAULTS``: nf4 QLoRA on CUDA, LoRA dropout 0.05, lr 2e-4, kernels and
   compile auto), only ``max_steps``, checkpoints and the dev split set as in the other rows: the
@@ -362,7 +363,7 @@ def run_step(size: str, dev: str, records: list[dict], warm: int, steps: int, tm
 
     # a fresh work dir per row (a variant may repeat: --variants step_compile,step_compile)
     tag = (f"{row}-{trainer}-{kernels}-{compile}" + ("" if sft_speed.COMPILE_LOSS else "-eagerloss")
-           + ("" if attention.AVOID_CUDNN else "-cudnn") + ("-autocast" if sft_fast_trainer.AUTOCAST_DECODER else ""))
+           + ("" if attention.AVOID_CUDNN else "-cudnn") + ("" if sft_fast_trainer.AUTOCAST_DECODER else "-fp32lora"))
     try:
         res = run_sft(records, str(folder), params, Path(tmp) / f"work-{tag}", Path(tmp) / f"out-{tag}", 0,
                       lambda *a, **k: None, callbacks=[Timer()])
@@ -512,9 +513,9 @@ def _liger_available() -> bool:
 
 
 VARIANTS = ("trl", "trl_liger", "trl_liger_pf", "step_fast", "step_liger", "step_compile", "step_compile_layers",
-            "step_compile_newdata", "step_compile_cudnn", "step_compile_autocast", "runner", "runner_defaults")
+            "step_compile_newdata", "step_compile_cudnn", "step_compile_fp32lora", "runner", "runner_defaults")
 #: rows run only when named (``--variants``): diagnostics and experiments, not part of run_all's table
-DIAGNOSTIC = ("step_compile_cudnn", "step_compile_autocast")
+DIAGNOSTIC = ("step_compile_cudnn", "step_compile_fp32lora")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in DIAGNOSTIC)
 
 
@@ -557,12 +558,12 @@ def run(size: str, dev: str, *, peak_tflops: float, cpu: bool = False, variants:
                 elif fn == "step_compile_newdata":
                     r = run_step(size, dev, other, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
                     r["variant"] += ", other records (new batch shapes)"
-                elif fn == "step_compile_autocast":  # the planned precision change, measured side by side
+                elif fn == "step_compile_fp32lora":  # the step's old precision, side by side
                     from phases import sft_fast_trainer
 
-                    with mock.patch.object(sft_fast_trainer, "AUTOCAST_DECODER", True):
+                    with mock.patch.object(sft_fast_trainer, "AUTOCAST_DECODER", False):
                         r = run_step(size, dev, records, warm, steps, tmp, "fast", "none", "layers", row=len(rows), **prof)
-                    r["variant"] += ", decoder under bf16 autocast (planned)"
+                    r["variant"] += ", decoder outside autocast (fp32 LoRA matmuls)"
                 elif fn == "step_compile_cudnn":  # SDPA's own pick (cuDNN's attention on the H200) for the row
                     r = run_step_cudnn(size, dev, records, warm, steps, tmp, row=len(rows), **prof)
                 elif fn == "step_compile_layers":  # the layers alone: the fused loss's chunk math eager

@@ -31,10 +31,13 @@ What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performa
   chunk's softmax and gradient (``phases.sft_fast.compiled_ce_chunk``).
 - **Precision**: the base weights are bf16 on CUDA (fp32 on CPU) and the LoRA adapters fp32. The
   training loss calls the decoder directly, outside the autocast wrapper accelerate puts on the
-  model's ``forward`` (which TRL's path and the dev evaluation go through), so PEFT casts each LoRA
-  input to fp32 and the adapters' matmuls run in fp32: about 58 ms of a 240 ms step at 1.5B on
-  the H200 (docs/performance.md "Issue 15, fifth run"). ``AUTOCAST_DECODER`` (off; planned, to
-  be measured) runs the decoder under bf16 autocast instead when the Trainer trains in bf16.
+  model's ``forward`` (which TRL's path and the dev evaluation go through), so it opens its own:
+  with ``AUTOCAST_DECODER`` (on) and a bf16 Trainer, the decoder runs under bf16 autocast and the
+  adapters' matmuls use bf16 tensor cores, as on TRL's path; the fused loss stays outside autocast
+  (fp32 log-softmax). Without it PEFT casts each LoRA input to fp32: about 58 ms of a 240 ms step
+  at 1.5B on the H200. Measured side by side (docs/performance.md "Issue 15, sixth run"): 1.17x
+  tokens/s at 1.5B and 7B with the same loss curve (last loss 10.235 vs 10.244 at 1.5B, 10.712 vs
+  10.701 at 7B after 30 steps) and 9-12 GiB less peak memory.
 - ``state.num_input_tokens_seen`` counts the real (unpadded) tokens trained, prompt included.
 - Gradient checkpointing is decided by the caller (``phases/sft.py``: ``auto`` is off for this
   trainer, see ``grad_ckpt_default``).
@@ -49,10 +52,10 @@ from phases.sft_fast import IGNORE, fused_linear_cross_entropy, token_budget_bat
 
 __all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT"]
 
-#: planned, off until measured on a GPU (``benchmarks/bench_sft.py`` ``step_compile_autocast``): the
-#: decoder under bf16 autocast when ``args.bf16``, so the LoRA matmuls use bf16 tensor cores as on
-#: TRL's path (see "Precision" above); the fused loss stays outside autocast either way
-AUTOCAST_DECODER = False
+#: the decoder under bf16 autocast when ``args.bf16`` (CUDA), so the LoRA matmuls use bf16 tensor
+#: cores as on TRL's path (see "Precision" above); the fused loss stays outside autocast either way.
+#: Measured before it was turned on (1.17x); the old precision stays a benchmark row: ``benchmarks/bench_sft.py`` ``step_compile_fp32lora``
+AUTOCAST_DECODER = True
 
 #: batch widths are padded up to a multiple of this: compiled layers guard on ``width % 8`` (an
 #: aligned width compiles a second graph, a ~17 s stall at the first aligned batch mid-run on the

@@ -113,15 +113,16 @@ def test_fast_loss_ignores_prompt_and_pad_tokens():
 
 
 def test_decoder_autocast_runs_the_lora_matmuls_in_bf16_and_leaves_the_default_fp32():
-    """``fast_loss(autocast_dtype=bf16)`` (the planned ``AUTOCAST_DECODER``): the LoRA matmuls
-    run in bf16, the loss stays near the fp32 one and the fp32 adapters still get gradients;
-    without it (today's default) they run in the adapters' fp32. CPU autocast stands in for CUDA's."""
+    """``fast_loss(autocast_dtype=bf16)`` (what ``AUTOCAST_DECODER`` makes a bf16 Trainer pass): the
+    LoRA matmuls run in bf16, the loss stays near the fp32 one and the fp32 adapters still get
+    gradients; without it (an fp32 Trainer: CPU) they run in the adapters' fp32. CPU autocast
+    stands in for CUDA's."""
     import torch
 
     from phases import sft_fast_trainer
     from phases.sft_fast_trainer import collate_train, fast_loss
 
-    assert sft_fast_trainer.AUTOCAST_DECODER is False  # planned: off until measured on a GPU
+    assert sft_fast_trainer.AUTOCAST_DECODER is True  # on since the sixth H200 run (1.17x, same loss curve)
     m = _lora_model()
     b = collate_train(_examples(), tiny().eos_token_id)
     seen = []
@@ -138,6 +139,31 @@ def test_decoder_autocast_runs_the_lora_matmuls_in_bf16_and_leaves_the_default_f
     grads = [p.grad for n, p in m.named_parameters() if "lora_" in n]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_trainer_runs_the_decoder_under_autocast_exactly_when_it_trains_in_bf16(tmp_path, monkeypatch, bf16):
+    """``make_fast_trainer``'s training loss passes ``autocast_dtype=bf16`` for a bf16 Trainer (the
+    CUDA step) and nothing for an fp32 one (CPU), and returns ``fast_loss``'s value."""
+    import torch
+    from transformers import TrainingArguments
+
+    from phases import sft_fast_trainer
+    from phases.sft_fast_trainer import collate_train, make_fast_trainer
+
+    calls = []
+    real = sft_fast_trainer.fast_loss
+    monkeypatch.setattr(sft_fast_trainer, "fast_loss",
+                        lambda *a, **k: (calls.append(k.get("autocast_dtype")), real(*a, **k))[1])
+    m = _lora_model()
+    ex = _examples()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=bf16, report_to=[], max_steps=1)
+    tr = make_fast_trainer(m, ex, [], args, None, tiny().eos_token_id, max_tokens=4096, max_rows=4, seed=0)
+    m.train()
+    b = collate_train(ex, tiny().eos_token_id)
+    loss = tr.compute_loss(m, b)
+    assert calls == [torch.bfloat16 if bf16 else None]
+    assert torch.isfinite(loss)
 
 
 def test_token_budget_sampler():
