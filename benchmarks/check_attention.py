@@ -16,8 +16,11 @@ number of prompts and their lengths change from call to call), then the same cal
   says which kernel the path really uses (flash, efficient, cudnn, math). A replayed CUDA graph
   (fastgen's decode steps) runs no aten ops on the CPU, so fastgen lists its prefill's ops and
   those of a decode step it captures (its graphs are kept per decode shape, lengths rounded to 64).
-Modes: ``default`` (PyTorch's pick) and ``no_cudnn`` (inside ``variable_shape_attention``); Dynamo's
-cache is reset between modes, since it does not guard on SDPA's flags.
+Modes: ``default`` (PyTorch's pick: ``phases.models.attention.AVOID_CUDNN`` off, so the HF backend's
+own ``variable_shape_attention`` around scoring is a no-op) and ``no_cudnn`` (inside
+``variable_shape_attention``: what critic scoring runs since the sixth H200 run measured this;
+generation keeps PyTorch's pick); Dynamo's cache is reset between modes, since it does not guard
+on SDPA's flags.
 Paths: ``critic plain`` (``HFBackend.next_token_logprobs``, batched, padded with a mask),
 ``critic prefix`` (``phases.models.prefix_cache``), ``generate fastgen`` (``fastgen.generate``:
 static KV cache, graph-captured decode), ``generate plain`` (``HFBackend.generate``).
@@ -29,7 +32,6 @@ CPU smoke (tiny model):  python3 benchmarks/check_attention.py --cpu --out /tmp/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -81,7 +83,9 @@ def _timed(fn, dev: str) -> float:
 def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int, hi: int) -> list[dict]:
     import torch._dynamo
 
-    from phases.models import prefix_cache
+    from unittest import mock
+
+    from phases.models import attention, prefix_cache
     from phases.models.attention import variable_shape_attention
     from phases.models.backends import fastgen
     from phases.models.backends.base import GenerationParams
@@ -100,7 +104,8 @@ def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int
             "generate fastgen": lambda P: fastgen.generate(be, P, greedy, batch_size=batch),
             "generate plain": lambda P: be.generate(P, greedy),
         }
-        with variable_shape_attention(dev) if mode == "no_cudnn" else contextlib.nullcontext():
+        with (variable_shape_attention(dev) if mode == "no_cudnn"
+              else mock.patch.object(attention, "AVOID_CUDNN", False)):
             for k, path in enumerate(PATHS):
                 fn = fns[path]
                 # warm-up on a shape no timed call uses (allocations, the decode graphs, imports)

@@ -95,3 +95,41 @@ def test_over_long_prompt_raises_or_truncates_left_when_asked():
     # Left truncation keeps the last max_context tokens: a different head must not matter.
     lp = m.next_token_logprobs([long, "Completely different start. " * 30 + long], ["A", " B"], truncation="left")
     assert lp[0] == pytest.approx(lp[1], abs=1e-5)
+
+
+def test_scoring_runs_inside_the_attention_setting_and_generation_does_not(monkeypatch):
+    """Scoring runs inside ``variable_shape_attention`` for the model's device (on CUDA it takes
+    cuDNN's attention out of SDPA's picks: phases/models/attention.py), and the flags are back
+    afterwards; generation keeps PyTorch's pick (docs/performance.md "Issue 15, sixth run"). CPU
+    stands in: the setting is entered with a CUDA device name here, so the SDPA flags really change."""
+    import contextlib
+
+    import torch
+
+    from phases.models import attention
+    from phases.models.backends import hf
+
+    m = tiny()
+    seen = []
+    orig_forward = m.backend.model.forward
+
+    def forward(*a, **k):
+        seen.append(("forward", torch.backends.cuda.cudnn_sdp_enabled()))
+        return orig_forward(*a, **k)
+
+    @contextlib.contextmanager
+    def recording(device):
+        seen.append(("enter", device))
+        with attention.variable_shape_attention("cuda") as rec:
+            yield rec
+
+    monkeypatch.setattr(m.backend.model, "forward", forward)
+    monkeypatch.setattr(hf, "variable_shape_attention", recording)
+    m.next_token_logprobs(PROMPTS[:2], ["A", "B"])
+    scoring = list(seen)
+    assert scoring[0] == ("enter", "cpu") and len(scoring) >= 2
+    assert all(flag is False for kind, flag in scoring[1:])  # cuDNN out during every scoring forward
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored
+    seen.clear()
+    m.generate(PROMPTS[:2], GenerationParams.greedy(2))
+    assert seen and all(s == ("forward", True) for s in seen)  # generation: no setting, PyTorch's pick

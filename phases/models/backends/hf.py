@@ -14,6 +14,12 @@ How it keeps batched == one-at-a-time (see backends/base.py for the shared contr
   reaches ``top_p``, ties broken by token id) are applied per row.
 - Scoring runs ONE forward pass per bucket, computing logits only at the last position
   (``logits_to_keep=1``); log-softmax in fp32.
+- On CUDA, scoring runs inside ``phases.models.attention.variable_shape_attention`` (SDPA without
+  cuDNN's attention, which builds a graph per new input shape on the CPU: a plain critic call on
+  shapes not seen before took 1.48x its repeated-shape time at 1.5B on the H200, 1.08x at 7B,
+  and at most 2% less without cuDNN on repeated ones; docs/performance.md "Issue 15, sixth run").
+  Generation keeps PyTorch's pick: fastgen (the CUDA route) replays its decode graph on repeated
+  shapes, where cuDNN's kernel was 3-5% faster.
 Empty prompts (zero tokens) raise ``ValueError``: with no BOS there is nothing to condition on.
 """
 
@@ -24,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from phases.models.attention import variable_shape_attention
 from phases.models.backends.base import (
     Backend,
     Generation,
@@ -117,8 +124,14 @@ class HFBackend(Backend):
 
         return fast_rules.critic_route(self.model, rows, max_batch=self._prefix_max_batch())
 
-    @torch.no_grad()
     def next_token_logprobs(
+        self, prompts: Sequence[str], candidate_tokens: Sequence[str], *, truncation: str = "error"
+    ) -> list[dict[str, float]]:
+        with variable_shape_attention(str(self.device)):  # no cuDNN per-shape graphs (module docstring)
+            return self._next_token_logprobs(prompts, candidate_tokens, truncation=truncation)
+
+    @torch.no_grad()
+    def _next_token_logprobs(
         self, prompts: Sequence[str], candidate_tokens: Sequence[str], *, truncation: str = "error"
     ) -> list[dict[str, float]]:
         prompts = check_prompts(prompts)
