@@ -20,7 +20,11 @@ What it measures, per size (the same random Qwen2.5 configuration as bench_sft, 
   step, right padding (pad label -100) and no attention mask, as ``phases.sft_fast`` collates;
 - the step: Unsloth's own patched forward with ``labels`` (its fused, chunked linear + cross-entropy
   loss), under bf16 autocast as its Trainer runs it, backward, grad clipping 1.0, fused AdamW lr 2e-5;
-  3 warm-up steps, then the rest of the plan (or ``--steps``) timed between CUDA synchronisations.
+  3 warm-up steps, then the rest of the plan (or ``--steps``) timed between CUDA synchronisations;
+  inside ``phases.models.attention.variable_shape_attention`` (cuDNN's attention out of SDPA's
+  picks, as the pipeline trains; recorded as ``attention``). ``--warm-pass``: a whole pass first,
+  timed after its first 3 steps (``first_pass_tokens_per_s``: every batch shape new, what the
+  stage's one-epoch SFT sees), then the timed window over the same batches again (steady state).
   A step that runs out of memory halves the token budget and starts again (as bench_sft does).
 Reported like bench_sft's rows (``bench: sft``): real tokens/s, 6N-MFU against the bf16 matmul
 peak measured in this process by ``common.ceilings`` (or ``--peak-tflops``, e.g. run_all's), peak
@@ -75,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="timed steps (0: the rest of the plan after warm-up)")
     ap.add_argument("--warm-pass", action="store_true",
                     help="warm up on one whole pass over the plan (every sequence length compiled once), then time "
-                         "a second pass (or its first --steps): Unsloth's steady state")
+                         "a second pass (or its first --steps): Unsloth's steady state. The warm-up pass is timed "
+                         "too after its first steps (first_pass_tokens_per_s: every shape new, a one-epoch run)")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 matmul peak for MFU (0: measure here)")
     ap.add_argument("--plan", action="store_true", help="print the batch plan and exit (no unsloth, no GPU)")
     a = ap.parse_args(argv)
@@ -153,6 +158,7 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
     from phases.sft_fast import collate_right_padded
 
     cuda = dev.startswith("cuda")
+    first_warm = warm  # with warm_pass: the first pass is timed too, after its own first ``warm`` steps
     if warm_pass:
         warm, todo = len(batches), batches + (batches[:steps] if steps else batches)
     else:
@@ -167,12 +173,18 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
         e.record()
         return e
 
-    losses, tokens, marks = [], 0, []
+    losses, tokens, marks, first_tokens = [], 0, [], 0
     for k, b in enumerate(todo):
+        if warm_pass and k == first_warm:
+            if cuda:
+                torch.cuda.synchronize()
+            t_first = time.perf_counter()
         if k == warm:
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
+            if warm_pass:
+                first_s = t0 - t_first
         batch = collate_right_padded([data[i] for i in b], 0)
         ids = batch["input_ids"].to(dev, non_blocking=True)
         labels = batch["labels"].to(dev, non_blocking=True)
@@ -187,6 +199,8 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
         if k >= warm:
             marks.append((start, mark()))
             tokens += batch["n_tokens"]
+        elif warm_pass and k >= first_warm:
+            first_tokens += batch["n_tokens"]
     if cuda:
         torch.cuda.synchronize()
     t = time.perf_counter() - t0
@@ -194,9 +208,14 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
     sel = todo[warm:]
     real = sum(len(data[i]) for b in sel for i in b)
     padded = sum(len(b) * max(len(data[i]) for i in b) for b in sel)
-    return {"seconds": round(t, 3), "tokens": tokens, "tokens_per_s": tokens / t, "steps": len(sel), "warmup_steps": warm,
-            "padding_frac": round(1 - real / padded, 3), "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
-            "step_s_median": round(step_s[len(step_s) // 2], 4), "step_s_max": round(step_s[-1], 4)}
+    res = {"seconds": round(t, 3), "tokens": tokens, "tokens_per_s": tokens / t, "steps": len(sel), "warmup_steps": warm,
+           "padding_frac": round(1 - real / padded, 3), "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
+           "step_s_median": round(step_s[len(step_s) // 2], 4), "step_s_max": round(step_s[-1], 4)}
+    if warm_pass:  # the warm-up pass after its first steps: every shape new, as in a one-epoch run
+        res.update(first_pass_seconds=round(first_s, 3), first_pass_tokens=first_tokens,
+                   first_pass_steps=len(batches) - first_warm,
+                   first_pass_tokens_per_s=round(first_tokens / first_s, 1) if first_s > 0 else None)
+    return res
 
 
 def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_rows: int, steps: int,
@@ -205,6 +224,7 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
 
     from benchmarks import common
     from benchmarks.bench_sft import save_random_model
+    from phases.models.attention import variable_shape_attention
 
     folder = Path(tmp) / f"model-{size}"  # main() deletes it after the size (15 GB at 7B)
     if not folder.is_dir():
@@ -222,7 +242,9 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
         opt = torch.optim.AdamW(params, lr=2e-5, fused=True)
         torch.cuda.reset_peak_memory_stats()
         try:
-            res = _step_loop(model, opt, params, data, batches, WARM, steps, warm_pass=warm_pass)
+            # the SDPA kernels the pipeline trains with (cuDNN's attention out: phases/models/attention.py)
+            with variable_shape_attention("cuda") as attention:
+                res = _step_loop(model, opt, params, data, batches, WARM, steps, warm_pass=warm_pass)
             break
         except torch.OutOfMemoryError:
             if budget <= 1024:
@@ -238,6 +260,7 @@ def run_size(size: str, FastLanguageModel, tmp: str, *, max_tokens: int, max_row
                       + (", timed after a warm-up pass)" if warm_pass else ")"))
     res["batch"] = f"<= {max_rows} rows, <= {budget} tokens"
     res["gradient_checkpointing"] = False
+    res["attention"] = attention
     del model, opt, params
     common.free("cuda")
     return res

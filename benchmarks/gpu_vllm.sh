@@ -17,9 +17,11 @@
 #   k: the first-row effect: step_compile twice then on new records in one process (40-step windows,
 #   profiled steps), then first rows in fresh processes with the collector frozen / CUDA modules eager.
 #   m, n: the 1.5B / 7B rows with cuDNN's attention left out of SDPA (the cause k found), the runner
-#   row, and a step_compile_cudnn row beside them. r, s (not run yet): the planned decoder autocast
-#   (step_compile_autocast) beside step_compile and the runner row, at 1.5B / 7B. t (not run yet):
-#   check_attention.py: which SDPA kernel the critic and generation paths run, and a new shape's cost.
+#   row, and a step_compile_cudnn row beside them. r, s: the decoder autocast beside fp32 LoRA matmuls,
+#   with TRL and the runner row, at 1.5B / 7B (the sixth run ran them when autocast was off by default
+#   and the row was step_compile_autocast; it is now the default and the row step_compile_fp32lora).
+#   t: check_attention.py: which SDPA kernel the critic and generation paths run, a new shape's cost.
+#   u (not run in this form yet): Unsloth's first pass and steady state beside the step, 1.5B and 7B.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -30,7 +32,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s|t}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s|t|u}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -165,20 +167,34 @@ elif [ "$part" = n ]; then  # carry [".vc4"]: 7B the same way
   timeout 575 python3 benchmarks/bench_sft.py --sizes 7B --steps 20 --profile-steps 2 --models-dir /tmp/bench-models \
     --variants ${SFT7:-trl,step_compile,runner,step_compile_cudnn} --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
-elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]; not run yet: the planned decoder autocast
-  # beside today's step, and the runner row after the fifth run's fixes (r: 1.5B, s: 7B)
+elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]: the decoder autocast (the step's default)
+  # beside the old fp32 LoRA matmuls, with TRL and the runner row (r: 1.5B, s: 7B)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
   size=$([ "$part" = r ] && echo 1.5B || echo 7B)
   timeout 575 python3 benchmarks/bench_sft.py --sizes $size --steps 30 --profile-steps 2 --models-dir /tmp/bench-models \
-    --variants trl,step_compile,step_compile_autocast,runner --out "$R/sft" > "$R/bench_sft_$size.log" 2>&1
+    --variants trl,step_compile,step_compile_fp32lora,runner --out "$R/sft" > "$R/bench_sft_$size.log" 2>&1
   stamp "sft $size rc=$?"
-elif [ "$part" = t ]; then  # carry [".vc4"]; not run yet: cuDNN's per-shape cost in the critic and generation paths
+elif [ "$part" = t ]; then  # carry [".vc4"]: cuDNN's per-shape cost in the critic and generation paths
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
   timeout 280 python3 benchmarks/check_attention.py --size 1.5B --out "$R/a15" > "$R/check_attention_1.5B.log" 2>&1
   stamp "attention 1.5B rc=$?"
   left=$(( 585 - ($(date +%s) - t0) ))
   timeout "$left" python3 benchmarks/check_attention.py --size 7B --out "$R/a7" > "$R/check_attention_7B.log" 2>&1
   stamp "attention 7B rc=$?"
+elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one call, same token budgets as
+  # bench_sft's (16,384 at 1.5B, 6,144 at 7B), both with cuDNN's attention out; Unsloth's first pass
+  # (new shapes, as the stage's one-epoch SFT) and its steady state (a second pass). The sixth run ran
+  # the 7B half of this inline (results/h200-2026-12-01f/u), before the first pass was timed.
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  for sz in 1.5B:16384 7B:6144; do
+    size=${sz%%:*}; budget=${sz##*:}
+    timeout 200 python3 benchmarks/bench_sft.py --sizes $size --steps 30 --variants step_compile \
+      --out "$R/sft$size" > "$R/bench_sft_$size.log" 2>&1
+    stamp "sft $size rc=$?"
+    timeout 200 python3 benchmarks/bench_unsloth.py --sizes $size --max-tokens $budget --warm-pass --steps 30 \
+      --out "$R/unsloth$size" > "$R/bench_unsloth_$size.log" 2>&1
+    stamp "unsloth $size rc=$?"
+  done
 else
   echo "unknown part $part"; exit 2
 fi
