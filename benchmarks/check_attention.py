@@ -23,7 +23,12 @@ generation keeps PyTorch's pick); Dynamo's cache is reset between modes, since i
 on SDPA's flags.
 Paths: ``critic plain`` (``HFBackend.next_token_logprobs``, batched, padded with a mask),
 ``critic prefix`` (``phases.models.prefix_cache``), ``generate fastgen`` (``fastgen.generate``:
-static KV cache, graph-captured decode), ``generate plain`` (``HFBackend.generate``).
+static KV cache, graph-captured decode), ``generate plain`` (``HFBackend.generate``), and
+``generate fastgen, one batch size``: fastgen with the batch size fixed and only the prompt lengths
+changing, as the pipeline's buckets call it (the decode graphs then repeat per rounded cache
+length, the prefill widths do not; the sixth run's "new" fastgen calls changed the batch size on
+every call, a new decode graph each, so this path answers whether generation should leave cuDNN
+out too). It shares the backend's graph cache with ``generate fastgen``, as a run's calls would.
 
 GPU:  python3 benchmarks/check_attention.py --size 1.5B --out /tmp/attn      (about 2 minutes)
 CPU smoke (tiny model):  python3 benchmarks/check_attention.py --cpu --out /tmp/attn
@@ -46,7 +51,9 @@ from benchmarks import common  # noqa: E402
 
 from benchmarks.bench_critic import CANDS  # noqa: E402  (the id strings standing for the A/B labels)
 
-PATHS = ("critic plain", "critic prefix", "generate fastgen", "generate plain")
+PATHS = ("critic plain", "critic prefix", "generate fastgen", "generate plain", "generate fastgen, one batch size")
+#: paths whose timed calls keep one batch size (only the prompt lengths change): the pipeline's buckets
+FIXED_BATCH = ("generate fastgen, one batch size",)
 
 
 def call_prompts(seed: int, n: int, lo: int, hi: int, vocab: int, shared: int = 40) -> list[str]:
@@ -58,10 +65,13 @@ def call_prompts(seed: int, n: int, lo: int, hi: int, vocab: int, shared: int = 
     return [" ".join(map(str, head + common.rand_ids(g, L, vocab))) for L in lens]
 
 
-def call_sets(path_index: int, calls: int, batch: int, lo: int, hi: int, vocab: int) -> list[list[str]]:
+def call_sets(path_index: int, calls: int, batch: int, lo: int, hi: int, vocab: int,
+              fixed_batch: bool = False) -> list[list[str]]:
     """The timed calls' prompts for one path: call ``i`` has ``batch - i`` prompts (so the batch
-    dimension differs from call to call, as well as the lengths), each path its own seeds."""
-    return [call_prompts(100 * path_index + i, max(1, batch - i), lo, hi, vocab) for i in range(calls)]
+    dimension differs from call to call, as well as the lengths), each path its own seeds;
+    ``fixed_batch``: ``batch`` prompts every call, only the lengths change (the pipeline's buckets)."""
+    return [call_prompts(100 * path_index + i, batch if fixed_batch else max(1, batch - i), lo, hi, vocab)
+            for i in range(calls)]
 
 
 def attention_ops(fn) -> dict[str, int]:
@@ -103,6 +113,7 @@ def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int
             "critic prefix": lambda P: prefix_cache.next_token_logprobs(be, P, CANDS, max_batch=batch),
             "generate fastgen": lambda P: fastgen.generate(be, P, greedy, batch_size=batch),
             "generate plain": lambda P: be.generate(P, greedy),
+            "generate fastgen, one batch size": lambda P: fastgen.generate(be, P, greedy, batch_size=batch),
         }
         with (variable_shape_attention(dev) if mode == "no_cudnn"
               else mock.patch.object(attention, "AVOID_CUDNN", False)):
@@ -110,7 +121,7 @@ def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int
                 fn = fns[path]
                 # warm-up on a shape no timed call uses (allocations, the decode graphs, imports)
                 fn(call_prompts(10_000 + k, batch, lo, hi, vocab))
-                sets = call_sets(k, calls, batch, lo, hi, vocab)
+                sets = call_sets(k, calls, batch, lo, hi, vocab, fixed_batch=path in FIXED_BATCH)
                 new = [_timed(lambda P=P: fn(P), dev) for P in sets]
                 again = [_timed(lambda P=P: fn(P), dev) for P in sets]
                 ops = attention_ops(lambda: fn(call_prompts(100 * k + calls, max(1, batch - calls), lo, hi, vocab)))

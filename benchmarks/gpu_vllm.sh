@@ -20,7 +20,8 @@
 #   row, and a step_compile_cudnn row beside them. r, s: the decoder autocast beside fp32 LoRA matmuls,
 #   with TRL and the runner row, at 1.5B / 7B (the sixth run ran them when autocast was off by default
 #   and the row was step_compile_autocast; it is now the default and the row step_compile_fp32lora).
-#   t: check_attention.py: which SDPA kernel the critic and generation paths run, a new shape's cost.
+#   t: check_attention.py: which SDPA kernel the critic and generation paths run, a new shape's cost
+#   (since the sixth run also fastgen with one batch size, the pipeline's shapes).
 #   u (not run in this form yet): Unsloth's first pass and steady state beside the step, 1.5B and 7B.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #

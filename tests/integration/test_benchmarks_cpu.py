@@ -154,6 +154,10 @@ def test_check_attention_cpu_smoke(tmp_path):
         assert r["new_ms"] > 0 and r["repeat_ms"] > 0 and len(r["new_ms_each"]) == 2
         assert r["attention_ops"] and all("attention" in k for k in r["attention_ops"])
     assert "| critic prefix | no_cudnn |" in (tmp_path / "attention.md").read_text()
-    # each call has a batch of another size (the shapes the check is about), on every path
+    # each call has a batch of another size (the shapes the check is about), on every path but the
+    # fixed-batch one, whose calls keep the batch size and change only the prompt lengths
     for k in range(len(check_attention.PATHS)):
         assert [len(P) for P in check_attention.call_sets(k, 3, 6, 8, 24, 1024)] == [6, 5, 4]
+    fixed = check_attention.call_sets(4, 3, 6, 8, 24, 1024, fixed_batch=True)
+    assert [len(P) for P in fixed] == [6, 6, 6] and len({tuple(P) for P in fixed}) == 3
+    assert check_attention.FIXED_BATCH == ("generate fastgen, one batch size",)
