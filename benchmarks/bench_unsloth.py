@@ -163,8 +163,9 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
         warm, todo = len(batches), batches + (batches[:steps] if steps else batches)
     else:
         todo = batches[: warm + steps] if steps else batches
-    if len(todo) <= warm:
-        raise ValueError(f"plan has {len(batches)} steps; need more than the {warm} warm-up steps")
+    if len(todo) <= warm or (warm_pass and len(batches) <= first_warm):
+        raise ValueError(f"plan has {len(batches)} steps; need more than the "
+                         f"{first_warm if warm_pass else warm} warm-up steps")
 
     def mark():  # a point in time: a CUDA event (no host sync per step) or the host clock
         if not cuda:

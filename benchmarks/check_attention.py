@@ -121,13 +121,16 @@ def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int
                 fn = fns[path]
                 # warm-up on a shape no timed call uses (allocations, the decode graphs, imports)
                 fn(call_prompts(10_000 + k, batch, lo, hi, vocab))
-                sets = call_sets(k, calls, batch, lo, hi, vocab, fixed_batch=path in FIXED_BATCH)
+                fixed = path in FIXED_BATCH
+                sets = call_sets(k, calls, batch, lo, hi, vocab, fixed_batch=fixed)
                 new = [_timed(lambda P=P: fn(P), dev) for P in sets]
                 again = [_timed(lambda P=P: fn(P), dev) for P in sets]
-                ops = attention_ops(lambda: fn(call_prompts(100 * k + calls, max(1, batch - calls), lo, hi, vocab)))
+                ops = attention_ops(lambda: fn(call_prompts(100 * k + calls, batch if fixed else max(1, batch - calls),
+                                                            lo, hi, vocab)))
                 r = {"bench": "attention-check", "size": size, "path": path, "mode": mode, "calls": calls,
                      "new_ms": round(statistics.median(new) * 1e3, 2), "repeat_ms": round(statistics.median(again) * 1e3, 2),
-                     "new_ms_each": [round(x * 1e3, 1) for x in new], "attention_ops": ops}
+                     "new_ms_each": [round(x * 1e3, 1) for x in new], "batch_sizes": [len(P) for P in sets],
+                     "attention_ops": ops}
                 r["x_new_vs_repeat"] = round(r["new_ms"] / r["repeat_ms"], 2) if r["repeat_ms"] else None
                 rows.append(r)
                 print(f"{size:>5} {mode:8} {path:17} new {r['new_ms']:9.1f} ms  repeat {r['repeat_ms']:9.1f} ms  "

@@ -4,7 +4,9 @@ For a random Qwen2 of ``--size`` wrapped in the step's LoRA (r=16 on every linea
 drawn non-zero so the adapters matter), in fp32 and bf16, on two batch shapes (right-padded rows
 of different lengths, no attention mask: what the fast trainer feeds), the step's loss
 (``phases.sft_fast_trainer.fast_loss``: the decoder, then the fused linear + CE, whose chunk math
-is compiled too on the compiled side, as the step runs it with ``COMPILE_LOSS``):
+is compiled too on the compiled side, as the step runs it with ``COMPILE_LOSS``; in bf16 the
+decoder under bf16 autocast when ``AUTOCAST_DECODER`` is on, as the step trains; rows say
+``autocast``):
 - loss and LoRA gradients of the compiled layers vs the eager ones (relative difference);
 - causality: changing row 0's tokens from position ``k`` on must leave its hidden states before
   ``k`` unchanged (a lost causal mask would let training see the tokens it predicts);
@@ -59,11 +61,18 @@ def _batch(vocab: int, lens: list[int], dev: str, seed: int):
     return ids.to(dev), labels.to(dev)
 
 
-def _loss_grads(model, ids, labels, compiled: bool):
+def _autocast(dtype_name: str):
+    """The ``autocast_dtype`` the step's fast trainer passes for this dtype (bf16 Trainer: bf16)."""
+    from phases import sft_fast_trainer
+
+    return torch.bfloat16 if dtype_name == "bfloat16" and sft_fast_trainer.AUTOCAST_DECODER else None
+
+
+def _loss_grads(model, ids, labels, compiled: bool, autocast_dtype=None):
     from phases.sft_fast_trainer import fast_loss
 
     model.zero_grad(set_to_none=True)
-    loss = fast_loss(model, ids, labels, compiled=compiled)
+    loss = fast_loss(model, ids, labels, compiled=compiled, autocast_dtype=autocast_dtype)
     loss.backward()
     grads = {n: w.grad.detach().float().clone() for n, w in model.named_parameters() if w.requires_grad}
     return float(loss), grads
@@ -83,15 +92,16 @@ def check(size: str, dev: str, dtype_name: str, steps: int) -> list[dict]:
     comp = copy.deepcopy(eager)
     compile_layers(comp, CompileChoice("layers", True))
     vocab = eager.config.vocab_size
-    rows, tol = [], TOL[dtype_name]
+    rows, tol, ac = [], TOL[dtype_name], _autocast(dtype_name)
     for shape, lens in enumerate(([96, 64, 33, 17], [160, 120, 80, 40, 20, 9])):
         ids, labels = _batch(vocab, lens, dev, seed=shape)
-        le, ge = _loss_grads(eager, ids, labels, False)
-        lc, gc = _loss_grads(comp, ids, labels, True)
+        le, ge = _loss_grads(eager, ids, labels, False, ac)
+        lc, gc = _loss_grads(comp, ids, labels, True, ac)
         num = sum(float((ge[n] - gc[n]).norm()) ** 2 for n in ge) ** 0.5
         den = sum(float(ge[n].norm()) ** 2 for n in ge) ** 0.5
         loss_rel, grad_rel = abs(le - lc) / abs(le), num / den
-        rows.append({"check": "loss and LoRA gradients, compiled vs eager", "dtype": dtype_name, "shape": lens,
+        rows.append({"check": "loss and LoRA gradients, compiled vs eager", "dtype": dtype_name, "autocast": ac is not None,
+                     "shape": lens,
                      "loss_eager": le, "loss_compiled": lc, "loss_rel_diff": loss_rel, "grad_rel_diff": grad_rel,
                      "tolerance": tol, "ok": loss_rel <= tol and grad_rel <= 3 * tol})
     k = 40
@@ -114,7 +124,7 @@ def check(size: str, dev: str, dtype_name: str, steps: int) -> list[dict]:
             ids, labels = _batch(vocab, [128 - 8 * (s % 5), 100, 77, 50, 31], dev, seed=100 + s)
             from phases.sft_fast_trainer import fast_loss
 
-            loss = fast_loss(m, ids, labels, compiled=m is comp)
+            loss = fast_loss(m, ids, labels, compiled=m is comp, autocast_dtype=ac)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -122,6 +132,7 @@ def check(size: str, dev: str, dtype_name: str, steps: int) -> list[dict]:
         curves[name] = curve
     last_rel = abs(curves["eager"][-1] - curves["compiled"][-1]) / abs(curves["eager"][-1])
     rows.append({"check": f"loss curve over {steps} AdamW steps (lr 2e-4), same start and batches", "dtype": dtype_name,
+                 "autocast": ac is not None,
                  "eager": curves["eager"], "compiled": curves["compiled"], "last_rel_diff": last_rel,
                  "ok": last_rel <= 10 * tol})
     del eager, comp

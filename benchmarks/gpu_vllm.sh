@@ -172,7 +172,11 @@ elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]: the decoder aut
   # beside the old fp32 LoRA matmuls, with TRL and the runner row (r: 1.5B, s: 7B)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
   size=$([ "$part" = r ] && echo 1.5B || echo 7B)
-  timeout 575 python3 benchmarks/bench_sft.py --sizes $size --steps 30 --profile-steps 2 --models-dir /tmp/bench-models \
+  if [ "$part" = r ]; then  # compiled vs eager at 0.5B, fp32 and bf16 (bf16 under the step's autocast)
+    timeout 170 python3 benchmarks/check_sft_compile.py --size 0.5B --steps 10 --out "$R/check" > "$R/check_sft_compile.log" 2>&1
+    stamp "compile check rc=$?"
+  fi
+  timeout $(( 585 - ($(date +%s) - t0) )) python3 benchmarks/bench_sft.py --sizes $size --steps 30 --profile-steps 2 --models-dir /tmp/bench-models \
     --variants trl,step_compile,step_compile_fp32lora,runner --out "$R/sft" > "$R/bench_sft_$size.log" 2>&1
   stamp "sft $size rc=$?"
 elif [ "$part" = t ]; then  # carry [".vc4"]: cuDNN's per-shape cost in the critic and generation paths
@@ -187,12 +191,16 @@ elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one cal
   # (new shapes, as the stage's one-epoch SFT) and its steady state (a second pass). The sixth run ran
   # the 7B half of this inline (results/h200-2026-12-01f/u), before the first pass was timed.
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
-  for sz in 1.5B:16384 7B:6144; do
+  # 7B first (where Unsloth's steady state won); each process gets at most 200 s and never more than
+  # the call has left (the sixth run, warm Inductor cache: the 7B step row 135 s, Unsloth at 7B 110 s)
+  cap() { local left=$(( 580 - ($(date +%s) - t0) ))  # (timeout 0 would mean no limit: at least 1)
+          [ "$left" -gt 200 ] && left=200; [ "$left" -lt 1 ] && left=1; echo "$left"; }
+  for sz in 7B:6144 1.5B:16384; do
     size=${sz%%:*}; budget=${sz##*:}
-    timeout 200 python3 benchmarks/bench_sft.py --sizes $size --steps 30 --variants step_compile \
-      --out "$R/sft$size" > "$R/bench_sft_$size.log" 2>&1
+    timeout "$(cap)" python3 benchmarks/bench_sft.py --sizes $size --steps 30 --variants step_compile \
+      --models-dir /tmp/bench-models --out "$R/sft$size" > "$R/bench_sft_$size.log" 2>&1
     stamp "sft $size rc=$?"
-    timeout 200 python3 benchmarks/bench_unsloth.py --sizes $size --max-tokens $budget --warm-pass --steps 30 \
+    timeout "$(cap)" python3 benchmarks/bench_unsloth.py --sizes $size --max-tokens $budget --warm-pass --steps 30 \
       --out "$R/unsloth$size" > "$R/bench_unsloth_$size.log" 2>&1
     stamp "unsloth $size rc=$?"
   done

@@ -152,6 +152,8 @@ def test_check_attention_cpu_smoke(tmp_path):
         (p, m) for p in check_attention.PATHS for m in ("default", "no_cudnn"))
     for r in rows:
         assert r["new_ms"] > 0 and r["repeat_ms"] > 0 and len(r["new_ms_each"]) == 2
+        # the CPU run's batch is 6: the fixed-batch path keeps it, the others shrink it per call
+        assert r["batch_sizes"] == ([6, 6] if r["path"] in check_attention.FIXED_BATCH else [6, 5])
         assert r["attention_ops"] and all("attention" in k for k in r["attention_ops"])
     assert "| critic prefix | no_cudnn |" in (tmp_path / "attention.md").read_text()
     # each call has a batch of another size (the shapes the check is about), on every path but the
@@ -161,3 +163,24 @@ def test_check_attention_cpu_smoke(tmp_path):
     fixed = check_attention.call_sets(4, 3, 6, 8, 24, 1024, fixed_batch=True)
     assert [len(P) for P in fixed] == [6, 6, 6] and len({tuple(P) for P in fixed}) == 3
     assert check_attention.FIXED_BATCH == ("generate fastgen, one batch size",)
+    assert set(check_attention.FIXED_BATCH) <= set(check_attention.PATHS)
+
+
+def test_check_sft_compile_cpu_smoke_runs_bf16_under_the_steps_autocast(tmp_path):
+    """benchmarks/check_sft_compile.py on the tiny model: every check passes in fp32 and bf16, and
+    the bf16 rows run the decoder under autocast exactly as the step's trainer does
+    (``AUTOCAST_DECODER``), fp32 without."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from benchmarks import check_sft_compile
+    from phases import sft_fast_trainer
+
+    assert check_sft_compile._autocast("bfloat16") is (torch.bfloat16 if sft_fast_trainer.AUTOCAST_DECODER else None)
+    assert check_sft_compile._autocast("float32") is None
+    rc = check_sft_compile.main(["--size", "tiny", "--device", "cpu", "--dtypes", "float32,bfloat16", "--steps", "2",
+                                 "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "compile_check.json").read_text())
+    assert rc == 0, [r for r in rows if not r["ok"]]
+    with_ac = {(r["dtype"], r["autocast"]) for r in rows if "autocast" in r}
+    assert with_ac == {("float32", False), ("bfloat16", sft_fast_trainer.AUTOCAST_DECODER)}

@@ -17,7 +17,7 @@ How it keeps batched == one-at-a-time (see backends/base.py for the shared contr
 - On CUDA, scoring runs inside ``phases.models.attention.variable_shape_attention`` (SDPA without
   cuDNN's attention, which builds a graph per new input shape on the CPU: a plain critic call on
   shapes not seen before took 1.48x its repeated-shape time at 1.5B on the H200, 1.08x at 7B,
-  and at most 2% less without cuDNN on repeated ones; docs/performance.md "Issue 15, sixth run").
+  while repeated shapes ran at most 2% slower without cuDNN; docs/performance.md "Issue 15, sixth run").
   Generation keeps PyTorch's pick: fastgen (the CUDA route) replays its decode graph on repeated
   shapes, where cuDNN's kernel was 3-5% faster.
 Empty prompts (zero tokens) raise ``ValueError``: with no BOS there is nothing to condition on.
