@@ -246,7 +246,7 @@ def mt_sft(ctx):
         "format": {"framing": "phases.prompts.transcript_prompt", "loss": "assistant turns only, each answer plus "
                    "the following turn label (the stop string)"},
         "hyperparameters": dict(ctx.params), "adapter": {"path": "adapter", "sha256": adapter_sha},
-        **{k: res[k] for k in ("device", "quantization", "trainer", "kernels", "compile", "attention", "gradient_checkpointing",
+        **{k: res[k] for k in ("device", "quantization", "trainer", "kernels", "compile", "attention", "decoder_autocast", "gradient_checkpointing",
                                "examples", "resumed_from", "metrics", "loss_curve")}})
     atomic_write_json(ctx.out_dir / "TRAINING_SUCCESS", {"adapter_path": "adapter", "adapter_sha256": adapter_sha,
                                                          "git_sha": common.git_info()["commit"]})

@@ -443,13 +443,14 @@ def tensorboard_callback(log_dir: Path):
 def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params: dict, out_dir: Path,
                  seed: int, device: str, grad_ckpt: bool, use_trl: bool = True,
                  on_checkpoint: Callable[[str, int], None] | None = None, fast: bool = False,
-                 compile_loss: bool = False):
+                 compile_loss: bool = False, decoder_autocast: bool = False):
     """TRL's ``SFTTrainer`` over the pre-tokenized examples with ``ResponseOnlyCollator``.
 
     ``fast=True``: the fast trainer (``phases/sft_fast_trainer.py``) with the same optimizer,
     schedule, checkpoints and callbacks, gradient accumulation 1 and token-budget batches of at
     most ``per_device_batch_size x grad_accum`` examples (the same examples per optimizer step);
-    ``compile_loss``: its fused loss's chunk math through torch.compile (``CompileChoice.loss``).
+    ``compile_loss``: its fused loss's chunk math through torch.compile (``CompileChoice.loss``);
+    ``decoder_autocast``: its decoder under bf16 autocast (``sft_fast_trainer.decoder_autocast_record``).
 
     Without ``trl``/``datasets`` (e.g. a GPU image where they cannot be installed) the plain
     ``transformers.Trainer`` runs the same examples with the same collator, optimizer and schedule.
@@ -488,7 +489,7 @@ def make_trainer(loaded, model, train_ex: list[dict], dev_ex: list[dict], params
         kw.update(gradient_accumulation_steps=1, per_device_train_batch_size=rows)
         return make_fast_trainer(model, train_ex, dev_ex, TrainingArguments(**kw), collator, loaded.eos_token_id,
                                  int(params["fast_max_tokens"]), rows, seed, processing_class=loaded.tokenizer,
-                                 callbacks=cbs, compile_loss=compile_loss)
+                                 callbacks=cbs, compile_loss=compile_loss, decoder_autocast=decoder_autocast)
     if use_trl:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -534,6 +535,12 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     import torch
 
     kernels_record, compile_record, attention = kernels.record(), comp.record(), attention_record(device)
+    if trainer_name == "fast":
+        from phases.sft_fast_trainer import decoder_autocast_record  # lazy: it imports torch (phases/sft_fast.py)
+
+        autocast = decoder_autocast_record(device, quant)
+    else:
+        autocast = {"applied": False, "reason": f"trainer {trainer_name}: the Trainer's own mixed precision"}
     if params["max_examples"] > 0:
         records = records[: params["max_examples"]]
     examples, counts = (encode_records or build_examples)(loaded, records, params["max_seq_len"])
@@ -554,7 +561,8 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
             global_step=global_step)
 
     trainer = make_trainer(loaded, model, train_ex, dev_ex, params, trainer_dir, seed, device, grad_ckpt, use_trl,
-                           on_checkpoint=checkpoint_done, fast=trainer_name == "fast", compile_loss=comp.loss)
+                           on_checkpoint=checkpoint_done, fast=trainer_name == "fast", compile_loss=comp.loss,
+                           decoder_autocast=autocast["applied"])
     speed = throughput_callback(device.startswith("cuda"))
     trainer.add_callback(speed)
     for cb in callbacks or ():
@@ -565,11 +573,13 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     if ckpt is not None:
         log(f"resuming training from checkpoint {ckpt.name} (global step {step}), not from step 0; {kernels_line}",
             kind="sft_resumed", from_step=step, checkpoint=ckpt.name, kernels=kernels_record, compile=compile_record,
-            attention=attention)
+            attention=attention, decoder_autocast=autocast)
     else:
         log(f"training from step 0 on {len(train_ex)} examples ({len(dev_ex)} dev), device {device}, "
-            f"quantization {quant}, trainer {trainer_name}, {kernels_line}, attention {attention['sdpa']}",
-            kind="sft_started", kernels=kernels_record, compile=compile_record, attention=attention)
+            f"quantization {quant}, trainer {trainer_name}, {kernels_line}, attention {attention['sdpa']}, "
+            f"decoder autocast {'bf16' if autocast['applied'] else 'off'}",
+            kind="sft_started", kernels=kernels_record, compile=compile_record, attention=attention,
+            decoder_autocast=autocast)
     t0 = time.time()
     with variable_shape_attention(device):  # SDPA without cuDNN's per-shape graphs: phases/models/attention.py
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -606,7 +616,7 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     # tokens of this attempt only: a resumed trainer starts from the checkpoint's count
     tokens_attempt = int(state.num_input_tokens_seen or 0) - speed.tokens_at_begin
     out = {
-        "kernels": kernels_record, "compile": compile_record, "attention": attention,
+        "kernels": kernels_record, "compile": compile_record, "attention": attention, "decoder_autocast": autocast,
         "device": device, "quantization": quant, "loaded_in_4bit": bool(getattr(loaded.model, "is_loaded_in_4bit", False)),
         "trainer": trainer_name, "gradient_checkpointing": grad_ckpt,
         "model_provenance": {k: v for k, v in loaded.provenance.items() if k != "load_seconds"},

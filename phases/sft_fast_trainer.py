@@ -32,9 +32,10 @@ What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performa
 - **Precision**: the base weights are bf16 on CUDA (fp32 on CPU) and the LoRA adapters fp32. The
   training loss calls the decoder directly, outside the autocast wrapper accelerate puts on the
   model's ``forward`` (which TRL's path and the dev evaluation go through), so it opens its own:
-  with ``AUTOCAST_DECODER`` (on) and a bf16 Trainer, the decoder runs under bf16 autocast and the
-  adapters' matmuls use bf16 tensor cores, as on TRL's path; the fused loss stays outside autocast
-  (fp32 log-softmax). Without it PEFT casts each LoRA input to fp32: about 58 ms of a 240 ms step
+  for a bf16 LoRA on CUDA (``decoder_autocast_record``: ``AUTOCAST_DECODER`` on, no quantization)
+  the decoder runs under bf16 autocast and the adapters' matmuls use bf16 tensor cores, as on
+  TRL's path; the fused loss stays outside autocast (fp32 log-softmax). nf4 QLoRA keeps fp32 LoRA
+  matmuls until autocast is measured with nf4 and Liger's kernels on a GPU. Without it PEFT casts each LoRA input to fp32: about 58 ms of a 240 ms step
   at 1.5B on the H200. Measured side by side (docs/performance.md "Issue 15, sixth run"): 1.17x
   tokens/s at 1.5B and 7B with the same loss curve to about 0.01 (last loss 10.235 vs 10.244 at
   1.5B, 10.712 vs 10.701 at 7B after 30 steps) and 9-12 GiB less peak memory.
@@ -50,12 +51,32 @@ from collections.abc import Sequence
 
 from phases.sft_fast import IGNORE, fused_linear_cross_entropy, token_budget_batches
 
-__all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT"]
+__all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT",
+           "decoder_autocast_record"]
 
 #: the decoder under bf16 autocast when ``args.bf16`` (CUDA), so the LoRA matmuls use bf16 tensor
 #: cores as on TRL's path (see "Precision" above); the fused loss stays outside autocast either way.
 #: Measured before it was turned on (1.17x); the old precision stays a benchmark row: ``benchmarks/bench_sft.py`` ``step_compile_fp32lora``
 AUTOCAST_DECODER = True
+
+
+def decoder_autocast_record(device: str, quantization: str | None) -> dict:
+    """Whether the fast trainer runs its decoder under bf16 autocast here, and why: ``applied`` and
+    ``reason`` (the ``sft`` step's manifest and start event carry it as ``decoder_autocast``).
+
+    On for CUDA without quantization (the bf16 LoRA that the sixth H200 run measured); off on CPU
+    (fp32 training), with nf4 (not measured with autocast and Liger's kernels yet) and with
+    ``AUTOCAST_DECODER`` off (the benchmark's ``step_compile_fp32lora`` row).
+    """
+    if not str(device).startswith("cuda"):
+        return {"applied": False, "reason": "not CUDA: fp32 training"}
+    if not AUTOCAST_DECODER:
+        return {"applied": False, "reason": "AUTOCAST_DECODER off (a benchmark row): fp32 LoRA matmuls"}
+    if quantization not in (None, "none"):
+        return {"applied": False, "reason": f"quantization {quantization}: autocast not measured with it yet, "
+                                            "fp32 LoRA matmuls"}
+    return {"applied": True, "dtype": "bfloat16",
+            "reason": "bf16 LoRA on CUDA: 1.17x at 1.5B and 7B on an H200, same loss curve"}
 
 #: batch widths are padded up to a multiple of this: compiled layers guard on ``width % 8`` (an
 #: aligned width compiles a second graph, a ~17 s stall at the first aligned batch mid-run on the
@@ -134,12 +155,14 @@ def fast_loss(model, input_ids, labels, chunk: int = 4096, compiled: bool = Fals
 
 def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eval_collator, pad_id: int,
                       max_tokens: int, max_rows: int, seed: int, processing_class=None, callbacks=None,
-                      compile_loss: bool = False):
+                      compile_loss: bool = False, decoder_autocast: bool = False):
     """A ``transformers.Trainer`` subclass instance training ``train_ex`` by the recipe above.
 
     ``args``: ``TrainingArguments`` with ``gradient_accumulation_steps == 1`` (the token-budget
     batch IS the optimizer step; raises ``ValueError`` otherwise). ``eval_collator`` batches dev
-    examples (with an attention mask, the model's own loss).
+    examples (with an attention mask, the model's own loss). ``decoder_autocast``: the training
+    loss runs the decoder under bf16 autocast when ``args.bf16`` (the caller decides where:
+    ``decoder_autocast_record``).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -149,7 +172,7 @@ def make_fast_trainer(model, train_ex: list[dict], dev_ex: list[dict], args, eva
         raise ValueError(f"fast trainer: gradient_accumulation_steps must be 1 (got {args.gradient_accumulation_steps}); "
                          "the effective batch is max_rows examples per token-budget batch")
     sampler = TokenBudgetBatchSampler([len(e["input_ids"]) for e in train_ex], max_tokens, max_rows, seed)
-    autocast_dtype = torch.bfloat16 if AUTOCAST_DECODER and args.bf16 else None
+    autocast_dtype = torch.bfloat16 if decoder_autocast and args.bf16 else None
 
     class FastSFTTrainer(Trainer):
         token_sampler = sampler

@@ -93,7 +93,7 @@ def sft(ctx):
         "adapter": {"path": "adapter", "sha256": _tree_sha256(ctx.out_dir / "adapter")},
         "eval_link": "the evaluate step of this run (eval.json)",
         "wall_seconds": round(time.time() - t0, 2),
-        **{k: res[k] for k in ("device", "quantization", "loaded_in_4bit", "trainer", "kernels", "compile", "attention", "gradient_checkpointing", "examples",
+        **{k: res[k] for k in ("device", "quantization", "loaded_in_4bit", "trainer", "kernels", "compile", "attention", "decoder_autocast", "gradient_checkpointing", "examples",
                                "resumed_from", "checkpoints", "best_checkpoint", "metrics", "loss_curve",
                                "gpu_seconds", "model_provenance")},
     }

@@ -120,6 +120,7 @@ def test_bench_sft_step_rows_keep_steps_collector_and_profile(tmp_path, monkeypa
         assert p["steps"] == 1 and p["wall_ms_per_step"] > 0 and p["gpu_kernel_ms_per_step"] == 0  # CPU: no kernels
         assert any("attention" in k for k in p["attention_ops_per_step"])
         assert "# by self CPU time" in (out / f"profile-row{i}.txt").read_text()
+        assert r["decoder_autocast"] == {"applied": False, "reason": "not CUDA: fp32 training"}
     assert rows[1]["variant"].endswith("cuDNN attention allowed") and rows[1]["compile"]["applied"]
     assert rows[1]["attention"]["sdpa"] == "default" and attention.AVOID_CUDNN is True and gc.isenabled()
     assert (tmp_path / "models" / "model-tiny").is_dir()  # --models-dir: saved once, reusable by another process

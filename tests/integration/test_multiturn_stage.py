@@ -96,6 +96,7 @@ def test_toy_stage_runs_end_to_end(run_a):
     assert (sft / "adapter" / "adapter_config.json").is_file()
     tm = json.loads((sft / "training_manifest.json").read_text())
     assert tm["format"]["loss"].startswith("assistant turns only")
+    assert tm["decoder_autocast"]["applied"] is False  # the manifest records the training precision (CPU: fp32)
     ev = json.loads((_out(home, "mt_evaluate") / "eval.json").read_text())
     assert ev["conversation"]["overall"]["n"] == 4
     assert set(ev["conversation"]["per_type"]) <= {"carry_constraint", "recall_fact", "resolve_reference", "correction"}

@@ -130,6 +130,7 @@ def test_sft_outputs(done_run):
     assert man["hyperparameters"]["lora_r"] == 4 and man["metrics"]["global_step"] == 3
     assert man["checkpoints"] == ["checkpoint-2", "checkpoint-3"]
     assert man["kernels"]["requested"] == "auto" and man["kernels"]["applied"] == []  # CPU: no Liger, said so
+    assert man["decoder_autocast"]["applied"] is False and man["attention"]["sdpa"] == "default"  # CPU: fp32
     started = rows(done_run, "SELECT message, data_json FROM events WHERE kind='sft_started'")
     assert len(started) == 1 and "kernels none (device cpu" in started[0][0]
     assert json.loads(started[0][1])["kernels"] == man["kernels"]

@@ -141,10 +141,11 @@ def test_decoder_autocast_runs_the_lora_matmuls_in_bf16_and_leaves_the_default_f
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("bf16", [True, False])
-def test_the_trainer_runs_the_decoder_under_autocast_exactly_when_it_trains_in_bf16(tmp_path, monkeypatch, bf16):
-    """``make_fast_trainer``'s training loss passes ``autocast_dtype=bf16`` for a bf16 Trainer (the
-    CUDA step) and nothing for an fp32 one (CPU), and returns ``fast_loss``'s value."""
+@pytest.mark.parametrize("bf16,asked", [(True, True), (False, True), (True, False)])
+def test_the_trainer_runs_the_decoder_under_autocast_exactly_when_asked_and_in_bf16(tmp_path, monkeypatch, bf16, asked):
+    """``make_fast_trainer(decoder_autocast=True)``'s training loss passes ``autocast_dtype=bf16`` for
+    a bf16 Trainer (the CUDA step) and nothing for an fp32 one (CPU) or when not asked (nf4), and
+    returns ``fast_loss``'s value."""
     import torch
     from transformers import TrainingArguments
 
@@ -158,12 +159,29 @@ def test_the_trainer_runs_the_decoder_under_autocast_exactly_when_it_trains_in_b
     m = _lora_model()
     ex = _examples()
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=bf16, report_to=[], max_steps=1)
-    tr = make_fast_trainer(m, ex, [], args, None, tiny().eos_token_id, max_tokens=4096, max_rows=4, seed=0)
+    tr = make_fast_trainer(m, ex, [], args, None, tiny().eos_token_id, max_tokens=4096, max_rows=4, seed=0,
+                           decoder_autocast=asked)
     m.train()
     b = collate_train(ex, tiny().eos_token_id)
     loss = tr.compute_loss(m, b)
-    assert calls == [torch.bfloat16 if bf16 else None]
+    assert calls == [torch.bfloat16 if bf16 and asked else None]
     assert torch.isfinite(loss)
+
+
+def test_decoder_autocast_is_on_for_a_bf16_lora_on_cuda_only(monkeypatch):
+    """Where the ``sft`` step turns the decoder autocast on: CUDA without quantization (measured);
+    off on CPU, with nf4 (not measured with it) and with the benchmark's switch off."""
+    from phases import sft_fast_trainer
+    from phases.sft_fast_trainer import decoder_autocast_record
+
+    on = decoder_autocast_record("cuda:0", None)
+    assert on["applied"] is True and on["dtype"] == "bfloat16" and "1.17x" in on["reason"]
+    assert decoder_autocast_record("cuda", "none")["applied"] is True
+    assert decoder_autocast_record("cpu", None) == {"applied": False, "reason": "not CUDA: fp32 training"}
+    nf4 = decoder_autocast_record("cuda", "nf4")
+    assert nf4["applied"] is False and "nf4" in nf4["reason"]
+    monkeypatch.setattr(sft_fast_trainer, "AUTOCAST_DECODER", False)
+    assert decoder_autocast_record("cuda", None)["applied"] is False
 
 
 def test_token_budget_sampler():
@@ -223,6 +241,8 @@ def test_run_sft_records_kernels_and_throughput_and_refuses_liger_on_cpu(tmp_pat
     assert started[0]["kernels"] == res["kernels"]
     assert started[0]["attention"] == res["attention"] and res["attention"]["sdpa"] == "default"  # CPU: no change
     assert "attention default" in started[0]["message"]
+    assert started[0]["decoder_autocast"] == res["decoder_autocast"] == {"applied": False, "reason": "not CUDA: fp32 training"}
+    assert "decoder autocast off" in started[0]["message"]
     assert res["kernels"]["requested"] == "auto" and res["kernels"]["applied"] == [] and res["kernels"]["library"] is None
     m = res["metrics"]
     assert m["tokens_this_attempt"] == m["tokens_trained"] > 0 and m["train_tokens_per_s"] > 0
