@@ -35,8 +35,8 @@ What it changes (the recipe of ``phases/sft_fast.py``, measured in docs/performa
   for a bf16 LoRA on CUDA (``decoder_autocast_record``: ``AUTOCAST_DECODER`` on, no quantization)
   the decoder runs under bf16 autocast and the adapters' matmuls use bf16 tensor cores, as on
   TRL's path; the fused loss stays outside autocast (fp32 log-softmax). nf4 QLoRA keeps fp32 LoRA
-  matmuls until autocast is measured with nf4 and Liger's kernels on a GPU. Without it PEFT casts each LoRA input to fp32: about 58 ms of a 240 ms step
-  at 1.5B on the H200. Measured side by side (docs/performance.md "Issue 15, sixth run"): 1.17x
+  matmuls until autocast is measured with nf4 and Liger's kernels on a GPU. Without autocast PEFT
+  casts each LoRA input to fp32: about 58 ms of a 240 ms step at 1.5B on the H200. Measured side by side (docs/performance.md "Issue 15, sixth run"): 1.17x
   tokens/s at 1.5B and 7B with the same loss curve to about 0.01 (last loss 10.235 vs 10.244 at
   1.5B, 10.712 vs 10.701 at 7B after 30 steps) and 9-12 GiB less peak memory.
 - ``state.num_input_tokens_seen`` counts the real (unpadded) tokens trained, prompt included.
@@ -54,8 +54,9 @@ from phases.sft_fast import IGNORE, fused_linear_cross_entropy, token_budget_bat
 __all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fast_loss", "FAST_MAX_TOKENS_DEFAULT",
            "decoder_autocast_record"]
 
-#: the decoder under bf16 autocast when ``args.bf16`` (CUDA), so the LoRA matmuls use bf16 tensor
-#: cores as on TRL's path (see "Precision" above); the fused loss stays outside autocast either way.
+#: the decoder under bf16 autocast for a bf16 LoRA on CUDA (``decoder_autocast_record``), so the LoRA
+#: matmuls use bf16 tensor cores as on TRL's path (see "Precision" above); the fused loss stays
+#: outside autocast either way.
 #: Measured before it was turned on (1.17x); the old precision stays a benchmark row: ``benchmarks/bench_sft.py`` ``step_compile_fp32lora``
 AUTOCAST_DECODER = True
 
