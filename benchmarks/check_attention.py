@@ -125,8 +125,9 @@ def run(size: str, dev: str, *, calls: int, batch: int, new_tokens: int, lo: int
                 sets = call_sets(k, calls, batch, lo, hi, vocab, fixed_batch=fixed)
                 new = [_timed(lambda P=P: fn(P), dev) for P in sets]
                 again = [_timed(lambda P=P: fn(P), dev) for P in sets]
-                ops = attention_ops(lambda: fn(call_prompts(100 * k + calls, batch if fixed else max(1, batch - calls),
-                                                            lo, hi, vocab)))
+                # one more call of the same pattern, not timed: which attention ops the path runs
+                extra = call_sets(k, calls + 1, batch, lo, hi, vocab, fixed_batch=fixed)[calls]
+                ops = attention_ops(lambda: fn(extra))
                 r = {"bench": "attention-check", "size": size, "path": path, "mode": mode, "calls": calls,
                      "new_ms": round(statistics.median(new) * 1e3, 2), "repeat_ms": round(statistics.median(again) * 1e3, 2),
                      "new_ms_each": [round(x * 1e3, 1) for x in new], "batch_sizes": [len(P) for P in sets],

@@ -62,10 +62,11 @@ def _batch(vocab: int, lens: list[int], dev: str, seed: int):
 
 
 def _autocast(dtype_name: str):
-    """The ``autocast_dtype`` the step's fast trainer passes for this dtype (bf16 Trainer: bf16)."""
-    from phases import sft_fast_trainer
+    """The ``autocast_dtype`` the step's fast trainer passes for a LoRA of this dtype on CUDA (bf16:
+    ``decoder_autocast_record``'s rule for an unquantized model; fp32: none)."""
+    from phases.sft_fast_trainer import decoder_autocast_record
 
-    return torch.bfloat16 if dtype_name == "bfloat16" and sft_fast_trainer.AUTOCAST_DECODER else None
+    return torch.bfloat16 if dtype_name == "bfloat16" and decoder_autocast_record("cuda", None)["applied"] else None
 
 
 def _loss_grads(model, ids, labels, compiled: bool, autocast_dtype=None):

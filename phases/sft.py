@@ -535,12 +535,9 @@ def _train(loaded, model, device, quant, trainer_name, grad_ckpt, kernels, recor
     import torch
 
     kernels_record, compile_record, attention = kernels.record(), comp.record(), attention_record(device)
-    if trainer_name == "fast":
-        from phases.sft_fast_trainer import decoder_autocast_record  # lazy: it imports torch (phases/sft_fast.py)
+    from phases.sft_fast_trainer import decoder_autocast_record  # lazy: it imports torch (phases/sft_fast.py)
 
-        autocast = decoder_autocast_record(device, quant)
-    else:
-        autocast = {"applied": False, "reason": f"trainer {trainer_name}: the Trainer's own mixed precision"}
+    autocast = decoder_autocast_record(device, quant, trainer_name)
     if params["max_examples"] > 0:
         records = records[: params["max_examples"]]
     examples, counts = (encode_records or build_examples)(loaded, records, params["max_seq_len"])

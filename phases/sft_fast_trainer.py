@@ -61,14 +61,17 @@ __all__ = ["TokenBudgetBatchSampler", "collate_train", "make_fast_trainer", "fas
 AUTOCAST_DECODER = True
 
 
-def decoder_autocast_record(device: str, quantization: str | None) -> dict:
+def decoder_autocast_record(device: str, quantization: str | None, trainer: str = "fast") -> dict:
     """Whether the fast trainer runs its decoder under bf16 autocast here, and why: ``applied`` and
     ``reason`` (the ``sft`` step's manifest and start event carry it as ``decoder_autocast``).
 
     On for CUDA without quantization (the bf16 LoRA that the sixth H200 run measured); off on CPU
-    (fp32 training), with nf4 (not measured with autocast and Liger's kernels yet) and with
-    ``AUTOCAST_DECODER`` off (the benchmark's ``step_compile_fp32lora`` row).
+    (fp32 training), with nf4 (not measured with autocast and Liger's kernels yet), with
+    ``AUTOCAST_DECODER`` off (the benchmark's ``step_compile_fp32lora`` row) and for any ``trainer``
+    but ``fast`` (TRL's and transformers' Trainers keep their own mixed precision).
     """
+    if trainer != "fast":
+        return {"applied": False, "reason": f"trainer {trainer}: the Trainer's own mixed precision"}
     if not str(device).startswith("cuda"):
         return {"applied": False, "reason": "not CUDA: fp32 training"}
     if not AUTOCAST_DECODER:

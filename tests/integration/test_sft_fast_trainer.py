@@ -180,6 +180,8 @@ def test_decoder_autocast_is_on_for_a_bf16_lora_on_cuda_only(monkeypatch):
     assert decoder_autocast_record("cpu", None) == {"applied": False, "reason": "not CUDA: fp32 training"}
     nf4 = decoder_autocast_record("cuda", "nf4")
     assert nf4["applied"] is False and "nf4" in nf4["reason"]
+    trl = decoder_autocast_record("cuda", None, "trl")
+    assert trl["applied"] is False and "trl" in trl["reason"]  # TRL's Trainer keeps its own precision
     monkeypatch.setattr(sft_fast_trainer, "AUTOCAST_DECODER", False)
     assert decoder_autocast_record("cuda", None)["applied"] is False
 
