@@ -33,7 +33,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s|t|u}"
+part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s|t|u|v}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -186,6 +186,15 @@ elif [ "$part" = t ]; then  # carry [".vc4"]: cuDNN's per-shape cost in the crit
   left=$(( 585 - ($(date +%s) - t0) ))
   timeout "$left" python3 benchmarks/check_attention.py --size 7B --out "$R/a7" > "$R/check_attention_7B.log" 2>&1
   stamp "attention 7B rc=$?"
+elif [ "$part" = v ]; then  # carry [".vc4"]: the seventh run's last call (r ran out of its limit before
+  # its runner row): TRL and the runner row at 1.5B in one process, then check_attention at 1.5B
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  timeout 240 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 30 --models-dir /tmp/bench-models \
+    --variants trl,runner --out "$R/sft" > "$R/bench_sft_1.5B.log" 2>&1
+  stamp "sft 1.5B trl,runner rc=$?"; tar czf "$OUT/vllm_v_sft.tgz" -C /tmp/gpu-vllm v
+  timeout $(( 560 - ($(date +%s) - t0) )) python3 benchmarks/check_attention.py --size 1.5B --out "$R/a15" \
+    > "$R/check_attention_1.5B.log" 2>&1
+  stamp "attention 1.5B rc=$?"
 elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one call, same token budgets as
   # bench_sft's (16,384 at 1.5B, 6,144 at 7B), both with cuDNN's attention out; Unsloth's first pass
   # (new shapes, as the stage's one-epoch SFT) and its steady state (a second pass). The sixth run ran

@@ -185,3 +185,7 @@ def test_check_sft_compile_cpu_smoke_runs_bf16_under_the_steps_autocast(tmp_path
     assert rc == 0, [r for r in rows if not r["ok"]]
     with_ac = {(r["dtype"], r["autocast"]) for r in rows if "autocast" in r}
     assert with_ac == {("float32", False), ("bfloat16", sft_fast_trainer.AUTOCAST_DECODER)}
+    # every row that passes or fails on a tolerance names the tolerance it was held to
+    grads = [r for r in rows if "grad_rel_diff" in r]
+    assert grads and all(r["grad_tolerance"] == 3 * r["tolerance"] for r in grads)
+    assert all("tolerance" in r for r in rows if "last_rel_diff" in r)
