@@ -25,12 +25,12 @@ Contracts:
 - Trainer (``params.trainer``): ``fast`` = ``phases/sft_fast_trainer.py`` (transformers' Trainer
   loop with token-budget batches of at most ``per_device_batch_size x grad_accum`` rows and
   ``fast_max_tokens`` padded tokens, no attention mask, fused linear+CE); ``trl`` = TRL's
-  SFTTrainer with fixed-size batches. ``auto`` = ``fast`` on CUDA, ``trl`` on CPU: the rule stands
-  on the recipe's measured 4.9x (1.5B) / 2.7x (7B) over TRL defaults (docs/performance.md) until
-  the ``sft``-step benchmark rows (benchmarks/bench_sft.py variants ``step_fast``, ``step_liger``,
-  ``runner``) re-measure it. Unsloth is not a trainer of the step: ``trainer: unsloth`` is a
-  ``ConfigError`` (``UNSLOTH_NOT_A_TRAINER``); it is measured by ``benchmarks/bench_unsloth.py``
-  only (docs/performance.md).
+  SFTTrainer with fixed-size batches. ``auto`` = ``fast`` on CUDA, ``trl`` on CPU: the step through
+  ``runner`` measured 7.41x TRL SFTTrainer defaults at 1.5B in one process on an H200
+  (benchmarks/bench_sft.py variant ``runner``; docs/performance.md "Where things stand").
+  Unsloth is not a trainer of the step: ``trainer: unsloth`` is a ``ConfigError``
+  (``UNSLOTH_NOT_A_TRAINER``, with the measured reason); it is measured by
+  ``benchmarks/bench_unsloth.py`` only.
 - Kernels (``params.kernels``, ``phases/sft_speed.py``): ``auto`` = Liger's fused RoPE, RMSNorm
   and SwiGLU patched into the loaded model before PEFT wraps it, on CUDA when ``liger_kernel``
   imports and the architecture is qwen2/llama, else none (reason logged); ``liger`` = the same or a
@@ -294,11 +294,14 @@ def _callbacks(early_stop: int, has_dev: bool, on_checkpoint: Callable[[str, int
 
 
 TRAINERS = ("auto", "fast", "trl")
-# Unsloth measured slower than fast + Liger at 1.5B in one H200 session (docs/performance.md) and
-# the step's old path through it (get_peft_model on a model from the canonical loader) never ran,
-# so it was removed; the refusal says where Unsloth lives now, specs/sft-evaluation.md the next step.
+# Unsloth was measured beside the step on an H200 (issue 15, seventh run; docs/decisions.md): over
+# its first pass, which is what a one-epoch stage trains (every batch shape new), it ran 0.29x the
+# step's tokens/s at 1.5B and 0.72x at 7B; only its steady state at 7B, after a whole pass over the
+# same batches, was ahead (1.13x). So it is not a trainer; the refusal says where it lives.
 UNSLOTH_NOT_A_TRAINER = ("Unsloth is not a trainer of the sft step; it is measured only by "
-                         "benchmarks/bench_unsloth.py (see docs/performance.md)")
+                         "benchmarks/bench_unsloth.py (see docs/performance.md: on an H200 its first pass, "
+                         "a one-epoch stage's regime, ran 0.29x the fast trainer at 1.5B and 0.72x at 7B); "
+                         "use trainer: auto or fast")
 
 
 def trainer_error(value: Any) -> str:
