@@ -22,7 +22,8 @@
 #   and the row was step_compile_autocast; it is now the default and the row step_compile_fp32lora).
 #   t: check_attention.py: which SDPA kernel the critic and generation paths run, a new shape's cost
 #   (since the sixth run also fastgen with one batch size, the pipeline's shapes).
-#   u (not run in this form yet): Unsloth's first pass and steady state beside the step, 1.5B and 7B.
+#   u: Unsloth's first pass and steady state beside the step, 7B then 1.5B (seventh run).
+#   v: TRL and the runner row at 1.5B in one process, then check_attention at 1.5B (seventh run).
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
