@@ -24,7 +24,7 @@ What it measures, per size (the same random Qwen2.5 configuration as bench_sft, 
   inside ``phases.models.attention.variable_shape_attention`` (cuDNN's attention out of SDPA's
   picks, as the pipeline trains; recorded as ``attention``). ``--warm-pass``: a whole pass first,
   timed after its first 3 steps (``first_pass_tokens_per_s``: every batch shape new, what the
-  stage's one-epoch SFT sees), then the timed window over the same batches again (steady state).
+  step's first epoch sees), then the timed window over the same batches again (steady state).
   A step that runs out of memory halves the token budget and starts again (as bench_sft does).
 Reported like bench_sft's rows (``bench: sft``): real tokens/s, 6N-MFU against the bf16 matmul
 peak measured in this process by ``common.ceilings`` (or ``--peak-tflops``, e.g. run_all's), peak
@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warm-pass", action="store_true",
                     help="warm up on one whole pass over the plan (every sequence length compiled once), then time "
                          "a second pass (or its first --steps): Unsloth's steady state. The warm-up pass is timed "
-                         "too after its first steps (first_pass_tokens_per_s: every shape new, a one-epoch run)")
+                         "too after its first steps (first_pass_tokens_per_s: every shape new, a first epoch)")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 matmul peak for MFU (0: measure here)")
     ap.add_argument("--plan", action="store_true", help="print the batch plan and exit (no unsloth, no GPU)")
     a = ap.parse_args(argv)
@@ -212,7 +212,7 @@ def _step_loop(model, opt, params, data, batches, warm: int, steps: int, dev: st
     res = {"seconds": round(t, 3), "tokens": tokens, "tokens_per_s": tokens / t, "steps": len(sel), "warmup_steps": warm,
            "padding_frac": round(1 - real / padded, 3), "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
            "step_s_median": round(step_s[len(step_s) // 2], 4), "step_s_max": round(step_s[-1], 4)}
-    if warm_pass:  # the warm-up pass after its first steps: every shape new, as in a one-epoch run
+    if warm_pass:  # the warm-up pass after its first steps: every shape new, as in a first epoch
         res.update(first_pass_seconds=round(first_s, 3), first_pass_tokens=first_tokens,
                    first_pass_steps=len(batches) - first_warm,
                    first_pass_tokens_per_s=round(first_tokens / first_s, 1) if first_s > 0 else None)

@@ -198,7 +198,7 @@ elif [ "$part" = v ]; then  # carry [".vc4"]: the seventh run's last call (r ran
   stamp "attention 1.5B rc=$?"
 elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one call, same token budgets as
   # bench_sft's (16,384 at 1.5B, 6,144 at 7B), both with cuDNN's attention out; Unsloth's first pass
-  # (new shapes, as the stage's one-epoch SFT) and its steady state (a second pass). The sixth run ran
+  # (new shapes, as the step's first epoch) and its steady state (a second pass). The sixth run ran
   # the 7B half of this inline (results/h200-2026-12-01f/u), before the first pass was timed.
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
   # 7B first (where Unsloth's steady state won); each process gets at most 200 s and never more than

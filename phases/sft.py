@@ -294,13 +294,13 @@ def _callbacks(early_stop: int, has_dev: bool, on_checkpoint: Callable[[str, int
 
 
 TRAINERS = ("auto", "fast", "trl")
-# Unsloth was measured beside the step on an H200 (issue 15, seventh run; docs/decisions.md): over
-# its first pass, which is what a one-epoch stage trains (every batch shape new), it ran 0.29x the
-# step's tokens/s at 1.5B and 0.72x at 7B; only its steady state at 7B, after a whole pass over the
-# same batches, was ahead (1.13x). So it is not a trainer; the refusal says where it lives.
+# Unsloth was measured beside the step on an H200 (issue 15, seventh run; docs/decisions.md): its
+# first pass (every batch shape new) ran 0.29x the step's tokens/s at 1.5B and 0.72x at 7B, its
+# steady state after that pass 0.79x / 1.13x; over the step's default 3 epochs (one batch set,
+# reshuffled) 0.51x / 0.95x. So it is not a trainer; the refusal says where it lives.
 UNSLOTH_NOT_A_TRAINER = ("Unsloth is not a trainer of the sft step; it is measured only by "
-                         "benchmarks/bench_unsloth.py (see docs/performance.md: on an H200 its first pass, "
-                         "a one-epoch stage's regime, ran 0.29x the fast trainer at 1.5B and 0.72x at 7B); "
+                         "benchmarks/bench_unsloth.py (see docs/performance.md: on an H200, over the step's "
+                         "default 3 epochs, it ran 0.51x the fast trainer at 1.5B and 0.95x at 7B); "
                          "use trainer: auto or fast")
 
 

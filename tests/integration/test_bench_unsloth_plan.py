@@ -80,7 +80,7 @@ def test_step_loop_counts_the_timed_steps_real_tokens_and_trains():
     r2 = bu._step_loop(model, opt, params, data, batches, warm=2, steps=0, dev="cpu", warm_pass=True)
     assert r2["warmup_steps"] == len(batches) and r2["steps"] == len(batches)
     assert r2["tokens"] == sum(len(data[i]) for b in batches for i in b)
-    # ... and the warm-up pass is timed after its first `warm` steps (every shape new: a one-epoch run)
+    # ... and the warm-up pass is timed after its first `warm` steps (every shape new: a first epoch)
     assert r2["first_pass_steps"] == len(batches) - 2
     assert r2["first_pass_tokens"] == sum(len(data[i]) for b in batches[2:] for i in b)
     # both rounded in the row (1 ms, 0.1 token/s): compare through the seconds

@@ -62,8 +62,8 @@ def test_trainer_unsloth_is_refused_with_where_unsloth_runs_and_the_allowed_valu
         load_config(cfg, pipeline)
     text = str(e.value)
     assert (f"{cfg}:4: params.sft.trainer = 'unsloth': Unsloth is not a trainer of the sft step; it is measured "
-            "only by benchmarks/bench_unsloth.py (see docs/performance.md: on an H200 its first pass, a one-epoch "
-            "stage's regime, ran 0.29x the fast trainer at 1.5B and 0.72x at 7B); use trainer: auto or fast; "
+            "only by benchmarks/bench_unsloth.py (see docs/performance.md: on an H200, over the step's default 3 "
+            "epochs, it ran 0.51x the fast trainer at 1.5B and 0.95x at 7B); use trainer: auto or fast; "
             "allowed: auto, fast, trl") in text
     assert "trainer = 'unsloth': expected one of" not in text  # one message for the key, not two
 
