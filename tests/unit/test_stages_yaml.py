@@ -37,6 +37,19 @@ def test_runner_validate_passes(name, tmp_path):
     assert p.stdout.startswith("OK: pipeline"), p.stdout
 
 
+@pytest.mark.parametrize("name", ["gpu_vllm_stage1.yaml", "gpu_vllm_stage1_smollm2.yaml"])
+def test_the_gpu_benchmark_stage_configs_validate(name, tmp_path):
+    """The configs benchmarks/gpu_vllm.sh runs on the lent GPU stay valid as the stages change;
+    the test-model one trains and evaluates unquantized (no bitsandbytes is carried there)."""
+    cfg = REPO / "benchmarks" / name
+    p = cli(tmp_path, "validate", "--config", cfg, check=0)
+    assert p.stdout.startswith("OK: pipeline"), p.stdout
+    if name.endswith("smollm2.yaml"):
+        params = _expanded(cfg)["params"]
+        assert params["prepare_model"]["backend"] == "vllm" and params["prepare_model"]["model"] == "smollm2-135m-instruct"
+        assert all(params[k]["quantization"] == "none" for k in ("sft", "evaluate", "base_skill", "dpo", "evaluate_dpo"))
+
+
 @pytest.mark.parametrize("name", ["stage2.yaml", "stage3.yaml", "stage4.yaml", "stage5.yaml", "stage6.yaml"])
 def test_later_stages_share_stage1_through_includes(name):
     from phases.stage_config import load_stage
